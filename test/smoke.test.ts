@@ -1,0 +1,3 @@
+import t from 'tap';
+import { hello } from '../src/index.js';
+t.equal(hello(), 1);
