@@ -1,0 +1,159 @@
+/**
+ * The loaded model: backend, config, tokenizer, weights and the KV pool. It
+ * checks before loading that the model fits the backend's memory, and warms
+ * the weights up (XNNPACK packs each matmul weight on first use).
+ */
+import { existsSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
+import { totalmem } from 'node:os';
+import * as tf from '@tensorflow/tfjs-core';
+import { loadModelConfig, type ModelConfig } from '../model/hf-config.js';
+import { defaultModelDir } from '../model/make-model.js';
+import { readSafetensors } from '../model/safetensors.js';
+import { GemmaTokenizer } from '../model/tokenizer.js';
+import { backendMemoryLimit, initBackend, type BackendChoice, type BackendName } from './backend.js';
+import { KVPool, SLIDING_SLACK } from './kv-pool.js';
+import { GemmaModel } from './model.js';
+import { disposeWeights, loadWeights, ModelTooLargeError, weightBytesNeeded } from './weights.js';
+
+export interface EngineOptions {
+  /** Hugging Face model directory; absent means the embedded default model. */
+  modelDir?: string;
+  /** Name the model is served under (defaults to the directory name). */
+  modelId?: string;
+  backend?: BackendChoice;
+  /** KV slots (sessions whose caches stay on the device). */
+  slots?: number;
+  /** Global-layer KV entries per slot. */
+  cacheCapacity?: number;
+  /** Largest K of the device-side top-k. */
+  topKCap?: number;
+  /** Largest batch a decode step runs (sizes the transient memory estimate). */
+  maxBatch?: number;
+  /** Largest prefill chunk (sizes the transient memory estimate). */
+  prefillChunk?: number;
+}
+
+export interface MemoryReport {
+  weightsBytes: number;
+  kvCacheBytes: number;
+  /** Backend bytes held by neither weights nor KV (activations, packed copies, scratch). */
+  transientBytes: number;
+  backendBytes: number;
+}
+
+export const DEFAULT_MODEL_ID = 'gemma-serve-default';
+
+export class Engine {
+  private constructor(
+    readonly config: ModelConfig,
+    readonly tokenizer: GemmaTokenizer,
+    readonly model: GemmaModel,
+    readonly pool: KVPool,
+    readonly backend: { name: BackendName; reason: string },
+    readonly modelId: string,
+    readonly modelDir: string,
+    readonly topKCap: number,
+    readonly loadMs: number,
+  ) {}
+
+  static async load(opts: EngineOptions = {}): Promise<Engine> {
+    const t0 = performance.now();
+    const backend = await initBackend(opts.backend ?? 'auto');
+    const dir = resolve(opts.modelDir ?? (await defaultModelDir()));
+    const config = await loadModelConfig(dir);
+    const slots = opts.slots ?? 4;
+    const capacity = opts.cacheCapacity ?? 1024;
+    checkMemory(config, backend.name, slots, capacity, opts.maxBatch ?? slots, opts.prefillChunk ?? 256);
+    // Checkpoints without tokenizer files (the test fixtures) get the Gemma 3 tokenizer.
+    const tokenizer = existsSync(join(dir, 'tokenizer.json')) ? await GemmaTokenizer.fromModelDir(dir) : await GemmaTokenizer.fromDefault();
+    const store = await readSafetensors(dir);
+    let weights;
+    try {
+      weights = await loadWeights(config, store);
+    } finally {
+      await store.close();
+    }
+    const model = new GemmaModel(config, weights);
+    const pool = new KVPool(config, slots, capacity);
+    const engine = new Engine(
+      config,
+      tokenizer,
+      model,
+      pool,
+      backend,
+      opts.modelId ?? (opts.modelDir ? basename(dir) : DEFAULT_MODEL_ID),
+      dir,
+      opts.topKCap ?? 64,
+      0,
+    );
+    engine.warmUp();
+    (engine as { loadMs: number }).loadMs = performance.now() - t0;
+    return engine;
+  }
+
+  /** Runs every weight through its matmul once so the first request does not pay for packing. */
+  private warmUp(): void {
+    const logits = this.model.forward([[this.config.bosId]]);
+    logits.dispose();
+  }
+
+  get slots(): number {
+    return this.pool.slots;
+  }
+
+  get capacity(): number {
+    return this.pool.capacity;
+  }
+
+  memory(): MemoryReport {
+    const backendBytes = tf.memory().numBytes;
+    const weightsBytes = this.model.weights.bytes;
+    const kvCacheBytes = this.pool.bytes();
+    return { weightsBytes, kvCacheBytes, backendBytes, transientBytes: Math.max(0, backendBytes - weightsBytes - kvCacheBytes) };
+  }
+
+  /**
+   * One full forward pass over `ids` (no cache), reduced on the device to the
+   * top-k logits and the logsumexp at every position.
+   */
+  async score(ids: number[], topK = 20): Promise<Array<{ top_ids: number[]; top_logits: number[]; logsumexp: number }>> {
+    const { values, indices, lse } = tf.tidy(() => {
+      const logits = this.model.forward([ids], { allPositions: true });
+      const top = tf.topk(logits, topK);
+      return { values: top.values, indices: top.indices, lse: tf.logSumExp(logits, -1) };
+    });
+    const [v, i, l] = await Promise.all([values.data(), indices.data(), lse.data()]);
+    tf.dispose([values, indices, lse]);
+    return ids.map((_, p) => ({
+      top_ids: Array.from(i.subarray(p * topK, (p + 1) * topK)),
+      top_logits: Array.from(v.subarray(p * topK, (p + 1) * topK)),
+      logsumexp: l[p],
+    }));
+  }
+
+  dispose(): void {
+    this.pool.dispose();
+    this.model.dispose();
+    disposeWeights(this.model.weights);
+  }
+}
+
+/** Fails before loading, with the figures, when the model and caches cannot fit the backend. */
+function checkMemory(c: ModelConfig, backend: BackendName, slots: number, capacity: number, maxBatch: number, chunk: number): void {
+  const limit = backendMemoryLimit(backend, totalmem());
+  if (limit === undefined) return;
+  const weights = weightBytesNeeded(c, backend);
+  const sliding = Math.min(capacity, c.slidingWindow + SLIDING_SLACK);
+  const perSlot = c.layerTypes.reduce((s, t) => s + (t === 'global' ? capacity : sliding), 0) * c.numKvHeads * c.headDim * 8;
+  const kv = perSlot * slots;
+  const transient = 4 * (maxBatch * c.vocabSize * 3 + chunk * (4 * c.intermediateSize + 8 * c.hiddenSize) + c.numHeads * chunk * (capacity + chunk) * 2);
+  const need = weights + kv + transient;
+  if (need > limit) {
+    const gib = (n: number) => `${(n / 1024 ** 3).toFixed(2)} GiB`;
+    throw new ModelTooLargeError(
+      `the model needs about ${gib(need)} on the ${backend} backend (weights ${gib(weights)}, KV cache ${gib(kv)} for ${slots} slots of ${capacity}, ` +
+        `activations ${gib(transient)}) but the backend holds ${gib(limit)}; use a smaller model, fewer slots (SLOTS) or a smaller CACHE_CAPACITY`,
+    );
+  }
+}

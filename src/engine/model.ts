@@ -1,0 +1,188 @@
+/**
+ * The Gemma 2 / Gemma 3 forward pass. One call runs B rows of T new tokens
+ * each (prefill: B = 1; decode: T = 1) against the rows' cached K/V in the
+ * pool, writes the new K/V into the pool, and returns logits for the last
+ * position of each row only (the hidden state is sliced before the
+ * unembedding), or for every position when asked (the `score` tool).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { LayerType, ModelConfig } from '../model/hf-config.js';
+import type { KVPool, WritePlan } from './kv-pool.js';
+import { applyRope, ropeTables, rotateHalfMatrix } from './rope.js';
+import type { LayerWeights, Weights } from './weights.js';
+
+const MASKED = -1e9;
+
+/** Per layer type: what every layer of that type shares within one call. */
+interface TypeContext {
+  cos: tf.Tensor;
+  sin: tf.Tensor;
+  mask: tf.Tensor;
+  write?: WritePlan;
+}
+
+export interface ForwardOptions {
+  /** Cache to attend over and write to; absent means a standalone pass (no cache). */
+  pool?: KVPool;
+  /** One slot per row (required with a pool). */
+  slots?: number[];
+  /** Logits for every position instead of the last one (B must be 1). */
+  allPositions?: boolean;
+}
+
+export class GemmaModel {
+  private readonly rotate: tf.Tensor2D;
+  private readonly sqrtHidden: tf.Scalar;
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly weights: Weights,
+  ) {
+    this.rotate = rotateHalfMatrix(config.headDim);
+    this.sqrtHidden = tf.scalar(Math.sqrt(config.hiddenSize));
+  }
+
+  /**
+   * Runs `ids` ([B][T], equal T per row). Returns logits [B, V] (or [T, V]
+   * with allPositions), after final soft-capping. The caller owns the result.
+   */
+  forward(ids: number[][], opts: ForwardOptions = {}): tf.Tensor2D {
+    const c = this.config;
+    const B = ids.length;
+    const T = ids[0].length;
+    if (ids.some((r) => r.length !== T)) throw new Error('forward: every row must have the same number of tokens');
+    const { pool, slots } = opts;
+    if (pool && (!slots || slots.length !== B)) throw new Error('forward: one slot per row is required with a pool');
+    const starts = slots && pool ? slots.map((s) => pool.length(s)) : new Array<number>(B).fill(0);
+
+    const result = tf.tidy(() => {
+      const ctx = {} as Record<LayerType, TypeContext>;
+      for (const type of ['global', 'sliding'] as const) ctx[type] = this.typeContext(type, starts, T, pool, slots);
+
+      const flatIds = tf.tensor1d(ids.flat(), 'int32');
+      let x = tf.mul(tf.transpose(tf.gather(this.weights.embedT, flatIds, 1)), this.sqrtHidden) as tf.Tensor2D;
+      this.weights.layers.forEach((w, l) => {
+        x = this.layer(x, w, l, B, T, ctx[c.layerTypes[l]], pool, slots);
+      });
+
+      let last = x;
+      if (!opts.allPositions && T > 1) {
+        const rows = Array.from({ length: B }, (_, b) => b * T + T - 1);
+        last = tf.gather(x, tf.tensor1d(rows, 'int32'));
+      }
+      let logits = tf.matMul(this.rmsNorm(last, this.weights.finalNorm), this.weights.embedT);
+      if (c.finalLogitSoftcap) logits = softcap(logits, c.finalLogitSoftcap);
+      return logits as tf.Tensor2D;
+    });
+    if (pool && slots) pool.commitWrite(slots, T);
+    return result;
+  }
+
+  /** Rope tables, additive mask and write plan for one layer type. */
+  private typeContext(type: LayerType, starts: number[], T: number, pool?: KVPool, slots?: number[]): TypeContext {
+    const c = this.config;
+    const B = starts.length;
+    const positions = new Float32Array(B * T);
+    starts.forEach((s, b) => {
+      for (let t = 0; t < T; t++) positions[b * T + t] = s + t;
+    });
+    const { cos, sin } = ropeTables(positions, c.headDim, c.rope[type]);
+    const window = type === 'sliding' ? c.slidingWindow : Infinity;
+    const E = pool ? pool.entries[type] : 0;
+    const K = E + T;
+    const mask = new Float32Array(B * T * K).fill(MASKED);
+    for (let b = 0; b < B; b++) {
+      const cached = pool && slots ? pool.positions(slots[b], type) : undefined;
+      for (let t = 0; t < T; t++) {
+        const q = starts[b] + t;
+        const row = (b * T + t) * K;
+        if (cached) {
+          for (let e = 0; e < E; e++) {
+            const p = cached[e];
+            if (p >= 0 && p < starts[b] && p > q - window) mask[row + e] = 0;
+          }
+        }
+        for (let u = 0; u <= t; u++) if (starts[b] + u > q - window) mask[row + E + u] = 0;
+      }
+    }
+    return {
+      cos: tf.tensor(cos, [B * T, 1, c.headDim]),
+      sin: tf.tensor(sin, [B * T, 1, c.headDim]),
+      mask: tf.tensor(mask, [B, 1, 1, T, K]),
+      write: pool && slots ? pool.planWrite(slots, T, type) : undefined,
+    };
+  }
+
+  private rmsNorm(x: tf.Tensor2D, w: tf.Tensor1D): tf.Tensor2D {
+    const ms = tf.mean(tf.square(x), -1, true);
+    return tf.mul(tf.mul(x, tf.rsqrt(tf.add(ms, this.config.rmsNormEps))), w);
+  }
+
+  private layer(
+    x: tf.Tensor2D,
+    w: LayerWeights,
+    l: number,
+    B: number,
+    T: number,
+    ctx: TypeContext,
+    pool?: KVPool,
+    slots?: number[],
+  ): tf.Tensor2D {
+    const c = this.config;
+    const hd = c.headDim;
+    const nq = c.numHeads;
+    const nkv = c.numKvHeads;
+    const g = nq / nkv;
+
+    // Attention: one fused q/k/v matmul; q and k are normed and rotated together.
+    const qkv = tf.reshape(tf.matMul(this.rmsNorm(x, w.inputNorm), w.qkv), [B * T, nq + 2 * nkv, hd]);
+    let qk = tf.slice(qkv, [0, 0, 0], [B * T, nq + nkv, hd]);
+    const v = tf.slice(qkv, [0, nq + nkv, 0], [B * T, nkv, hd]);
+    if (w.qkNorm) {
+      const ms = tf.mean(tf.square(qk), -1, true);
+      qk = tf.mul(tf.mul(qk, tf.rsqrt(tf.add(ms, c.rmsNormEps))), w.qkNorm);
+    }
+    qk = applyRope(qk, ctx.cos, ctx.sin, this.rotate);
+    const heads = (t: tf.Tensor, from: number, n: number): tf.Tensor4D =>
+      tf.transpose(tf.reshape(tf.slice(t, [0, from, 0], [B * T, n, hd]), [B, T, n, hd]), [0, 2, 1, 3]);
+    const q = heads(qk, 0, nq);
+    const k = heads(qk, nq, nkv);
+    const vh = heads(v, 0, nkv);
+
+    let keys: tf.Tensor4D = k;
+    let values: tf.Tensor4D = vh;
+    if (pool && slots) {
+      const at = tf.tensor1d(slots, 'int32');
+      keys = tf.concat([tf.gather(pool.k[l], at), k], 2);
+      values = tf.concat([tf.gather(pool.v[l], at), vh], 2);
+      pool.write(l, k, vh, ctx.write as WritePlan);
+    }
+    const K = keys.shape[2];
+    // Grouped-query attention: the g query heads of a KV head share one matmul.
+    let scores = tf.matMul(tf.reshape(q, [B, nkv, g * T, hd]), keys, false, true);
+    if (c.attnLogitSoftcap) scores = softcap(scores, c.attnLogitSoftcap);
+    const masked = tf.add(tf.reshape(scores, [B, nkv, g, T, K]), ctx.mask);
+    const probs = tf.reshape(tf.softmax(masked), [B, nkv, g * T, K]);
+    const attn = tf.reshape(tf.transpose(tf.reshape(tf.matMul(probs, values), [B, nq, T, hd]), [0, 2, 1, 3]), [B * T, nq * hd]);
+    const h = tf.add(x, this.rmsNorm(tf.matMul(attn, w.o), w.postAttnNorm)) as tf.Tensor2D;
+
+    // MLP: one fused gate/up matmul; gelu(tanh) written as x * sigmoid(2u) (identical, fewer kernels).
+    const I = c.intermediateSize;
+    const gu = tf.matMul(this.rmsNorm(h, w.preFfwNorm), w.gateUp);
+    const gate = tf.slice(gu, [0, 0], [B * T, I]);
+    const up = tf.slice(gu, [0, I], [B * T, I]);
+    const a = 2 * Math.sqrt(2 / Math.PI);
+    const inner = tf.mul(gate, tf.add(tf.mul(tf.square(gate), a * 0.044715), a));
+    const act = tf.mul(tf.mul(gate, tf.sigmoid(inner)), up);
+    return tf.add(h, this.rmsNorm(tf.matMul(act, w.down), w.postFfwNorm)) as tf.Tensor2D;
+  }
+
+  dispose(): void {
+    this.rotate.dispose();
+    this.sqrtHidden.dispose();
+  }
+}
+
+function softcap<T extends tf.Tensor>(x: T, cap: number): T {
+  return tf.mul(tf.tanh(tf.div(x, cap)), cap) as T;
+}

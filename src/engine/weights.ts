@@ -1,0 +1,204 @@
+/**
+ * Loads Hugging Face Gemma weights into the layout the forward pass wants on
+ * wasm: every linear weight as [in, out] (XNNPACK's fast path; `transposeB`
+ * is ~7x slower), q/k/v fused into one matrix and gate/up into another (fewer
+ * kernels per token), norms stored as (1 + w), the query scale folded into a
+ * weight, and the tied embedding kept once as [hidden, vocab] for the
+ * unembedding (tokens are looked up with a gather on axis 1).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { GemmaServeError } from '../errors.js';
+import type { ModelConfig } from '../model/hf-config.js';
+
+/** What the weight loader needs from a safetensors reader. */
+export interface TensorSource {
+  names(): string[];
+  has(name: string): boolean;
+  info(name: string): { dtype: string; shape: number[] };
+  read(name: string): Promise<Float32Array>;
+}
+
+export interface LayerWeights {
+  inputNorm: tf.Tensor1D;
+  postAttnNorm: tf.Tensor1D;
+  preFfwNorm: tf.Tensor1D;
+  postFfwNorm: tf.Tensor1D;
+  /** [hidden, (heads + 2 * kvHeads) * headDim]: q, k, v columns side by side. */
+  qkv: tf.Tensor2D;
+  /** [heads + kvHeads, headDim]: (1 + w) per head row; q rows carry the score scale. Gemma 3 only. */
+  qkNorm?: tf.Tensor2D;
+  /** [heads * headDim, hidden]. */
+  o: tf.Tensor2D;
+  /** [hidden, 2 * intermediate]: gate columns, then up columns. */
+  gateUp: tf.Tensor2D;
+  /** [intermediate, hidden]. */
+  down: tf.Tensor2D;
+}
+
+export interface Weights {
+  /** [hidden, vocab]: the tied embedding, transposed. */
+  embedT: tf.Tensor2D;
+  finalNorm: tf.Tensor1D;
+  layers: LayerWeights[];
+  /** Bytes held by all weight tensors. */
+  bytes: number;
+}
+
+/** A tensor the model needs is absent or has the wrong shape. */
+export class WeightError extends GemmaServeError {
+  constructor(message: string) {
+    super(message, { status: 500, code: 'model_weights' });
+  }
+}
+
+/** The model will not fit the backend's memory. */
+export class ModelTooLargeError extends GemmaServeError {
+  constructor(message: string) {
+    super(message, { status: 500, code: 'model_too_large' });
+  }
+}
+
+/** Finds the prefix under which the text model's tensors live (e.g. `model.` or `model.language_model.`). */
+export function textPrefix(names: string[]): string {
+  const embeds = names.filter((n) => n.endsWith('embed_tokens.weight'));
+  const pick = embeds.find((n) => n.includes('language_model')) ?? embeds[0];
+  if (!pick) throw new WeightError('no tensor named "*embed_tokens.weight" in the checkpoint');
+  return pick.slice(0, -'embed_tokens.weight'.length);
+}
+
+/** Parameter count of the model as this engine stores it (for the memory check). */
+export function parameterCount(c: ModelConfig): { embedding: number; linear: number; norms: number } {
+  const H = c.hiddenSize;
+  const attn = H * (c.numHeads + 2 * c.numKvHeads) * c.headDim + c.numHeads * c.headDim * H;
+  const mlp = 3 * H * c.intermediateSize;
+  return {
+    embedding: c.vocabSize * H,
+    linear: c.numLayers * (attn + mlp),
+    norms: c.numLayers * (4 * H + 2 * c.headDim) + H,
+  };
+}
+
+/**
+ * Bytes the weights occupy once loaded and warmed up. On wasm XNNPACK keeps a
+ * packed copy of every matmul weight, so those count twice.
+ */
+export function weightBytesNeeded(c: ModelConfig, backend: string): number {
+  const p = parameterCount(c);
+  const packed = backend === 'wasm' ? p.embedding + p.linear : 0;
+  return 4 * (p.embedding + p.linear + p.norms + packed);
+}
+
+class Reader {
+  constructor(
+    private readonly src: TensorSource,
+    private readonly prefix: string,
+  ) {}
+
+  async get(name: string, shape: number[]): Promise<Float32Array> {
+    const full = this.prefix + name;
+    if (!this.src.has(full)) throw new WeightError(`tensor "${full}" is missing from the checkpoint`);
+    const info = this.src.info(full);
+    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+      throw new WeightError(`tensor "${full}" has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`);
+    }
+    return this.src.read(full);
+  }
+}
+
+/** Writes `src` ([rows, cols], row-major) transposed into `dst` ([cols, dstCols]) at column `colOffset`. */
+function transposeInto(src: Float32Array, rows: number, cols: number, dst: Float32Array, dstCols: number, colOffset: number): void {
+  const B = 64;
+  for (let r0 = 0; r0 < rows; r0 += B) {
+    const r1 = Math.min(rows, r0 + B);
+    for (let c0 = 0; c0 < cols; c0 += B) {
+      const c1 = Math.min(cols, c0 + B);
+      for (let r = r0; r < r1; r++) {
+        const base = r * cols;
+        for (let c = c0; c < c1; c++) dst[c * dstCols + colOffset + r] = src[base + c];
+      }
+    }
+  }
+}
+
+/** Stacks PyTorch [out_i, in] matrices into one [in, sum(out_i)] matrix. */
+function fuseTransposed(parts: Float32Array[], outs: number[], inDim: number): tf.Tensor2D {
+  const total = outs.reduce((a, b) => a + b, 0);
+  const dst = new Float32Array(inDim * total);
+  let offset = 0;
+  parts.forEach((p, i) => {
+    transposeInto(p, outs[i], inDim, dst, total, offset);
+    offset += outs[i];
+  });
+  return tf.tensor2d(dst, [inDim, total]);
+}
+
+function onePlus(w: Float32Array, scale = 1): Float32Array {
+  const out = new Float32Array(w.length);
+  for (let i = 0; i < w.length; i++) out[i] = (1 + w[i]) * scale;
+  return out;
+}
+
+/** Reads every tensor, converts it to the engine's layout and uploads it to the backend. */
+export async function loadWeights(c: ModelConfig, src: TensorSource): Promise<Weights> {
+  const r = new Reader(src, textPrefix(src.names()));
+  const H = c.hiddenSize;
+  const hd = c.headDim;
+  const qDim = c.numHeads * hd;
+  const kvDim = c.numKvHeads * hd;
+  const I = c.intermediateSize;
+  const scale = c.queryPreAttnScalar ** -0.5;
+  const created: tf.Tensor[] = [];
+  const keep = <T extends tf.Tensor>(t: T): T => {
+    created.push(t);
+    return t;
+  };
+  try {
+    const norm = async (name: string, size = H, s = 1): Promise<tf.Tensor1D> => keep(tf.tensor1d(onePlus(await r.get(name, [size]), s)));
+    const layers: LayerWeights[] = [];
+    for (let i = 0; i < c.numLayers; i++) {
+      const p = `layers.${i}.`;
+      const q = await r.get(`${p}self_attn.q_proj.weight`, [qDim, H]);
+      // RMS-normalized queries (Gemma 3) lose any scale on Wq, so the score scale goes into q_norm there.
+      if (!c.qkNorm) for (let j = 0; j < q.length; j++) q[j] *= scale;
+      const k = await r.get(`${p}self_attn.k_proj.weight`, [kvDim, H]);
+      const v = await r.get(`${p}self_attn.v_proj.weight`, [kvDim, H]);
+      const layer: LayerWeights = {
+        inputNorm: await norm(`${p}input_layernorm.weight`),
+        postAttnNorm: await norm(`${p}post_attention_layernorm.weight`),
+        preFfwNorm: await norm(`${p}pre_feedforward_layernorm.weight`),
+        postFfwNorm: await norm(`${p}post_feedforward_layernorm.weight`),
+        qkv: keep(fuseTransposed([q, k, v], [qDim, kvDim, kvDim], H)),
+        o: keep(fuseTransposed([await r.get(`${p}self_attn.o_proj.weight`, [H, qDim])], [H], qDim)),
+        gateUp: keep(
+          fuseTransposed([await r.get(`${p}mlp.gate_proj.weight`, [I, H]), await r.get(`${p}mlp.up_proj.weight`, [I, H])], [I, I], H),
+        ),
+        down: keep(fuseTransposed([await r.get(`${p}mlp.down_proj.weight`, [H, I])], [H], I)),
+      };
+      if (c.qkNorm) {
+        const qn = onePlus(await r.get(`${p}self_attn.q_norm.weight`, [hd]), scale);
+        const kn = onePlus(await r.get(`${p}self_attn.k_norm.weight`, [hd]));
+        const rows = new Float32Array((c.numHeads + c.numKvHeads) * hd);
+        for (let h = 0; h < c.numHeads; h++) rows.set(qn, h * hd);
+        for (let h = 0; h < c.numKvHeads; h++) rows.set(kn, (c.numHeads + h) * hd);
+        layer.qkNorm = keep(tf.tensor2d(rows, [c.numHeads + c.numKvHeads, hd]));
+      }
+      layers.push(layer);
+    }
+    const finalNorm = await norm('norm.weight');
+    const embed = await r.get('embed_tokens.weight', [c.vocabSize, H]);
+    const embedT = keep(fuseTransposed([embed], [c.vocabSize], H));
+    const bytes = created.reduce((sum, t) => sum + t.size * 4, 0);
+    return { embedT, finalNorm, layers, bytes };
+  } catch (err) {
+    created.forEach((t) => t.dispose());
+    throw err;
+  }
+}
+
+export function disposeWeights(w: Weights): void {
+  w.embedT.dispose();
+  w.finalNorm.dispose();
+  for (const l of w.layers) {
+    for (const t of [l.inputNorm, l.postAttnNorm, l.preFfwNorm, l.postFfwNorm, l.qkv, l.o, l.gateUp, l.down, l.qkNorm]) t?.dispose();
+  }
+}
