@@ -30,6 +30,11 @@ export interface ForwardOptions {
   allPositions?: boolean;
 }
 
+export interface PrefillOptions extends ForwardOptions {
+  /** Skip the unembedding (a prefill chunk that is not the prompt's last). */
+  noLogits?: boolean;
+}
+
 export class GemmaModel {
   private readonly rotate: tf.Tensor2D;
   private readonly sqrtHidden: tf.Scalar;
@@ -47,6 +52,15 @@ export class GemmaModel {
    * with allPositions), after final soft-capping. The caller owns the result.
    */
   forward(ids: number[][], opts: ForwardOptions = {}): tf.Tensor2D {
+    return this.run(ids, opts) as tf.Tensor2D;
+  }
+
+  /** Runs a prompt chunk into the cache; returns logits of its last position unless `noLogits`. */
+  prefill(ids: number[], opts: PrefillOptions): tf.Tensor2D | undefined {
+    return this.run([ids], opts);
+  }
+
+  private run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
     const c = this.config;
     const B = ids.length;
     const T = ids[0].length;
@@ -55,7 +69,7 @@ export class GemmaModel {
     if (pool && (!slots || slots.length !== B)) throw new Error('forward: one slot per row is required with a pool');
     const starts = slots && pool ? slots.map((s) => pool.length(s)) : new Array<number>(B).fill(0);
 
-    const result = tf.tidy(() => {
+    const result = tf.tidy((): tf.Tensor2D | undefined => {
       const ctx = {} as Record<LayerType, TypeContext>;
       for (const type of ['global', 'sliding'] as const) ctx[type] = this.typeContext(type, starts, T, pool, slots);
 
@@ -65,6 +79,7 @@ export class GemmaModel {
         x = this.layer(x, w, l, B, T, ctx[c.layerTypes[l]], pool, slots);
       });
 
+      if (opts.noLogits) return undefined;
       let last = x;
       if (!opts.allPositions && T > 1) {
         const rows = Array.from({ length: B }, (_, b) => b * T + T - 1);

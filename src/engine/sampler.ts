@@ -1,0 +1,169 @@
+/**
+ * The public generation API: sequences are added, their prompts prefilled
+ * (in chunks, so a scheduler can interleave them with decode steps), then
+ * decoded together one token per step. Low-level and batch-agnostic: the
+ * scheduler decides which sequences run each step; `generate` in
+ * sampler-loop.ts is the simple loop on top.
+ *
+ * Per step and row: logits (last position only) -> bias/penalties -> top-K
+ * on the device -> a token picked in JavaScript -> detokenized text delta ->
+ * stop rules. The seed rides in the sequence, so a seeded request gives the
+ * same tokens whatever else shares its batch.
+ */
+import { IncrementalDetokenizer } from './detok.js';
+import type { Engine } from './engine.js';
+import { createRng, type Rng } from './rng.js';
+import { pickToken, requiredK, tokenLogprob } from './sampling.js';
+import { StopMatcher } from './stop.js';
+import { reduceLogits, type RowLogitsInput } from './top-k.js';
+import type { FinishReason, SamplingParams, TokenLogprob, TopK } from './types.js';
+
+export interface SequenceInit {
+  /** KV slot the sequence writes to. */
+  slot: number;
+  /** The whole prompt (chat-templated ids). */
+  promptIds: number[];
+  /** Leading prompt tokens already in the slot's cache. */
+  reuseTokens?: number;
+  params: SamplingParams;
+}
+
+export interface StepOutput {
+  token: number;
+  /** Text to emit now: never a partial character, never part of a stop string. */
+  text: string;
+  logprob?: TokenLogprob;
+  /** Set on the sequence's last output. */
+  finish?: FinishReason;
+}
+
+/** Makes room in a slot before `needed` more tokens are written (the rolling-cache policy plugs in here). */
+export type MakeRoom = (seq: Sequence, needed: number) => void;
+
+let nextId = 0;
+
+/** One generation in progress. Fields are grouped by lifetime. */
+export class Sequence {
+  // Fixed at creation.
+  readonly id = `seq-${++nextId}`;
+  readonly promptIds: number[];
+  readonly params: SamplingParams;
+  readonly slot: number;
+  /** Prompt tokens found in the cache (not recomputed). */
+  readonly cachedTokens: number;
+  readonly stopIds: Set<number>;
+
+  // Advanced by prefill.
+  /** Prompt tokens in the cache so far (cached + prefilled). */
+  prefilled: number;
+
+  // Advanced by every sampled token.
+  readonly generated: number[] = [];
+  readonly counts = new Map<number, number>();
+  /** The last sampled token, fed to the model by the next step. */
+  pending: number | undefined;
+  finished: FinishReason | undefined;
+  readonly rng: Rng;
+  readonly detok: IncrementalDetokenizer;
+  readonly stop: StopMatcher;
+
+  constructor(init: SequenceInit, engine: Engine) {
+    this.promptIds = init.promptIds;
+    this.params = init.params;
+    this.slot = init.slot;
+    // The last prompt token is always run, so its logits exist.
+    this.cachedTokens = Math.max(0, Math.min(init.reuseTokens ?? 0, init.promptIds.length - 1));
+    this.prefilled = this.cachedTokens;
+    this.rng = createRng(init.params.seed);
+    const tok = engine.tokenizer;
+    this.stopIds = new Set([...engine.config.eosIds, tok.eosId, tok.endOfTurnId, ...init.params.stopTokenIds]);
+    this.detok = new IncrementalDetokenizer((ids) => tok.decode(ids, { skipSpecialTokens: true }), init.promptIds.slice(-4));
+    this.stop = new StopMatcher(init.params.stop);
+  }
+
+  get promptTokens(): number {
+    return this.promptIds.length;
+  }
+
+  get prefillDone(): boolean {
+    return this.prefilled >= this.promptIds.length;
+  }
+}
+
+export class Sampler {
+  constructor(
+    readonly engine: Engine,
+    private readonly makeRoom: MakeRoom = () => {},
+  ) {}
+
+  /** Registers a sequence; its cache is cut back to the reused prefix. */
+  add(init: SequenceInit): Sequence {
+    if (init.promptIds.length === 0) throw new Error('a prompt needs at least one token');
+    const seq = new Sequence(init, this.engine);
+    const pool = this.engine.pool;
+    if (pool.length(seq.slot) !== seq.cachedTokens) {
+      if (pool.canTruncate(seq.slot, seq.cachedTokens)) pool.truncate(seq.slot, seq.cachedTokens);
+      else throw new Error(`slot ${seq.slot} cannot reuse ${seq.cachedTokens} tokens without a rebuild`);
+    }
+    return seq;
+  }
+
+  /** Prefills up to `maxTokens` more prompt tokens; the last chunk also samples the first token. */
+  async prefill(seq: Sequence, maxTokens = Infinity): Promise<{ done: boolean; output?: StepOutput }> {
+    const end = Math.min(seq.promptIds.length, seq.prefilled + Math.max(1, maxTokens));
+    const chunk = seq.promptIds.slice(seq.prefilled, end);
+    this.makeRoom(seq, chunk.length);
+    const last = end === seq.promptIds.length;
+    const logits = this.engine.model.prefill(chunk, { pool: this.engine.pool, slots: [seq.slot], noLogits: !last });
+    seq.prefilled = end;
+    if (!logits) return { done: false };
+    const [top] = await reduceLogits(logits, [this.rowInput(seq)]);
+    return { done: true, output: this.accept(seq, top) };
+  }
+
+  /** One decode step for sequences whose prompt is in and that have not finished. */
+  async step(seqs: Sequence[]): Promise<StepOutput[]> {
+    if (seqs.length === 0) return [];
+    for (const s of seqs) {
+      if (s.pending === undefined || s.finished) throw new Error(`sequence ${s.id} is not ready to decode`);
+      this.makeRoom(s, 1);
+    }
+    const logits = this.engine.model.forward(
+      seqs.map((s) => [s.pending as number]),
+      { pool: this.engine.pool, slots: seqs.map((s) => s.slot) },
+    );
+    const tops = await reduceLogits(logits, seqs.map((s) => this.rowInput(s)));
+    return seqs.map((s, b) => this.accept(s, tops[b]));
+  }
+
+  private rowInput(seq: Sequence): RowLogitsInput {
+    return { params: seq.params, counts: seq.counts, k: requiredK(seq.params, this.engine.topKCap) };
+  }
+
+  /** Picks a token from the row's candidates and applies the stop rules, in their order. */
+  private accept(seq: Sequence, top: TopK): StepOutput {
+    const p = seq.params;
+    const index = pickToken(top, p, seq.rng);
+    const token = top.ids[index];
+    const logprob = p.logprobs ? tokenLogprob(top, index, p.topLogprobs, this.engine.tokenizer) : undefined;
+    seq.generated.push(token);
+    seq.counts.set(token, (seq.counts.get(token) ?? 0) + 1);
+    seq.pending = undefined;
+
+    // Stop 1: an end-of-sequence token; it is not emitted, held-back text is.
+    if (seq.stopIds.has(token)) return this.finish(seq, 'stop', seq.stop.push(seq.detok.flush()).text, token, logprob);
+    // Stop 2: a stop string in the decoded text; it and what follows are withheld.
+    const fed = seq.stop.push(seq.detok.push(token));
+    if (fed.stopped) return this.finish(seq, 'stop', fed.text, token, logprob, false);
+    // Stop 3: max_tokens.
+    if (seq.generated.length >= p.maxTokens) return this.finish(seq, 'length', fed.text + seq.stop.push(seq.detok.flush()).text, token, logprob);
+    seq.pending = token;
+    return { token, text: fed.text, logprob };
+  }
+
+  private finish(seq: Sequence, reason: FinishReason, text: string, token: number, logprob?: TokenLogprob, flush = true): StepOutput {
+    seq.finished = reason;
+    const rest = flush ? seq.stop.flush() : '';
+    return { token, text: text + rest, logprob, finish: reason };
+  }
+}
