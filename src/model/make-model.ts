@@ -1,0 +1,281 @@
+/**
+ * Writes a Gemma-3-architecture model with deterministic random weights as a
+ * Hugging Face directory (config.json, generation_config.json,
+ * model.safetensors, tokenizer files), so the service runs without
+ * downloading a checkpoint. Tensors are generated and streamed chunk by chunk,
+ * so even the 1B preset never sits in memory.
+ */
+import { randomBytes } from 'node:crypto';
+import { promises as fsp, readFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { GemmaServeError } from '../errors.js';
+import { SafetensorsWriter, type TensorSpec, type WritableDType } from './safetensors.js';
+import { defaultTokenizerFiles } from './tokenizer.js';
+
+export type PresetName = 'tiny' | '270m' | '1b';
+
+export interface ModelShape {
+  numLayers: number;
+  hiddenSize: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  intermediateSize: number;
+  slidingWindow: number;
+  queryPreAttnScalar: number;
+  maxPositionEmbeddings: number;
+  vocabSize: number;
+  /** Every `slidingPattern`-th layer is global, the others sliding. */
+  slidingPattern: number;
+}
+
+const GEMMA3_VOCAB = 262144;
+
+export const PRESETS: Readonly<Record<PresetName, Readonly<ModelShape>>> = {
+  tiny: {
+    numLayers: 6, hiddenSize: 64, numHeads: 4, numKvHeads: 1, headDim: 32, intermediateSize: 256,
+    slidingWindow: 32, queryPreAttnScalar: 32, maxPositionEmbeddings: 32768, vocabSize: GEMMA3_VOCAB, slidingPattern: 6,
+  },
+  '270m': {
+    numLayers: 18, hiddenSize: 640, numHeads: 4, numKvHeads: 1, headDim: 256, intermediateSize: 2048,
+    slidingWindow: 512, queryPreAttnScalar: 256, maxPositionEmbeddings: 32768, vocabSize: GEMMA3_VOCAB, slidingPattern: 6,
+  },
+  '1b': {
+    numLayers: 26, hiddenSize: 1152, numHeads: 4, numKvHeads: 1, headDim: 256, intermediateSize: 6912,
+    slidingWindow: 512, queryPreAttnScalar: 256, maxPositionEmbeddings: 32768, vocabSize: GEMMA3_VOCAB, slidingPattern: 6,
+  },
+};
+
+/** Bump when the generated weights or files change, so cached default models are rebuilt. */
+const GENERATOR_VERSION = 2;
+const DEFAULT_SEED = 0;
+
+export class MakeModelError extends GemmaServeError {
+  constructor(message: string) {
+    super(message, { status: 500, code: 'make_model_error' });
+  }
+}
+
+export function layerTypes(s: ModelShape): ('sliding_attention' | 'full_attention')[] {
+  return Array.from({ length: s.numLayers }, (_, i) => ((i + 1) % s.slidingPattern === 0 ? 'full_attention' : 'sliding_attention'));
+}
+
+/** config.json in the newer transformers style (layer_types, rope_parameters). */
+export function hfConfig(s: ModelShape): Record<string, unknown> {
+  return {
+    architectures: ['Gemma3ForCausalLM'],
+    attention_bias: false,
+    attention_dropout: 0.0,
+    attn_logit_softcapping: null,
+    bos_token_id: 2,
+    dtype: 'bfloat16',
+    eos_token_id: 1,
+    final_logit_softcapping: null,
+    head_dim: s.headDim,
+    hidden_activation: 'gelu_pytorch_tanh',
+    hidden_size: s.hiddenSize,
+    initializer_range: 0.02,
+    intermediate_size: s.intermediateSize,
+    layer_types: layerTypes(s),
+    max_position_embeddings: s.maxPositionEmbeddings,
+    model_type: 'gemma3_text',
+    num_attention_heads: s.numHeads,
+    num_hidden_layers: s.numLayers,
+    num_key_value_heads: s.numKvHeads,
+    pad_token_id: 0,
+    query_pre_attn_scalar: s.queryPreAttnScalar,
+    rms_norm_eps: 1e-6,
+    rope_parameters: {
+      full_attention: { rope_theta: 1000000.0, rope_type: 'default' },
+      sliding_attention: { rope_theta: 10000.0, rope_type: 'default' },
+    },
+    sliding_window: s.slidingWindow,
+    tie_word_embeddings: true,
+    use_bidirectional_attention: false,
+    use_cache: true,
+    vocab_size: s.vocabSize,
+  };
+}
+
+interface GenSpec extends TensorSpec {
+  /** Normal(mean, std) per element. */
+  mean: number;
+  std: number;
+}
+
+/** Tensor names, shapes (PyTorch [out, in]) and init scales, in file order. */
+export function tensorSpecs(s: ModelShape, dtype: WritableDType = 'BF16'): GenSpec[] {
+  const H = s.hiddenSize, hd = s.headDim, I = s.intermediateSize;
+  const q = s.numHeads * hd, kv = s.numKvHeads * hd;
+  // std 1/sqrt(fan_in) keeps every projection's output O(1); embeddings use
+  // 1/sqrt(H) so that x * sqrt(H) is O(1) and tied logits have std ~1.
+  const lin = (name: string, out: number, inp: number): GenSpec => ({ name, dtype, shape: [out, inp], mean: 0, std: 1 / Math.sqrt(inp) });
+  const norm = (name: string, n: number): GenSpec => ({ name, dtype, shape: [n], mean: 0, std: 0.1 });
+  const out: GenSpec[] = [{ name: 'model.embed_tokens.weight', dtype, shape: [s.vocabSize, H], mean: 0, std: 1 / Math.sqrt(H) }];
+  for (let i = 0; i < s.numLayers; i++) {
+    const p = `model.layers.${i}.`;
+    out.push(
+      norm(`${p}input_layernorm.weight`, H),
+      norm(`${p}post_attention_layernorm.weight`, H),
+      norm(`${p}pre_feedforward_layernorm.weight`, H),
+      norm(`${p}post_feedforward_layernorm.weight`, H),
+      lin(`${p}self_attn.q_proj.weight`, q, H),
+      lin(`${p}self_attn.k_proj.weight`, kv, H),
+      lin(`${p}self_attn.v_proj.weight`, kv, H),
+      lin(`${p}self_attn.o_proj.weight`, H, q),
+      norm(`${p}self_attn.q_norm.weight`, hd),
+      norm(`${p}self_attn.k_norm.weight`, hd),
+      lin(`${p}mlp.gate_proj.weight`, I, H),
+      lin(`${p}mlp.up_proj.weight`, I, H),
+      lin(`${p}mlp.down_proj.weight`, H, I),
+    );
+  }
+  // Final norm around (1 + w) ~ 4 widens the tied logits to std ~4, so the
+  // next-token distribution is peaked (top-1 ~10%) rather than near uniform.
+  out.push({ name: 'model.norm.weight', dtype, shape: [H], mean: 3, std: 0.3 });
+  return out;
+}
+
+export function parameterCount(s: ModelShape): number {
+  return tensorSpecs(s).reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
+}
+
+/** FNV-1a of the name mixed with the seed: each tensor gets its own stream, independent of order. */
+function tensorSeed(seed: number, name: string): number {
+  let h = 0x811c9dc5 ^ Math.imul(seed | 0, 0x9e3779b9);
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
+/** mulberry32 + Box-Muller; deterministic normal samples. */
+class NormalStream {
+  private s: number;
+  constructor(seed: number) { this.s = seed | 0; }
+
+  fill(out: Float32Array, mean: number, std: number): void {
+    let a = this.s;
+    const n = out.length;
+    for (let i = 0; i < n; i += 2) {
+      a = (a + 0x6d2b79f5) | 0;
+      let t = Math.imul(a ^ (a >>> 15), 1 | a);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      const u1 = 1 - ((t ^ (t >>> 14)) >>> 0) / 4294967296; // (0, 1]
+      a = (a + 0x6d2b79f5) | 0;
+      t = Math.imul(a ^ (a >>> 15), 1 | a);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      const u2 = ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+      const r = Math.sqrt(-2 * Math.log(u1)) * std;
+      const th = 2 * Math.PI * u2;
+      out[i] = mean + r * Math.cos(th);
+      if (i + 1 < n) out[i + 1] = mean + r * Math.sin(th);
+    }
+    this.s = a;
+  }
+}
+
+const CHUNK = 1 << 20;
+
+export interface MakeModelOptions {
+  out: string;
+  preset: PresetName;
+  seed?: number;
+  /** Storage dtype of model.safetensors (default BF16, as released checkpoints). */
+  dtype?: WritableDType;
+  /** Overrides of the preset's shape (tests). */
+  shape?: Partial<ModelShape>;
+}
+
+/** Writes the model directory `out` (created if missing; existing files are overwritten). */
+export async function makeModel(opts: MakeModelOptions): Promise<void> {
+  const base = PRESETS[opts.preset];
+  if (!base) throw new MakeModelError(`unknown preset ${JSON.stringify(opts.preset)}; known: ${Object.keys(PRESETS).join(', ')}`);
+  const shape: ModelShape = { ...base, ...opts.shape };
+  const seed = opts.seed ?? DEFAULT_SEED;
+  await fsp.mkdir(opts.out, { recursive: true });
+  const specs = tensorSpecs(shape, opts.dtype ?? 'BF16');
+  const w = await SafetensorsWriter.create(
+    path.join(opts.out, 'model.safetensors'),
+    specs.map(({ name, dtype, shape: sh }) => ({ name, dtype, shape: sh })),
+    { format: 'pt', generator: `gemma-serve make-model v${GENERATOR_VERSION}`, preset: opts.preset, seed: String(seed) },
+  );
+  try {
+    const buf = new Float32Array(CHUNK);
+    for (const t of specs) {
+      const rng = new NormalStream(tensorSeed(seed, t.name));
+      let left = t.shape.reduce((a, b) => a * b, 1);
+      while (left > 0) {
+        const chunk = left >= CHUNK ? buf : buf.subarray(0, left);
+        rng.fill(chunk, t.mean, t.std);
+        await w.append(chunk);
+        left -= chunk.length;
+      }
+    }
+  } finally {
+    await w.close();
+  }
+  const json = (o: unknown) => JSON.stringify(o, null, 2) + '\n';
+  await fsp.writeFile(path.join(opts.out, 'config.json'), json(hfConfig(shape)));
+  await fsp.writeFile(path.join(opts.out, 'generation_config.json'),
+    json({ bos_token_id: 2, eos_token_id: [1, 106], pad_token_id: 0, do_sample: true, top_k: 64, top_p: 0.95 }));
+  const tok = defaultTokenizerFiles();
+  await fsp.copyFile(tok.tokenizerJson, path.join(opts.out, 'tokenizer.json'));
+  await fsp.copyFile(tok.tokenizerConfig, path.join(opts.out, 'tokenizer_config.json'));
+}
+
+function packageVersion(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    try {
+      const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'gemma-serve' && pkg.version) return pkg.version;
+    } catch { /* keep walking up */ }
+    const up = path.dirname(dir);
+    if (up === dir) return '0';
+    dir = up;
+  }
+}
+
+const defaultDirs = new Map<number, Promise<string>>();
+
+/**
+ * A directory holding the `tiny` preset, created once per machine under
+ * GEMMA_SERVE_CACHE_DIR (or the OS temp dir). Built in a private temp dir and
+ * renamed into place, so concurrent processes never see a half-written model.
+ */
+export function defaultModelDir(seed: number = DEFAULT_SEED): Promise<string> {
+  let p = defaultDirs.get(seed);
+  if (!p) {
+    p = ensureDefaultModel(seed);
+    defaultDirs.set(seed, p);
+    p.catch(() => defaultDirs.delete(seed));
+  }
+  return p;
+}
+
+async function isComplete(dir: string): Promise<boolean> {
+  const need = ['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'];
+  const ok = await Promise.all(need.map((f) => fsp.stat(path.join(dir, f)).then((s) => s.isFile(), () => false)));
+  return ok.every(Boolean);
+}
+
+async function ensureDefaultModel(seed: number): Promise<string> {
+  const root = process.env.GEMMA_SERVE_CACHE_DIR || os.tmpdir();
+  const dir = path.join(root, `gemma-serve-${packageVersion()}-g${GENERATOR_VERSION}-tiny-${seed}`);
+  if (await isComplete(dir)) return dir;
+  await fsp.mkdir(root, { recursive: true });
+  const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    await makeModel({ out: tmp, preset: 'tiny', seed });
+    try {
+      await fsp.rename(tmp, dir);
+    } catch (e) {
+      // Another process finished first (rename onto a non-empty dir fails): use theirs.
+      if (!(await isComplete(dir))) throw new MakeModelError(`cannot install default model at ${dir}: ${(e as Error).message}`);
+    }
+  } finally {
+    await fsp.rm(tmp, { recursive: true, force: true });
+  }
+  return dir;
+}

