@@ -1,0 +1,22 @@
+/** The benchmark model: the `270m` preset (Gemma 3 270M's exact shape), written once and reused. */
+import { existsSync } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeModel, type PresetName } from '../src/model/make-model.js';
+
+export async function benchModelDir(preset: PresetName = '270m'): Promise<string> {
+  const dir = process.env.BENCH_MODEL_DIR ?? join(process.env.GEMMA_SERVE_CACHE_DIR ?? tmpdir(), `gemma-serve-bench-${preset}`);
+  if (existsSync(join(dir, 'config.json'))) return dir;
+  const partial = `${dir}.partial-${process.pid}`;
+  await rm(partial, { recursive: true, force: true });
+  await makeModel({ out: partial, preset });
+  await rename(partial, dir);
+  return dir;
+}
+
+/** Deterministic filler prompt ids (ordinary vocabulary, no special tokens). */
+export function promptIds(n: number, seed = 1): number[] {
+  let s = seed;
+  return [2, ...Array.from({ length: n - 1 }, () => ((s = (s * 1103515245 + 12345) % 2 ** 31) % 200000) + 1000)];
+}
