@@ -1,6 +1,7 @@
 /**
- * The KV tensors of every slot, one pair per layer, shaped
- * [slots, kvHeads, entries, headDim]. Global layers hold `capacity` entries;
+ * The KV tensors of every slot: per layer and slot one K and one V tensor
+ * shaped [1, kvHeads, entries, headDim] (separate tensors, because gathering
+ * a slot out of a pooled tensor costs a slow strided copy on wasm). Global layers hold `capacity` entries;
  * sliding layers hold only their window (plus a little slack so that a short
  * rollback of the newest tokens stays exact) and are used as ring buffers.
  *
@@ -30,16 +31,17 @@ interface SlotState {
 
 /** Where one forward call writes its new keys: built once per call, shared by the layers of a type. */
 export interface WritePlan {
-  /** [M, 3] (slot, kvHead, entry) for tensorScatterUpdate. */
-  indices: tf.Tensor2D;
-  /** [M] rows of the flattened new keys [B * kvHeads * T, headDim] to write. */
-  source: tf.Tensor1D;
+  /** Per row: [M, 3] (0, kvHead, entry) for tensorScatterUpdate into the row's slot tensor. */
+  indices: tf.Tensor2D[];
+  /** Per row: [M] rows of the flattened new keys [B * kvHeads * T, headDim] to write. */
+  source: tf.Tensor1D[];
 }
 
 export class KVPool {
   readonly entries: Record<LayerType, number>;
-  readonly k: tf.Tensor4D[] = [];
-  readonly v: tf.Tensor4D[] = [];
+  /** k[layer][slot], v[layer][slot]. */
+  readonly k: tf.Tensor4D[][] = [];
+  readonly v: tf.Tensor4D[][] = [];
   private readonly state: SlotState[];
   private readonly rotate: tf.Tensor2D;
 
@@ -50,9 +52,9 @@ export class KVPool {
   ) {
     this.entries = { global: capacity, sliding: Math.min(capacity, config.slidingWindow + SLIDING_SLACK) };
     for (const type of config.layerTypes) {
-      const shape: [number, number, number, number] = [slots, config.numKvHeads, this.entries[type], config.headDim];
-      this.k.push(tf.zeros(shape));
-      this.v.push(tf.zeros(shape));
+      const shape: [number, number, number, number] = [1, config.numKvHeads, this.entries[type], config.headDim];
+      this.k.push(Array.from({ length: slots }, () => tf.zeros(shape)));
+      this.v.push(Array.from({ length: slots }, () => tf.zeros(shape)));
     }
     this.state = Array.from({ length: slots }, () => this.emptyState());
     this.rotate = rotateHalfMatrix(config.headDim);
@@ -76,7 +78,7 @@ export class KVPool {
   }
 
   bytes(): number {
-    return this.k.reduce((sum, t) => sum + t.size * 8, 0);
+    return this.k.reduce((sum, row) => sum + row.reduce((s, t) => s + t.size * 8, 0), 0);
   }
 
   reset(slot: number): void {
@@ -110,19 +112,22 @@ export class KVPool {
   planWrite(slots: number[], count: number, type: LayerType): WritePlan {
     const E = this.entries[type];
     const H = this.config.numKvHeads;
-    const idx: number[] = [];
-    const src: number[] = [];
+    const plan: WritePlan = { indices: [], source: [] };
     slots.forEach((slot, b) => {
       const start = this.state[slot].length;
       if (start + count > this.capacity) throw new CacheOverflowError(slot, start + count, this.capacity);
+      const idx: number[] = [];
+      const src: number[] = [];
       for (let t = Math.max(0, count - E); t < count; t++) {
         for (let h = 0; h < H; h++) {
-          idx.push(slot, h, (start + t) % E);
+          idx.push(0, h, (start + t) % E);
           src.push((b * H + h) * count + t);
         }
       }
+      plan.indices.push(tf.tensor2d(idx, [src.length, 3], 'int32'));
+      plan.source.push(tf.tensor1d(src, 'int32'));
     });
-    return { indices: tf.tensor2d(idx, [src.length, 3], 'int32'), source: tf.tensor1d(src, 'int32') };
+    return plan;
   }
 
   /** Records what planWrite wrote, once every layer has written. */
@@ -137,21 +142,32 @@ export class KVPool {
     }
   }
 
+  /** The cached K and V of `layer` for these slots, stacked as [B, kvHeads, entries, headDim]. */
+  rows(layer: number, slots: number[]): { k: tf.Tensor4D; v: tf.Tensor4D } {
+    if (slots.length === 1) return { k: this.k[layer][slots[0]], v: this.v[layer][slots[0]] };
+    return { k: tf.concat(slots.map((s) => this.k[layer][s])), v: tf.concat(slots.map((s) => this.v[layer][s])) };
+  }
+
   /**
    * Writes new keys/values [B, kvHeads, T, headDim] of layer `layer` into the
-   * pool. The old pool tensors are disposed (on the cpu backend the scatter
-   * writes into its input, which is safe only because nothing else holds it).
+   * rows' slots. The old slot tensors are disposed (on the cpu backend the
+   * scatter writes into its input, which is safe only because nothing else
+   * holds it).
    */
-  write(layer: number, k: tf.Tensor4D, v: tf.Tensor4D, plan: WritePlan): void {
+  write(layer: number, slots: number[], k: tf.Tensor4D, v: tf.Tensor4D, plan: WritePlan): void {
     const hd = this.config.headDim;
-    const put = (pool: tf.Tensor4D, x: tf.Tensor4D): tf.Tensor4D =>
-      tf.tidy(() => tf.tensorScatterUpdate(pool, plan.indices, tf.gather(tf.reshape(x, [-1, hd]), plan.source)) as tf.Tensor4D);
-    const nk = put(this.k[layer], k);
-    const nv = put(this.v[layer], v);
-    this.k[layer].dispose();
-    this.v[layer].dispose();
-    this.k[layer] = tf.keep(nk);
-    this.v[layer] = tf.keep(nv);
+    const flatK = tf.reshape(k, [-1, hd]);
+    const flatV = tf.reshape(v, [-1, hd]);
+    slots.forEach((slot, b) => {
+      const put = (old: tf.Tensor4D, flat: tf.Tensor): tf.Tensor4D =>
+        tf.keep(tf.tensorScatterUpdate(old, plan.indices[b], tf.gather(flat, plan.source[b])) as tf.Tensor4D);
+      const nk = put(this.k[layer][slot], flatK);
+      const nv = put(this.v[layer][slot], flatV);
+      this.k[layer][slot].dispose();
+      this.v[layer][slot].dispose();
+      this.k[layer][slot] = nk;
+      this.v[layer][slot] = nv;
+    });
   }
 
   /**
@@ -192,17 +208,14 @@ export class KVPool {
         const shape = [1, 1, this.entries[type], this.config.headDim];
         tables[type] = { cos: tf.tensor(cos, shape), sin: tf.tensor(sin, shape), from: tf.tensor1d(m.from, 'int32') };
       }
-      const at = tf.tensor2d([[slot]], [1, 1], 'int32');
       this.config.layerTypes.forEach((type, l) => {
         const t = tables[type];
-        const rowK = tf.gather(tf.gather(this.k[l], [slot]), t.from, 2);
-        const rowV = tf.gather(tf.gather(this.v[l], [slot]), t.from, 2);
-        const nk = tf.keep(tf.tensorScatterUpdate(this.k[l], at, applyRope(rowK, t.cos, t.sin, this.rotate)) as tf.Tensor4D);
-        const nv = tf.keep(tf.tensorScatterUpdate(this.v[l], at, rowV) as tf.Tensor4D);
-        this.k[l].dispose();
-        this.v[l].dispose();
-        this.k[l] = nk;
-        this.v[l] = nv;
+        const nk = tf.keep(applyRope(tf.gather(this.k[l][slot], t.from, 2), t.cos, t.sin, this.rotate) as tf.Tensor4D);
+        const nv = tf.keep(tf.gather(this.v[l][slot], t.from, 2));
+        this.k[l][slot].dispose();
+        this.v[l][slot].dispose();
+        this.k[l][slot] = nk;
+        this.v[l][slot] = nv;
       });
     });
     s.positions = { global: maps.global.pos, sliding: maps.sliding.pos };
@@ -210,6 +223,6 @@ export class KVPool {
   }
 
   dispose(): void {
-    for (const t of [...this.k, ...this.v, this.rotate]) t.dispose();
+    for (const t of [...this.k.flat(), ...this.v.flat(), this.rotate]) t.dispose();
   }
 }

@@ -167,10 +167,10 @@ export class GemmaModel {
     let keys: tf.Tensor4D = k;
     let values: tf.Tensor4D = vh;
     if (pool && slots) {
-      const at = tf.tensor1d(slots, 'int32');
-      keys = tf.concat([tf.gather(pool.k[l], at), k], 2);
-      values = tf.concat([tf.gather(pool.v[l], at), vh], 2);
-      pool.write(l, k, vh, ctx.write as WritePlan);
+      const cached = pool.rows(l, slots);
+      keys = tf.concat([cached.k, k], 2);
+      values = tf.concat([cached.v, vh], 2);
+      pool.write(l, slots, k, vh, ctx.write as WritePlan);
     }
     const K = keys.shape[2];
     // Grouped-query attention: the g query heads of a KV head share one matmul.
