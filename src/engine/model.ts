@@ -17,7 +17,8 @@ const MASKED = -1e9;
 interface TypeContext {
   cos: tf.Tensor;
   sin: tf.Tensor;
-  mask: tf.Tensor;
+  /** Per row: additive mask [1, 1, 1, T, cached + T]. */
+  masks: tf.Tensor[];
   write?: WritePlan;
 }
 
@@ -69,27 +70,38 @@ export class GemmaModel {
     if (pool && (!slots || slots.length !== B)) throw new Error('forward: one slot per row is required with a pool');
     const starts = slots && pool ? slots.map((s) => pool.length(s)) : new Array<number>(B).fill(0);
 
-    const result = tf.tidy((): tf.Tensor2D | undefined => {
-      const ctx = {} as Record<LayerType, TypeContext>;
-      for (const type of ['global', 'sliding'] as const) ctx[type] = this.typeContext(type, starts, T, pool, slots);
-
+    // Each layer runs in its own tidy so only one layer's activations are alive at a time.
+    const ctx = {} as Record<LayerType, TypeContext>;
+    for (const type of ['global', 'sliding'] as const) ctx[type] = this.typeContext(type, starts, T, pool, slots);
+    let x = tf.tidy(() => {
       const flatIds = tf.tensor1d(ids.flat(), 'int32');
-      let x = tf.mul(tf.transpose(tf.gather(this.weights.embedT, flatIds, 1)), this.sqrtHidden) as tf.Tensor2D;
+      return tf.mul(tf.transpose(tf.gather(this.weights.embedT, flatIds, 1)), this.sqrtHidden) as tf.Tensor2D;
+    });
+    try {
       this.weights.layers.forEach((w, l) => {
-        x = this.layer(x, w, l, B, T, ctx[c.layerTypes[l]], pool, slots);
+        const next = tf.tidy(() => this.layer(x, w, l, B, T, ctx[c.layerTypes[l]], pool, slots));
+        x.dispose();
+        x = next;
       });
-
-      if (opts.noLogits) return undefined;
-      let last = x;
+    } finally {
+      for (const t of Object.values(ctx)) disposeContext(t);
+    }
+    if (pool && slots) pool.commitWrite(slots, T);
+    const hidden = x;
+    if (opts.noLogits) {
+      hidden.dispose();
+      return undefined;
+    }
+    const result = tf.tidy(() => {
+      let last = hidden;
       if (!opts.allPositions && T > 1) {
         const rows = Array.from({ length: B }, (_, b) => b * T + T - 1);
-        last = tf.gather(x, tf.tensor1d(rows, 'int32'));
+        last = tf.gather(hidden, tf.tensor1d(rows, 'int32'));
       }
-      let logits = tf.matMul(this.rmsNorm(last, this.weights.finalNorm), this.weights.embedT);
-      if (c.finalLogitSoftcap) logits = softcap(logits, c.finalLogitSoftcap);
-      return logits as tf.Tensor2D;
+      const logits = tf.matMul(this.rmsNorm(last, this.weights.finalNorm), this.weights.embedT);
+      return (c.finalLogitSoftcap ? softcap(logits, c.finalLogitSoftcap) : logits) as tf.Tensor2D;
     });
-    if (pool && slots) pool.commitWrite(slots, T);
+    hidden.dispose();
     return result;
   }
 
@@ -105,12 +117,13 @@ export class GemmaModel {
     const window = type === 'sliding' ? c.slidingWindow : Infinity;
     const E = pool ? pool.entries[type] : 0;
     const K = E + T;
-    const mask = new Float32Array(B * T * K).fill(MASKED);
+    const masks: tf.Tensor[] = [];
     for (let b = 0; b < B; b++) {
+      const mask = new Float32Array(T * K).fill(MASKED);
       const cached = pool && slots ? pool.positions(slots[b], type) : undefined;
       for (let t = 0; t < T; t++) {
         const q = starts[b] + t;
-        const row = (b * T + t) * K;
+        const row = t * K;
         if (cached) {
           for (let e = 0; e < E; e++) {
             const p = cached[e];
@@ -119,11 +132,12 @@ export class GemmaModel {
         }
         for (let u = 0; u <= t; u++) if (starts[b] + u > q - window) mask[row + E + u] = 0;
       }
+      masks.push(tf.tensor(mask, [1, 1, 1, T, K]));
     }
     return {
       cos: tf.tensor(cos, [B * T, 1, c.headDim]),
       sin: tf.tensor(sin, [B * T, 1, c.headDim]),
-      mask: tf.tensor(mask, [B, 1, 1, T, K]),
+      masks,
       write: pool && slots ? pool.planWrite(slots, T, type) : undefined,
     };
   }
@@ -164,21 +178,29 @@ export class GemmaModel {
     const k = heads(qk, nq, nkv);
     const vh = heads(v, 0, nkv);
 
-    let keys: tf.Tensor4D = k;
-    let values: tf.Tensor4D = vh;
-    if (pool && slots) {
-      const cached = pool.rows(l, slots);
-      keys = tf.concat([cached.k, k], 2);
-      values = tf.concat([cached.v, vh], 2);
-      pool.write(l, slots, k, vh, ctx.write as WritePlan);
+    // Attention runs row by row: on wasm a batched matmul takes a slow generic
+    // path, while 2-D products go through XNNPACK. The keys are the left
+    // operand (scores^T = K q^T) for the same reason.
+    const rowOf = (t: tf.Tensor4D, b: number): tf.Tensor4D => (B === 1 ? t : tf.slice(t, [b, 0, 0, 0], [1, t.shape[1], T, hd]));
+    const outs: tf.Tensor[] = [];
+    for (let b = 0; b < B; b++) {
+      let keys = rowOf(k, b);
+      let values = rowOf(vh, b);
+      if (pool && slots) {
+        keys = tf.concat([pool.k[l][slots[b]], keys], 2);
+        values = tf.concat([pool.v[l][slots[b]], values], 2);
+      }
+      const K = keys.shape[2];
+      // Grouped-query attention: the g query heads of a KV head share one matmul.
+      const qT = tf.transpose(tf.reshape(rowOf(q, b), [1, nkv, g * T, hd]), [0, 1, 3, 2]);
+      let scores = tf.transpose(tf.matMul(keys, qT), [0, 1, 3, 2]);
+      if (c.attnLogitSoftcap) scores = softcap(scores, c.attnLogitSoftcap);
+      const masked = tf.add(tf.reshape(scores, [1, nkv, g, T, K]), ctx.masks[b]);
+      outs.push(tf.matMul(tf.reshape(tf.softmax(masked), [1, nkv, g * T, K]), values));
     }
-    const K = keys.shape[2];
-    // Grouped-query attention: the g query heads of a KV head share one matmul.
-    let scores = tf.matMul(tf.reshape(q, [B, nkv, g * T, hd]), keys, false, true);
-    if (c.attnLogitSoftcap) scores = softcap(scores, c.attnLogitSoftcap);
-    const masked = tf.add(tf.reshape(scores, [B, nkv, g, T, K]), ctx.mask);
-    const probs = tf.reshape(tf.softmax(masked), [B, nkv, g * T, K]);
-    const attn = tf.reshape(tf.transpose(tf.reshape(tf.matMul(probs, values), [B, nq, T, hd]), [0, 2, 1, 3]), [B * T, nq * hd]);
+    if (pool && slots) pool.write(l, slots, k, vh, ctx.write as WritePlan);
+    const out = B === 1 ? outs[0] : tf.concat(outs, 0);
+    const attn = tf.reshape(tf.transpose(tf.reshape(out, [B, nq, T, hd]), [0, 2, 1, 3]), [B * T, nq * hd]);
     const h = tf.add(x, this.rmsNorm(tf.matMul(attn, w.o), w.postAttnNorm)) as tf.Tensor2D;
 
     // MLP: one fused gate/up matmul; gelu(tanh) written as x * sigmoid(2u) (identical, fewer kernels).
@@ -196,6 +218,10 @@ export class GemmaModel {
     this.rotate.dispose();
     this.sqrtHidden.dispose();
   }
+}
+
+function disposeContext(c: TypeContext): void {
+  tf.dispose([c.cos, c.sin, ...c.masks, ...(c.write ? [...c.write.indices, ...c.write.source] : [])]);
 }
 
 function softcap<T extends tf.Tensor>(x: T, cap: number): T {
