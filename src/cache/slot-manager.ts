@@ -218,6 +218,11 @@ export class SlotManager {
    * Busy sessions are skipped. Among candidates the most reusable wins,
    * cached ones (no rebuild) before stored ones.
    */
+  /** The session's metadata, from its slot or from the store. */
+  async lookup(sessionId: string): Promise<SessionMeta | undefined> {
+    return this.metaOf(sessionId) ?? (await this.safely('get', () => this.store.get(sessionId))) ?? undefined;
+  }
+
   async matchPrefix(promptIds: ArrayLike<number>): Promise<string | undefined> {
     const keys = promptPrefixKeys(promptIds);
     if (keys.length === 0) return undefined;

@@ -1,0 +1,195 @@
+/**
+ * Service configuration: every setting comes from one environment variable with
+ * a default, is parsed and range-checked once at start, and is grouped by the
+ * layer that uses it. Settings that fix tensor shapes (slots, cache capacity)
+ * live apart from per-request limits (max tokens), so it is clear which ones
+ * need a restart to mean anything.
+ *
+ * An empty variable counts as unset, so compose files can pass `${VAR:-}`.
+ */
+import { basename, resolve } from 'node:path';
+import { GemmaServeError } from '../src/errors.js';
+
+/** A configuration variable holds a value the service cannot use. */
+export class ConfigError extends GemmaServeError {
+  /** The environment variable at fault. */
+  readonly variable: string;
+  constructor(variable: string, value: string, allowed: string) {
+    super(`Invalid ${variable}=${JSON.stringify(value)}: expected ${allowed}.`, {
+      status: 500,
+      param: variable,
+      code: 'invalid_config',
+    });
+    this.variable = variable;
+  }
+}
+
+export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export type BackendChoice = (typeof BACKENDS)[number];
+export const EVICTION_MODES = ['shift', 'recompute'] as const;
+export type EvictionMode = (typeof EVICTION_MODES)[number];
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Model id used when no MODEL_DIR is given (the embedded default model). */
+export const DEFAULT_MODEL_ID = 'gemma-serve-default';
+
+export interface Config {
+  /** HTTP listener and request hygiene. */
+  server: {
+    host: string;
+    port: number;
+    /** Accepted bearer tokens; empty means no authentication. */
+    apiKeys: string[];
+    bodyLimitBytes: number;
+    /** How long SIGTERM waits for running requests before cancelling them. */
+    shutdownGraceMs: number;
+    logLevel: LogLevel;
+  };
+  /** Which weights to load and where they run. */
+  model: {
+    /** Hugging Face model directory; undefined means the embedded default model. */
+    dir?: string;
+    /** Name clients put in `model` and see in /v1/models. */
+    id: string;
+    backend: BackendChoice;
+  };
+  /** Shapes of the KV pool and where session metadata lives (fixed at start). */
+  cache: {
+    /** Number of KV slots (live session caches). */
+    slots: number;
+    /** Global-layer KV capacity per session, in tokens. */
+    capacity: number;
+    evictionMode: EvictionMode;
+    /** Redis connection URL; undefined means an in-memory session store. */
+    redisUrl?: string;
+    sessionTtlSeconds: number;
+  };
+  /** Admission and batching. */
+  scheduler: {
+    maxBatchSize: number;
+    /** Requests waiting for a batch row beyond this are refused with 429. */
+    maxQueue: number;
+    /** Prompt tokens prefilled per scheduler step, interleaved with decode steps. */
+    prefillChunk: number;
+  };
+  /** Per-request limits and defaults. */
+  sampling: {
+    /** Largest K taken from the device per step (bounds top_k and top_logprobs). */
+    topKCap: number;
+    maxTokensLimit: number;
+    defaultMaxTokens: number;
+  };
+}
+
+type Env = Record<string, string | undefined>;
+
+/** Reads variables, treating '' as unset, and parses them with named failures. */
+class EnvReader {
+  constructor(private readonly env: Env) {}
+
+  raw(name: string): string | undefined {
+    const v = this.env[name];
+    return v === undefined || v.trim() === '' ? undefined : v.trim();
+  }
+
+  string(name: string, dflt: string): string {
+    return this.raw(name) ?? dflt;
+  }
+
+  int(name: string, dflt: number, min: number, max: number = Number.MAX_SAFE_INTEGER, why = ''): number {
+    const v = this.raw(name);
+    if (v === undefined) return dflt;
+    const allowed = `an integer from ${min} to ${max}${why}`;
+    if (!/^[+-]?\d+$/.test(v)) throw new ConfigError(name, v, allowed);
+    const n = Number(v);
+    if (!Number.isSafeInteger(n) || n < min || n > max) throw new ConfigError(name, v, allowed);
+    return n;
+  }
+
+  oneOf<T extends string>(name: string, allowed: readonly T[], dflt: T): T {
+    const v = this.raw(name);
+    if (v === undefined) return dflt;
+    const lower = v.toLowerCase();
+    if (!(allowed as readonly string[]).includes(lower)) throw new ConfigError(name, v, `one of ${allowed.join(', ')}`);
+    return lower as T;
+  }
+}
+
+const MODEL_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/;
+
+/** Builds and validates the configuration; throws ConfigError naming the first bad variable. */
+export function loadConfig(env: Env = process.env): Config {
+  const r = new EnvReader(env);
+
+  const host = r.string('HOST', '127.0.0.1');
+  const port = r.int('PORT', 8080, 0, 65535);
+
+  const dirRaw = r.raw('MODEL_DIR');
+  const dir = dirRaw === undefined ? undefined : resolve(dirRaw);
+  const id = r.string('MODEL_ID', dir === undefined ? DEFAULT_MODEL_ID : basename(dir));
+  if (!MODEL_ID_RE.test(id)) {
+    const variable = r.raw('MODEL_ID') === undefined ? 'MODEL_DIR' : 'MODEL_ID';
+    throw new ConfigError(variable, r.raw(variable) ?? id,
+      'a model id of 1-128 letters, digits or . _ : / - (set MODEL_ID when the directory name is not one)');
+  }
+  const backend = r.oneOf('BACKEND', BACKENDS, 'auto');
+
+  const slots = r.int('SLOTS', 8, 1, 4096);
+  const capacity = r.int('CACHE_CAPACITY', 1024, 16, 1 << 20);
+  const evictionMode = r.oneOf('EVICTION_MODE', EVICTION_MODES, 'shift');
+  const redisUrl = r.raw('REDIS_URL');
+  if (redisUrl !== undefined && !isRedisUrl(redisUrl)) {
+    throw new ConfigError('REDIS_URL', redisUrl, 'a redis:// or rediss:// URL, or unset for the in-memory store');
+  }
+  const sessionTtlSeconds = r.int('SESSION_TTL_SECONDS', 86400, 1);
+
+  // A batch row needs a KV slot, so more rows than slots could never fill.
+  const maxBatchSize = r.int('MAX_BATCH_SIZE', Math.min(8, slots), 1, slots, ' (at most SLOTS)');
+  const maxQueue = r.int('MAX_QUEUE', 64, 0);
+  const prefillChunk = r.int('PREFILL_CHUNK', 256, 1, 1 << 16);
+
+  const topKCap = r.int('TOPK_CAP', 64, 1, 4096);
+  const maxTokensLimit = r.int('MAX_TOKENS_LIMIT', 4096, 1, 1 << 24);
+  const defaultMaxTokens = r.int('DEFAULT_MAX_TOKENS', Math.min(256, maxTokensLimit), 1, maxTokensLimit,
+    ' (at most MAX_TOKENS_LIMIT)');
+
+  const apiKeys = (r.raw('API_KEYS') ?? '').split(',').map((k) => k.trim()).filter((k) => k !== '');
+  const bodyLimitBytes = r.int('BODY_LIMIT_BYTES', 1 << 20, 1024, 1 << 30);
+  const shutdownGraceMs = r.int('SHUTDOWN_GRACE_MS', 10000, 0, 3_600_000);
+  const logLevel = r.oneOf('LOG_LEVEL', LOG_LEVELS, 'info');
+
+  return {
+    server: { host, port, apiKeys, bodyLimitBytes, shutdownGraceMs, logLevel },
+    model: { dir, id, backend },
+    cache: { slots, capacity, evictionMode, redisUrl, sessionTtlSeconds },
+    scheduler: { maxBatchSize, maxQueue, prefillChunk },
+    sampling: { topKCap, maxTokensLimit, defaultMaxTokens },
+  };
+}
+
+function isRedisUrl(s: string): boolean {
+  try {
+    const u = new URL(s);
+    return u.protocol === 'redis:' || u.protocol === 'rediss:';
+  } catch {
+    return false;
+  }
+}
+
+/** The configuration as it should appear in the start-up log: secrets replaced. */
+export function describeConfig(config: Config): Record<string, unknown> {
+  let redisUrl = config.cache.redisUrl;
+  if (redisUrl !== undefined) {
+    const u = new URL(redisUrl);
+    if (u.password !== '') u.password = 'REDACTED';
+    redisUrl = u.toString();
+  }
+  return {
+    server: { ...config.server, apiKeys: `${config.server.apiKeys.length} key(s)` },
+    model: { ...config.model, dir: config.model.dir ?? '(embedded default model)' },
+    cache: { ...config.cache, redisUrl: redisUrl ?? '(in-memory session store)' },
+    scheduler: { ...config.scheduler },
+    sampling: { ...config.sampling },
+  };
+}

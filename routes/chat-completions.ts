@@ -1,0 +1,137 @@
+/**
+ * POST /v1/chat/completions. Validation happens in three layers before the
+ * scheduler is touched: the JSON schema (types, ranges, unknown fields), the
+ * cross-field check (limits, unsupported features), then the model name and
+ * the service phase. The scheduler gets internal types only; its first event
+ * is awaited before any byte is sent, so refusals (429, 503) keep their status.
+ */
+import { randomUUID } from 'node:crypto';
+import { Readable } from 'node:stream';
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import { toErrorReply } from '../src/http/error-handler.js';
+import { InvalidSessionIdError, ModelNotFoundError } from '../src/http/errors.js';
+import { readyScheduler } from '../src/http/service.js';
+import type { ChatCompletionRequest, ErrorBody } from '../src/protocol/chat-types.js';
+import { checkChatRequest } from '../src/protocol/check.js';
+import { toChatTurns, toSamplingParams } from '../src/protocol/convert.js';
+import type { GenerationEvent } from '../src/scheduler/types.js';
+import { type CompletionMeta, CompletionBuilder } from './chat-format.js';
+import { ChatObserver } from './chat-observer.js';
+import { sseFrames } from './chat-sse.js';
+import { errorResponses } from './schema-helpers.js';
+
+const SESSION_ID_RE = /^[\x21-\x7e]{1,256}$/;
+
+/** The session a request names: the x-session-id header, else the `user` field. */
+function sessionIdOf(req: FastifyRequest, body: ChatCompletionRequest): string | undefined {
+  const header = req.headers['x-session-id'];
+  if (header !== undefined) {
+    if (typeof header !== 'string' || !SESSION_ID_RE.test(header)) throw new InvalidSessionIdError();
+    return header;
+  }
+  return body.user;
+}
+
+/** An AbortController aborted when the client closes the connection before the response finished. */
+function abortOnDisconnect(reply: FastifyReply): AbortController {
+  const ac = new AbortController();
+  reply.raw.once('close', () => {
+    if (!reply.raw.writableFinished) ac.abort();
+  });
+  return ac;
+}
+
+export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
+  const { config, service, metrics } = app.gemma;
+
+  app.post<{ Body: ChatCompletionRequest }>('/chat/completions', {
+    schema: {
+      summary: 'Create a chat completion (streamed as server-sent events when `stream` is true).',
+      body: { $ref: 'ChatCompletionRequest#' },
+      headers: {
+        type: 'object',
+        properties: { 'x-session-id': { type: 'string', description: 'Names the conversation whose KV cache to use.' } },
+      },
+      response: {
+        200: {
+          description: 'The completion, or its chunks as `text/event-stream` when streaming.',
+          content: {
+            'application/json': { schema: { $ref: 'ChatCompletion#' } },
+            'text/event-stream': { schema: { $ref: 'ChatCompletionChunk#' } },
+          },
+        },
+        ...errorResponses(400, 401, 404, 413, 415, 429, 503),
+      },
+    },
+  }, async (req, reply) => {
+    const body = req.body;
+    // 1. Cross-field checks against server limits (the schema already ran).
+    checkChatRequest(body, {
+      maxTokensLimit: config.sampling.maxTokensLimit,
+      maxN: config.scheduler.maxBatchSize,
+      topKCap: config.sampling.topKCap,
+      vocabSize: service.model?.vocabSize,
+    });
+    // 2. The one model this server serves.
+    if (body.model !== config.model.id) throw new ModelNotFoundError(body.model, config.model.id);
+    const sessionId = sessionIdOf(req, body);
+    // Header-named sessions are already bound to the request logger (see buildApp).
+    if (sessionId !== undefined && req.headers['x-session-id'] === undefined) req.log = req.log.child({ sessionId });
+    // 3. Loaded and not draining.
+    const scheduler = readyScheduler(service);
+
+    const n = body.n ?? 1;
+    const abort = abortOnDisconnect(reply);
+    const stream = scheduler.submit({
+      requestId: req.id,
+      ...(sessionId === undefined ? {} : { sessionId }),
+      messages: toChatTurns(body.messages),
+      params: toSamplingParams(body, { maxTokens: config.sampling.defaultMaxTokens, ...service.model?.samplingDefaults }),
+      n,
+      signal: abort.signal,
+    });
+    const events = stream[Symbol.asyncIterator]();
+    const observer = new ChatObserver(metrics, () => reply.elapsedTime, n);
+    const meta: CompletionMeta = {
+      id: `chatcmpl-${randomUUID().replace(/-/g, '')}`,
+      created: Math.floor(Date.now() / 1000),
+      model: config.model.id,
+      includeUsage: body.stream === true && body.stream_options?.include_usage === true,
+    };
+
+    // 4. Wait for the first event: failures up to here are ordinary HTTP errors.
+    let first: IteratorResult<GenerationEvent>;
+    try {
+      first = await events.next();
+    } catch (err) {
+      observer.end(abort.signal.aborted ? 'cancelled' : 'error');
+      throw err;
+    }
+    if (stream.sessionId !== undefined) void reply.header('x-session-id', stream.sessionId);
+
+    // 5a. Streaming: SSE frames pulled from the scheduler as the socket drains.
+    if (body.stream === true) {
+      const errorBody = (err: unknown): ErrorBody => toErrorReply(err, req, config.server.bodyLimitBytes).body;
+      const frames = sseFrames({ meta, n, first, events, observer, cancel: () => abort.abort(), errorBody, log: req.log });
+      void reply
+        .header('content-type', 'text/event-stream; charset=utf-8')
+        .header('cache-control', 'no-cache')
+        .header('x-accel-buffering', 'no');
+      return reply.send(Readable.from(frames, { objectMode: false, encoding: 'utf8' }));
+    }
+
+    // 5b. Whole response.
+    const builder = new CompletionBuilder(meta, n, body.logprobs === true);
+    try {
+      for (let r = first; r.done !== true; r = await events.next()) {
+        observer.event(r.value);
+        builder.add(r.value);
+      }
+    } catch (err) {
+      observer.end(abort.signal.aborted ? 'cancelled' : 'error');
+      throw err;
+    }
+    observer.end('ok');
+    return builder.build();
+  });
+};

@@ -1,0 +1,29 @@
+/** GET /v1/models and GET /v1/models/:model: the one model this instance serves. */
+import type { FastifyPluginAsync } from 'fastify';
+import { ModelNotFoundError } from '../src/http/errors.js';
+import { errorResponses } from './schema-helpers.js';
+
+export const modelsRoute: FastifyPluginAsync = async (app) => {
+  const { config, service } = app.gemma;
+  // Before loading finishes, `created` is the process start, so the list is stable from the first request.
+  const startedAt = Math.floor(Date.now() / 1000);
+  const model = () => ({ id: config.model.id, object: 'model' as const, created: service.model?.created ?? startedAt, owned_by: 'gemma-serve' });
+
+  app.get('/models', {
+    schema: {
+      summary: 'List the served model.',
+      response: { 200: { description: 'The model list.', $ref: 'ModelList#' }, ...errorResponses(401) },
+    },
+  }, async () => ({ object: 'list', data: [model()] }));
+
+  app.get<{ Params: { model: string } }>('/models/:model', {
+    schema: {
+      summary: 'Describe a model.',
+      params: { type: 'object', required: ['model'], properties: { model: { type: 'string' } } },
+      response: { 200: { description: 'The model.', $ref: 'Model#' }, ...errorResponses(401, 404) },
+    },
+  }, async (req) => {
+    if (req.params.model !== config.model.id) throw new ModelNotFoundError(req.params.model, config.model.id);
+    return model();
+  });
+};

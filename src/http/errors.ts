@@ -1,0 +1,91 @@
+/** Errors raised by the HTTP layer itself; each maps to one status in the error handler. */
+import { GemmaServeError, InvalidValueError } from '../errors.js';
+
+/** A request failed JSON-schema validation; the message names the field. */
+export class SchemaValidationError extends InvalidValueError {}
+
+/** The body is not parseable JSON, or empty. */
+export class InvalidJsonError extends InvalidValueError {
+  constructor(detail: string) {
+    super(`We could not parse the JSON body of your request (${detail}). Send a JSON object with Content-Type: application/json.`, null, 'invalid_json');
+  }
+}
+
+export class UnsupportedMediaTypeError extends GemmaServeError {
+  constructor(contentType: string | undefined) {
+    super(`Unsupported Content-Type ${JSON.stringify(contentType ?? '')}: send application/json.`, { status: 415, code: 'unsupported_media_type' });
+  }
+}
+
+export class BodyTooLargeError extends GemmaServeError {
+  constructor(limit: number) {
+    super(`The request body is larger than this server accepts (${limit} bytes, set by BODY_LIMIT_BYTES). Shorten the request.`, {
+      status: 413,
+      code: 'request_too_large',
+    });
+  }
+}
+
+/** Missing or wrong bearer token while API_KEYS is set. */
+export class UnauthorizedError extends GemmaServeError {
+  constructor(missing: boolean) {
+    super(
+      missing
+        ? "You didn't provide an API key. Send it in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY)."
+        : 'Incorrect API key provided. Use one of the keys configured in API_KEYS.',
+      { status: 401, code: 'invalid_api_key' },
+    );
+  }
+}
+
+export class ModelNotFoundError extends GemmaServeError {
+  constructor(model: string, served: string) {
+    super(`The model \`${model}\` does not exist. This server serves \`${served}\` (GET /v1/models lists it).`, {
+      status: 404,
+      param: 'model',
+      code: 'model_not_found',
+    });
+  }
+}
+
+export class SessionNotFoundError extends GemmaServeError {
+  constructor(id: string) {
+    super(`No session with id ${JSON.stringify(id)}: it never existed, was deleted, or expired (SESSION_TTL_SECONDS).`, {
+      status: 404,
+      param: 'id',
+      code: 'session_not_found',
+    });
+  }
+}
+
+export class RouteNotFoundError extends GemmaServeError {
+  constructor(method: string, url: string) {
+    super(`Invalid URL (${method} ${url}).`, { status: 404, code: 'unknown_url' });
+  }
+}
+
+/** x-session-id is not a usable session id. */
+export class InvalidSessionIdError extends InvalidValueError {
+  constructor() {
+    super("Invalid 'x-session-id' header: use 1-256 printable ASCII characters without spaces.", 'x-session-id');
+  }
+}
+
+/** The model is still loading; /health answers 503 until it is ready. */
+export class ModelLoadingError extends GemmaServeError {
+  readonly retryAfter = 5;
+  constructor() {
+    super('The model is still loading; retry shortly (GET /health returns 200 once it is ready).', {
+      status: 503,
+      type: 'server_error',
+      code: 'model_loading',
+    });
+  }
+}
+
+/** Loading failed: the instance stays up to report it but serves nothing. */
+export class ModelUnavailableError extends GemmaServeError {
+  constructor() {
+    super('The model failed to load; see the server log.', { status: 503, type: 'server_error', code: 'model_unavailable' });
+  }
+}

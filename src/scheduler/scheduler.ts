@@ -1,0 +1,334 @@
+/**
+ * Continuous batching. Requests wait in a bounded queue; between decode
+ * steps the loop (1) admits waiting requests while batch rows and KV slots
+ * are free, (2) runs one prefill chunk of one admitted prompt, so running
+ * streams never stall behind a long prompt for more than a chunk, (3) runs
+ * one batched decode step over every row that is decoding, and (4) retires
+ * finished or cancelled rows, recording their sessions. Each choice of a
+ * request (OpenAI `n`) is one row.
+ */
+import { SessionBusyError, SlotsBusyError } from '../cache/index.js';
+import type { Engine } from '../engine/engine.js';
+import { Sampler, type Sequence, type StepOutput } from '../engine/sampler.js';
+import { GemmaServeError, InvalidValueError } from '../errors.js';
+import { EventQueue } from './event-queue.js';
+import { QueueFullError, ShuttingDownError } from './errors.js';
+import type { Binding, SessionTurns } from './session-turns.js';
+import type {
+  GenerationEvent,
+  GenerationRequest,
+  GenerationStream,
+  GenerationUsage,
+  Scheduler,
+  SchedulerStats,
+  SessionInfo,
+} from './types.js';
+
+export interface SchedulerOptions {
+  maxBatch: number;
+  maxQueue: number;
+  prefillChunk: number;
+}
+
+/** Hooks the metrics layer listens on. */
+export interface SchedulerObserver {
+  step?(rows: number, ms: number): void;
+  firstToken?(ms: number): void;
+  interToken?(ms: number): void;
+  finished?(usage: GenerationUsage): void;
+}
+
+interface Row {
+  choice: number;
+  binding?: Binding;
+  seq?: Sequence;
+  done: boolean;
+  lastTokenAt?: number;
+}
+
+interface Job {
+  req: GenerationRequest;
+  sessionId?: string;
+  promptIds: number[];
+  rows: Row[];
+  events: EventQueue<GenerationEvent>;
+  cancelled: boolean;
+  submittedAt: number;
+  firstTokenAt?: number;
+}
+
+export class BatchScheduler implements Scheduler {
+  private readonly queue: Job[] = [];
+  private readonly running: Job[] = [];
+  private readonly sampler: Sampler;
+  private lastBatch = 0;
+  private closing = false;
+  private wakeLoop: (() => void) | undefined;
+  private loopDone: Promise<void>;
+
+  constructor(
+    private readonly engine: Engine,
+    private readonly turns: SessionTurns,
+    private readonly opts: SchedulerOptions,
+    private readonly observer: SchedulerObserver = {},
+  ) {
+    this.sampler = new Sampler(engine, (seq, needed) => {
+      const row = this.rowOf(seq);
+      if (row?.binding && seq.prefillDone) this.turns.makeRoom(row.binding, seq, needed);
+    });
+    this.loopDone = this.loop();
+  }
+
+  submit(req: GenerationRequest): GenerationStream {
+    if (this.closing) throw new ShuttingDownError();
+    if (req.n > this.opts.maxBatch) throw new InvalidValueError(`n must be at most ${this.opts.maxBatch} (MAX_BATCH_SIZE), got ${req.n}`, 'n');
+    if (this.queue.length >= this.opts.maxQueue) throw new QueueFullError(this.opts.maxQueue);
+    const promptIds = this.engine.tokenizer.encodeChat(req.messages, { addGenerationPrompt: true });
+    const job: Job = {
+      req,
+      promptIds,
+      rows: Array.from({ length: req.n }, (_, choice) => ({ choice, done: false })),
+      events: new EventQueue<GenerationEvent>(() => this.cancel(job)),
+      cancelled: false,
+      submittedAt: performance.now(),
+    };
+    req.signal.addEventListener('abort', () => this.cancel(job), { once: true });
+    this.queue.push(job);
+    this.wake();
+    const events = job.events;
+    return {
+      get sessionId() {
+        return job.sessionId;
+      },
+      [Symbol.asyncIterator]: () => events[Symbol.asyncIterator](),
+    };
+  }
+
+  stats(): SchedulerStats {
+    return { queueDepth: this.queue.length, running: this.running.length, batchSize: this.lastBatch };
+  }
+
+  async session(id: string): Promise<SessionInfo | undefined> {
+    const slot = this.turns.slots.slotOf(id);
+    const meta = await this.turns.slots.lookup(id);
+    if (!meta) return undefined;
+    return {
+      id,
+      resident: slot !== undefined,
+      slot: slot ?? null,
+      cachedTokens: meta.sinkIds.length + meta.keptIds.length,
+      keptTurns: meta.turnStarts.length,
+      evictedTokens: meta.evicted,
+      createdAt: meta.createdAt,
+      lastUsedAt: meta.lastUsedAt,
+    };
+  }
+
+  async deleteSession(id: string): Promise<boolean> {
+    for (let i = 0; i < 200 && this.turns.slots.isBusy(id); i++) await new Promise((r) => setTimeout(r, 25));
+    const slot = this.turns.slots.slotOf(id);
+    const deleted = await this.turns.slots.delete(id);
+    if (slot !== undefined) this.engine.pool.reset(slot);
+    return deleted;
+  }
+
+  async shutdown(graceMs: number): Promise<void> {
+    this.closing = true;
+    for (const job of this.queue.splice(0)) job.events.fail(new ShuttingDownError());
+    const deadline = Date.now() + graceMs;
+    while (this.running.length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    for (const job of this.running) this.cancel(job);
+    this.wake();
+    while (this.running.length > 0) await new Promise((r) => setTimeout(r, 10));
+    this.stopped = true;
+    this.wake();
+    await this.loopDone;
+  }
+
+  private stopped = false;
+
+  private cancel(job: Job): void {
+    if (job.cancelled) return;
+    job.cancelled = true;
+    const i = this.queue.indexOf(job);
+    if (i >= 0) {
+      this.queue.splice(i, 1);
+      job.events.end();
+    }
+    this.wake();
+  }
+
+  /** Wakes the loop; a wake-up that arrives while the loop is busy is remembered. */
+  private wake(): void {
+    this.woken = true;
+    const w = this.wakeLoop;
+    this.wakeLoop = undefined;
+    w?.();
+  }
+
+  private woken = false;
+
+  private rowOf(seq: Sequence): Row | undefined {
+    for (const job of this.running) for (const row of job.rows) if (row.seq === seq) return row;
+    return undefined;
+  }
+
+  private activeRows(): number {
+    return this.running.reduce((n, j) => n + j.rows.filter((r) => !r.done).length, 0);
+  }
+
+  private async loop(): Promise<void> {
+    while (!this.stopped) {
+      try {
+        this.woken = false;
+        await this.admit();
+        await this.retire();
+        const worked = (await this.prefillOne()) || (await this.decodeStep());
+        await this.retire();
+        if (!worked && !this.stopped && !this.woken) await new Promise<void>((resolve) => (this.wakeLoop = resolve));
+        this.woken = false;
+        // Let I/O (new requests, disconnects, SSE writes) run between steps.
+        await new Promise((r) => setImmediate(r));
+      } catch (err) {
+        this.failRunning(err);
+      }
+    }
+  }
+
+  /** Step 1: bind queued requests to slots while rows are free. Busy slots or sessions keep a request queued. */
+  private async admit(): Promise<void> {
+    for (let i = 0; i < this.queue.length; ) {
+      const job = this.queue[i];
+      if (this.activeRows() + job.rows.length > this.opts.maxBatch) return;
+      try {
+        await this.bindJob(job);
+      } catch (err) {
+        if (err instanceof SlotsBusyError || err instanceof SessionBusyError) {
+          i++;
+          continue;
+        }
+        this.queue.splice(i, 1);
+        job.events.fail(err);
+        continue;
+      }
+      this.queue.splice(i, 1);
+      this.running.push(job);
+    }
+  }
+
+  private async bindJob(job: Job): Promise<void> {
+    const { req } = job;
+    const sessionId = await this.turns.resolve(req.sessionId, job.promptIds);
+    const bound: Binding[] = [];
+    try {
+      for (const row of job.rows) {
+        const persistent = row.choice === 0;
+        const id = persistent ? sessionId : `${sessionId}#${req.requestId}#${row.choice}`;
+        const b = await this.turns.bind(id, req.messages, job.promptIds, req.params.maxTokens, persistent);
+        bound.push(b);
+        row.binding = b;
+        row.seq = this.sampler.add({ slot: b.slot, promptIds: b.promptIds, reuseTokens: b.reuse, params: { ...req.params, seed: seedFor(req.params.seed, row.choice) } });
+      }
+    } catch (err) {
+      for (const b of bound) await this.turns.finish(b, undefined, false);
+      for (const row of job.rows) Object.assign(row, { binding: undefined, seq: undefined });
+      throw err;
+    }
+    job.sessionId = sessionId;
+  }
+
+  /** Step 2: one chunk of one prompt (the oldest admitted). */
+  private async prefillOne(): Promise<boolean> {
+    for (const job of this.running) {
+      if (job.cancelled) continue;
+      for (const row of job.rows) {
+        if (row.done || !row.seq || row.seq.prefillDone) continue;
+        const { output } = await this.sampler.prefill(row.seq, this.opts.prefillChunk);
+        if (output) this.emit(job, row, output);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** Step 3: one batched decode step over every decoding row. */
+  private async decodeStep(): Promise<boolean> {
+    const rows: { job: Job; row: Row }[] = [];
+    for (const job of this.running) {
+      if (job.cancelled) continue;
+      for (const row of job.rows) if (!row.done && row.seq?.prefillDone && row.seq.pending !== undefined) rows.push({ job, row });
+    }
+    if (rows.length === 0) return false;
+    this.lastBatch = rows.length;
+    const t0 = performance.now();
+    const outputs = await this.sampler.step(rows.map((r) => r.row.seq as Sequence));
+    this.observer.step?.(rows.length, performance.now() - t0);
+    rows.forEach(({ job, row }, i) => this.emit(job, row, outputs[i]));
+    return true;
+  }
+
+  private emit(job: Job, row: Row, out: StepOutput): void {
+    const now = performance.now();
+    if (job.firstTokenAt === undefined) {
+      job.firstTokenAt = now;
+      this.observer.firstToken?.(now - job.submittedAt);
+    } else if (row.lastTokenAt !== undefined) {
+      this.observer.interToken?.(now - row.lastTokenAt);
+    }
+    row.lastTokenAt = now;
+    if (out.text !== '' || out.logprob) job.events.push({ type: 'token', choice: row.choice, text: out.text, logprob: out.logprob });
+    if (out.finish) {
+      job.events.push({ type: 'finish', choice: row.choice, reason: out.finish });
+      row.done = true;
+    }
+  }
+
+  /** Step 4: rows that finished or were cancelled give their slots back; finished requests get their usage. */
+  private async retire(): Promise<void> {
+    for (const job of [...this.running]) {
+      if (!job.cancelled && !job.rows.every((r) => r.done)) continue;
+      for (const row of job.rows) {
+        if (!row.binding) continue;
+        const seq = row.seq;
+        // A row cut off mid-prompt leaves a partial cache that its metadata does not describe.
+        await this.turns.finish(row.binding, seq, seq !== undefined && seq.prefillDone);
+      }
+      this.running.splice(this.running.indexOf(job), 1);
+      if (job.cancelled) {
+        job.events.end();
+        continue;
+      }
+      const usage = usageOf(job);
+      this.observer.finished?.(usage);
+      job.events.push({ type: 'usage', usage });
+      job.events.end();
+    }
+  }
+
+  private failRunning(err: unknown): void {
+    const wrapped = err instanceof GemmaServeError ? err : new GemmaServeError(`generation failed: ${(err as Error)?.message ?? String(err)}`);
+    // Failed rows are retired like cancelled ones; without a sequence their slots are reset.
+    for (const job of this.running) {
+      job.cancelled = true;
+      job.events.fail(wrapped);
+      for (const row of job.rows) row.seq = undefined;
+    }
+  }
+}
+
+/** Choice i > 0 of a seeded request gets its own deterministic stream. */
+function seedFor(seed: number | undefined, choice: number): number | undefined {
+  return seed === undefined || choice === 0 ? seed : seed + choice * 0x9e3779b1;
+}
+
+function usageOf(job: Job): GenerationUsage {
+  const first = job.rows[0];
+  const processed = job.rows.reduce((n, r) => n + (r.binding ? r.binding.promptIds.length - (r.seq?.cachedTokens ?? 0) : 0), 0);
+  return {
+    promptTokens: job.promptIds.length,
+    completionTokens: job.rows.reduce((n, r) => n + (r.seq?.generated.length ?? 0), 0),
+    cachedTokens: first.seq?.cachedTokens ?? 0,
+    evictedTokens: job.rows.reduce((n, r) => n + (r.binding?.evicted ?? 0), 0),
+    promptTokensProcessed: processed,
+  };
+}

@@ -1,0 +1,198 @@
+/**
+ * Binds a request to a session and its KV slot, and keeps the slot's cache
+ * and the session's metadata in step while the request runs:
+ *
+ * 1. resolve the session (named, matched by prompt prefix, or new) and take a slot;
+ * 2. plan the turn (src/cache): reuse, evict, prefill; apply it to the slot
+ *    (truncate, then shift-compact or rebuild);
+ * 3. while generating, make room when the cache is full (evict the oldest
+ *    whole turns, never the current one);
+ * 4. afterwards, record what the cache holds and give the slot back.
+ */
+import { randomUUID } from 'node:crypto';
+import {
+  appendTokens,
+  applyEviction,
+  cacheLength,
+  planEviction,
+  planTurn,
+  sinkLength,
+  type SessionMeta,
+  type SlotManager,
+} from '../cache/index.js';
+import type { Engine } from '../engine/engine.js';
+import type { Sequence } from '../engine/sampler.js';
+import type { ChatMessage } from '../model/tokenizer.js';
+
+export type EvictionMode = 'shift' | 'recompute';
+
+export interface SessionTurnOptions {
+  mode: EvictionMode;
+  /** Most tokens kept free after a prompt for the reply (capped at a quarter of the cache). */
+  headroom?: number;
+  /** Least tokens an eviction frees, so it does not recur every step. */
+  minFree?: number;
+  /** Called once per eviction with its kind and size. */
+  onEvict?: (kind: 'turn' | 'token', tokens: number) => void;
+}
+
+/** One request's hold on a slot. */
+export interface Binding {
+  sessionId: string;
+  /** Whether the session is kept after the request (ephemeral bindings serve extra choices). */
+  persistent: boolean;
+  slot: number;
+  /** Ids the sequence starts from: cached prefix then what to prefill. */
+  promptIds: number[];
+  /** Leading `promptIds` already in the slot. */
+  reuse: number;
+  /** Tokens dropped by the rolling cache for this request so far. */
+  evicted: number;
+  /** Session metadata for what the cache holds, up to `fed` tokens ago. */
+  meta: SessionMeta;
+  /** Generated tokens already recorded in `meta`. */
+  recorded: number;
+  protectFrom: number;
+}
+
+export class SessionTurns {
+  private readonly capacity: number;
+
+  constructor(
+    private readonly engine: Engine,
+    readonly slots: SlotManager,
+    private readonly opts: SessionTurnOptions,
+  ) {
+    this.capacity = engine.capacity;
+  }
+
+  /** The id a request runs under: its own name, a cached conversation it extends, or a new one. */
+  async resolve(named: string | undefined, promptIds: number[]): Promise<string> {
+    if (named) return named;
+    return (await this.slots.matchPrefix(promptIds)) ?? `sess-${randomUUID()}`;
+  }
+
+  /** Takes the session's slot and brings its cache to the state the prompt needs. */
+  async bind(sessionId: string, messages: ChatMessage[], promptIds: number[], maxTokens: number, persistent = true): Promise<Binding> {
+    const acquired = await this.slots.acquire(sessionId);
+    try {
+      const C = this.capacity;
+      const plan = planTurn(acquired.meta, promptIds, {
+        id: sessionId,
+        model: this.engine.modelId,
+        capacity: C,
+        headroom: Math.max(1, Math.min(maxTokens, this.opts.headroom ?? Infinity, Math.floor(C / 4))),
+        minFree: this.minFree(),
+        sinkLen: sinkLength(promptIds, { prefixIds: this.systemPrefix(messages), max: Math.floor(C / 2) }),
+      });
+      const pool = this.engine.pool;
+      let reuse = 0;
+      const resident = acquired.state === 'cached' && acquired.meta !== undefined && pool.length(acquired.slot) === cacheLength(acquired.meta);
+      if (resident && plan.reuse > 0 && pool.canTruncate(acquired.slot, plan.reuse)) {
+        pool.truncate(acquired.slot, plan.reuse);
+        if (plan.eviction.kind !== 'none') {
+          this.opts.onEvict?.(plan.eviction.kind, plan.eviction.evicted);
+          if (this.opts.mode === 'shift') pool.compact(acquired.slot, plan.eviction.keep);
+        }
+        reuse = plan.eviction.kind !== 'none' && this.opts.mode === 'recompute' ? 0 : plan.cacheIds.length;
+      }
+      // A slot that is not resident, or whose eviction is recomputed, is rebuilt from the kept ids.
+      if (reuse === 0) pool.reset(acquired.slot);
+      return {
+        sessionId,
+        persistent,
+        slot: acquired.slot,
+        promptIds: [...plan.cacheIds, ...plan.prefill],
+        reuse,
+        evicted: plan.evicted,
+        meta: plan.meta,
+        recorded: 0,
+        protectFrom: plan.protectFrom,
+      };
+    } catch (err) {
+      this.slots.release(sessionId);
+      throw err;
+    }
+  }
+
+  /**
+   * The sampler's MakeRoom hook: before `needed` tokens are written, evict
+   * the oldest whole turns (or tokens) so that they fit. Rebuilds the slot in
+   * `recompute` mode, re-rotates the kept keys in `shift` mode.
+   */
+  makeRoom(b: Binding, seq: Sequence, needed: number): void {
+    const pool = this.engine.pool;
+    const length = pool.length(b.slot);
+    // Prompts are planned to fit (planTurn); only generation needs room made.
+    if (length + needed <= this.capacity || !seq.prefillDone) return;
+    this.sync(b, seq);
+    const plan = planEviction(
+      { length, sinkLen: b.meta.sinkIds.length, turnStarts: b.meta.turnStarts, protectFrom: b.protectFrom },
+      needed,
+      this.capacity,
+      this.minFree(),
+    );
+    if (plan.kind === 'none') return;
+    b.meta = applyEviction(b.meta, plan);
+    b.protectFrom = plan.protectFrom;
+    b.evicted += plan.evicted;
+    this.opts.onEvict?.(plan.kind, plan.evicted);
+    if (this.opts.mode === 'shift') {
+      pool.compact(b.slot, plan.keep);
+      return;
+    }
+    pool.reset(b.slot);
+    const kept = [...b.meta.sinkIds, ...b.meta.keptIds];
+    this.engine.model.prefill(kept, { pool, slots: [b.slot], noLogits: true });
+  }
+
+  /** Records what the request left in the cache and gives the slot back. */
+  async finish(b: Binding, seq: Sequence | undefined, ok: boolean): Promise<void> {
+    try {
+      if (!b.persistent) {
+        this.engine.pool.reset(b.slot);
+        await this.slots.delete(b.sessionId).catch(() => false);
+        return;
+      }
+      if (ok && seq) {
+        this.sync(b, seq);
+        if (cacheLength(b.meta) === this.engine.pool.length(b.slot)) await this.slots.update(b.sessionId, b.meta);
+      } else {
+        // A failed or cancelled turn leaves no trustworthy cache: start the slot over next time.
+        this.engine.pool.reset(b.slot);
+      }
+    } finally {
+      this.slots.release(b.sessionId);
+    }
+  }
+
+  /** Brings `b.meta` up to the tokens the sequence has written to the cache. */
+  private sync(b: Binding, seq: Sequence): void {
+    const inCache = this.engine.pool.length(b.slot);
+    const known = cacheLength(b.meta);
+    if (inCache <= known) return;
+    // Prefilled prompt tokens are in meta already; generated ones fed to the model follow.
+    const written = seq.generated.slice(b.recorded, b.recorded + inCache - known);
+    b.recorded += written.length;
+    b.meta = appendTokens(b.meta, written);
+  }
+
+  private minFree(): number {
+    return this.opts.minFree ?? Math.max(1, Math.floor(this.capacity / 8));
+  }
+
+  /** Template-rendered ids up to the end of the system prompt (Gemma puts it inside the first user turn). */
+  private systemPrefix(messages: ChatMessage[]): number[] | undefined {
+    const first = messages[0];
+    if (!first || first.role !== 'system') return undefined;
+    const text = typeof first.content === 'string' ? first.content : first.content.map((p) => p.text).join('');
+    try {
+      const rendered = this.engine.tokenizer.applyChatTemplate([first, { role: 'user', content: '' }], { addGenerationPrompt: false });
+      const end = rendered.indexOf(text);
+      if (end < 0) return undefined;
+      return this.engine.tokenizer.encode(rendered.slice(0, end + text.length), { addSpecialTokens: false });
+    } catch {
+      return undefined;
+    }
+  }
+}

@@ -1,0 +1,3 @@
+export async function startService(): Promise<void> {
+  throw new Error('not yet');
+}
