@@ -80,7 +80,7 @@ async function makeModelCmd(args: string[]): Promise<void> {
 
 async function serve(): Promise<void> {
   const { startService } = await import('./service.js');
-  await startService();
+  await startService(process.env);
 }
 
 class UsageError extends GemmaServeError {

@@ -34,6 +34,8 @@ export interface SessionTurnOptions {
   minFree?: number;
   /** Called once per eviction with its kind and size. */
   onEvict?: (kind: 'turn' | 'token', tokens: number) => void;
+  /** Called when a session had to give its slot up to another one. */
+  onSlotReclaimed?: (sessionId: string) => void;
 }
 
 /** One request's hold on a slot. */
@@ -75,6 +77,7 @@ export class SessionTurns {
   /** Takes the session's slot and brings its cache to the state the prompt needs. */
   async bind(sessionId: string, messages: ChatMessage[], promptIds: number[], maxTokens: number, persistent = true): Promise<Binding> {
     const acquired = await this.slots.acquire(sessionId);
+    if (acquired.reclaimedFrom) this.opts.onSlotReclaimed?.(acquired.reclaimedFrom);
     try {
       const C = this.capacity;
       const plan = planTurn(acquired.meta, promptIds, {
