@@ -1,0 +1,93 @@
+/**
+ * `npm run bench:memory`: peak backend bytes while generating 64 vs 2048
+ * tokens at batch 1 vs 8, and while prefilling 1024 tokens, with the `270m`
+ * preset; beside each, what a kept [B, T, V] float32 logits buffer would have
+ * cost. Prints one JSON object.
+ *
+ * Peak bytes: the backend's byte count after every step, and the within-step
+ * peak (tf.profile) of every 64th step and of the last one; steps have the
+ * same structure, so the sampled steps bound the others.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { Engine } from '../src/engine/engine.js';
+import { Sampler } from '../src/engine/sampler.js';
+import { DEFAULT_SAMPLING } from '../src/engine/types.js';
+import { benchModelDir, promptIds } from './model-dir.js';
+
+const PROMPT = 32;
+const LONG = Number(process.env.BENCH_LONG_TOKENS ?? 2048);
+
+async function peakOf(run: () => Promise<void>, sample: boolean): Promise<number> {
+  if (!sample) {
+    await run();
+    return tf.memory().numBytes;
+  }
+  const prof = await tf.profile(run);
+  return Math.max(prof.peakBytes, tf.memory().numBytes);
+}
+
+async function generatePeak(engine: Engine, batch: number, tokens: number): Promise<number> {
+  const sampler = new Sampler(engine);
+  // End-of-sequence tokens are forbidden so every row generates exactly `tokens`.
+  const params = { ...DEFAULT_SAMPLING, temperature: 0.8, seed: 1, maxTokens: tokens, logitBias: { 1: -100, 106: -100 } };
+  const seqs = Array.from({ length: batch }, (_, b) => {
+    engine.pool.reset(b);
+    return sampler.add({ slot: b, promptIds: promptIds(PROMPT, b + 1), params });
+  });
+  let peak = tf.memory().numBytes;
+  for (const s of seqs) peak = Math.max(peak, await peakOf(() => sampler.prefill(s).then(() => undefined), true));
+  for (let step = 1; seqs.some((s) => !s.finished); step++) {
+    const live = seqs.filter((s) => !s.finished);
+    const last = live.some((s) => s.generated.length === tokens - 1);
+    peak = Math.max(peak, await peakOf(() => sampler.step(live).then(() => undefined), step % 64 === 0 || last));
+  }
+  return peak;
+}
+
+async function main(): Promise<void> {
+  const dir = await benchModelDir();
+  const engine = await Engine.load({ modelDir: dir, backend: (process.env.BACKEND as 'wasm') ?? 'auto', slots: 8, cacheCapacity: Math.max(1024, PROMPT + LONG + 64), maxBatch: 8, prefillChunk: 1024 });
+  const V = engine.config.vocabSize;
+  const peak: Record<string, number> = {};
+  const retained: Record<string, number> = {};
+  const times: Record<string, number> = {};
+  for (const [B, T] of [[1, 64], [8, 64], [1, LONG], [8, LONG]] as const) {
+    const key = `b${B}_t${T}`;
+    const t0 = performance.now();
+    peak[key] = await generatePeak(engine, B, T);
+    times[key] = Math.round(performance.now() - t0);
+    retained[key] = B * T * V * 4;
+  }
+  engine.pool.reset(0);
+  const prompt = promptIds(1024);
+  peak.prefill_1024 = await peakOf(async () => {
+    const logits = engine.model.prefill(prompt, { pool: engine.pool, slots: [0] });
+    await logits?.data();
+    logits?.dispose();
+  }, true);
+  retained.prefill_1024 = 1024 * V * 4;
+  const mem = engine.memory();
+  console.log(
+    JSON.stringify({
+      model: '270m preset (Gemma 3 270M shape, random weights, float32)',
+      backend: engine.backend.name,
+      peak_bytes: peak,
+      weights_bytes: mem.weightsBytes,
+      kv_cache_bytes: mem.kvCacheBytes,
+      retained_logits_bytes: retained,
+      ratios: {
+        b1_t2048_over_t64: round(peak.b1_t2048 / peak.b1_t64),
+        b8_t2048_over_t64: round(peak.b8_t2048 / peak.b8_t64),
+      },
+      wall_ms: times,
+    }),
+  );
+  engine.dispose();
+}
+
+const round = (x: number) => Math.round(x * 10000) / 10000;
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
