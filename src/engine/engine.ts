@@ -11,9 +11,11 @@ import { loadModelConfig, type ModelConfig } from '../model/hf-config.js';
 import { defaultModelDir } from '../model/make-model.js';
 import { readSafetensors } from '../model/safetensors.js';
 import { GemmaTokenizer } from '../model/tokenizer.js';
-import { backendMemoryLimit, initBackend, type BackendChoice, type BackendName } from './backend.js';
+import { backendMemoryLimit, backendTensorLimit, initBackend, type BackendChoice, type BackendName } from './backend.js';
 import { KVPool, SLIDING_SLACK } from './kv-pool.js';
+import { supportsInPlace } from './tensor-memory.js';
 import { GemmaModel } from './model.js';
+import { webgpuMemory } from './webgpu/adapter.js';
 import { disposeWeights, loadWeights, ModelTooLargeError, weightBytesNeeded } from './weights.js';
 
 export interface EngineOptions {
@@ -40,6 +42,14 @@ export interface MemoryReport {
   /** Backend bytes held by neither weights nor KV (activations, packed copies, scratch). */
   transientBytes: number;
   backendBytes: number;
+  /**
+   * GPU memory as the webgpu backend's buffer manager counts it: bytes of
+   * buffers holding live tensors, and bytes allocated on the device (those
+   * plus freed buffers kept for reuse). Absent on backends without their own
+   * device memory accounting (wasm, cpu, tensorflow).
+   */
+  deviceBytesInUse?: number;
+  deviceBytesAllocated?: number;
 }
 
 export const DEFAULT_MODEL_ID = 'gemma-serve-default';
@@ -75,7 +85,7 @@ export class Engine {
       await store.close();
     }
     const model = new GemmaModel(config, weights);
-    const pool = new KVPool(config, slots, capacity);
+    const pool = new KVPool(config, slots, capacity, supportsInPlace(backend.name));
     const engine = new Engine(
       config,
       tokenizer,
@@ -110,7 +120,13 @@ export class Engine {
     const backendBytes = tf.memory().numBytes;
     const weightsBytes = this.model.weights.bytes;
     const kvCacheBytes = this.pool.bytes();
-    return { weightsBytes, kvCacheBytes, backendBytes, transientBytes: Math.max(0, backendBytes - weightsBytes - kvCacheBytes) };
+    const report: MemoryReport = { weightsBytes, kvCacheBytes, backendBytes, transientBytes: Math.max(0, backendBytes - weightsBytes - kvCacheBytes) };
+    const device = this.backend.name === 'webgpu' ? webgpuMemory() : undefined;
+    if (device) {
+      report.deviceBytesInUse = device.inUse;
+      report.deviceBytesAllocated = device.allocated;
+    }
+    return report;
   }
 
   /**
@@ -141,6 +157,7 @@ export class Engine {
 
 /** Fails before loading, with the figures, when the model and caches cannot fit the backend. */
 function checkMemory(c: ModelConfig, backend: BackendName, slots: number, capacity: number, maxBatch: number, chunk: number): void {
+  checkTensorLimit(c, backend);
   const limit = backendMemoryLimit(backend, totalmem());
   if (limit === undefined) return;
   const weights = weightBytesNeeded(c, backend);
@@ -155,5 +172,31 @@ function checkMemory(c: ModelConfig, backend: BackendName, slots: number, capaci
       `the model needs about ${gib(need)} on the ${backend} backend (weights ${gib(weights)}, KV cache ${gib(kv)} for ${slots} slots of ${capacity}, ` +
         `activations ${gib(transient)}) but the backend holds ${gib(limit)}; use a smaller model, fewer slots (SLOTS) or a smaller CACHE_CAPACITY`,
     );
+  }
+}
+
+/**
+ * Fails before loading when one weight is larger than the backend can hold
+ * as a single tensor (webgpu binds a tensor's buffer whole; Gemma 3 4B's tied
+ * embedding is 2.5 GiB in float32, over NVIDIA's 2 GiB).
+ */
+export function checkTensorLimit(c: ModelConfig, backend: BackendName, limit = backendTensorLimit(backend)): void {
+  if (!limit) return;
+  const H = c.hiddenSize;
+  const largest: Array<[string, number[]]> = [
+    ['the tied embedding', [H, c.vocabSize]],
+    ['the fused gate/up projection', [H, 2 * c.intermediateSize]],
+    ['the fused q/k/v projection', [H, (c.numHeads + 2 * c.numKvHeads) * c.headDim]],
+  ];
+  for (const [what, shape] of largest) {
+    const bytes = 4 * shape[0] * shape[1];
+    if (bytes > limit.bytes) {
+      const gib = (n: number) => `${(n / 1024 ** 3).toFixed(2)} GiB`;
+      throw new ModelTooLargeError(
+        `${what} [${shape.join(' x ')}] is ${gib(bytes)} in float32, but the ${backend} device holds at most ${gib(limit.bytes)} ` +
+          `in one buffer (${limit.what} = ${limit.bytes} bytes); splitting weights across buffers is not implemented yet: ` +
+          'use a smaller model, or BACKEND=wasm/cpu',
+      );
+    }
   }
 }

@@ -1,9 +1,14 @@
 /**
- * The KV tensors of every slot: per layer and slot one K and one V tensor
- * shaped [1, kvHeads, entries, headDim] (separate tensors, because gathering
- * a slot out of a pooled tensor costs a slow strided copy on wasm). Global layers hold `capacity` entries;
- * sliding layers hold only their window (plus a little slack so that a short
- * rollback of the newest tokens stays exact) and are used as ring buffers.
+ * The KV tensors of every slot: per layer and slot, K as [1, kvHeads,
+ * entries, headDim] and V transposed as [1, kvHeads, headDim, entries], so
+ * that both are the left operand of attention's matmuls (scores^T = K q^T,
+ * out^T = V^T p^T): the fast XNNPACK path on wasm, and one that sees
+ * in-place writes. Separate tensors per slot, because gathering a slot out of
+ * a pooled tensor is a slow strided copy on wasm.
+ *
+ * Global layers hold `capacity` entries; sliding layers hold only their
+ * window (plus a little slack so that a short rollback of the newest tokens
+ * stays exact) and are used as ring buffers.
  *
  * Invariant: entry e of a layer type holds the token at position p iff
  * `positions[type][e] === p`, and then `e === p % entries`. Attention masks
@@ -14,6 +19,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { GemmaServeError } from '../errors.js';
 import type { LayerType, ModelConfig } from '../model/hf-config.js';
 import { applyRope, ropeTables, rotateHalfMatrix } from './rope.js';
+import { memoryOf } from './tensor-memory.js';
 
 /** Entries beyond the window that sliding layers keep, so rolling back this many tokens needs no recompute. */
 export const SLIDING_SLACK = 64;
@@ -29,32 +35,35 @@ interface SlotState {
   positions: Record<LayerType, Int32Array>;
 }
 
-/** Where one forward call writes its new keys: built once per call, shared by the layers of a type. */
+/** Where one forward call writes: per row, which new tokens go to which entries. */
 export interface WritePlan {
-  /** Per row: [M, 3] (0, kvHead, entry) for tensorScatterUpdate into the row's slot tensor. */
-  indices: tf.Tensor2D[];
-  /** Per row: [M] rows of the flattened new keys [B * kvHeads * T, headDim] to write. */
-  source: tf.Tensor1D[];
+  rows: Array<{ slot: number; row: number; tokens: Array<{ t: number; entry: number }> }>;
+  /** Tokens per row in the call. */
+  count: number;
 }
 
 export class KVPool {
   readonly entries: Record<LayerType, number>;
-  /** k[layer][slot], v[layer][slot]. */
+  /** k[layer][slot]: [1, kvHeads, entries, headDim]. */
   readonly k: tf.Tensor4D[][] = [];
-  readonly v: tf.Tensor4D[][] = [];
+  /** vT[layer][slot]: [1, kvHeads, headDim, entries]. */
+  readonly vT: tf.Tensor4D[][] = [];
   private readonly state: SlotState[];
   private readonly rotate: tf.Tensor2D;
 
+  /** @param inPlace write new keys into the slot tensors' memory (wasm, cpu) instead of rebuilding them. */
   constructor(
     readonly config: ModelConfig,
     readonly slots: number,
     readonly capacity: number,
+    readonly inPlace: boolean,
   ) {
     this.entries = { global: capacity, sliding: Math.min(capacity, config.slidingWindow + SLIDING_SLACK) };
+    const { numKvHeads: H, headDim: D } = config;
     for (const type of config.layerTypes) {
-      const shape: [number, number, number, number] = [1, config.numKvHeads, this.entries[type], config.headDim];
-      this.k.push(Array.from({ length: slots }, () => tf.zeros(shape)));
-      this.v.push(Array.from({ length: slots }, () => tf.zeros(shape)));
+      const E = this.entries[type];
+      this.k.push(Array.from({ length: slots }, () => tf.zeros([1, H, E, D])));
+      this.vT.push(Array.from({ length: slots }, () => tf.zeros([1, H, D, E])));
     }
     this.state = Array.from({ length: slots }, () => this.emptyState());
     this.rotate = rotateHalfMatrix(config.headDim);
@@ -105,32 +114,25 @@ export class KVPool {
   }
 
   /**
-   * Plans the writes of a forward call whose row b appends `count` tokens to
-   * `slots[b]` from its current length. Only the last `entries` tokens of a
-   * row land in a ring (older ones would be overwritten in the same call).
+   * Plans a call in which row b appends `count` tokens to `slots[b]` from its
+   * current length. Only the last `entries` tokens of a row land in a ring
+   * (older ones would be overwritten in the same call).
    */
   planWrite(slots: number[], count: number, type: LayerType): WritePlan {
     const E = this.entries[type];
-    const H = this.config.numKvHeads;
-    const plan: WritePlan = { indices: [], source: [] };
-    slots.forEach((slot, b) => {
-      const start = this.state[slot].length;
-      if (start + count > this.capacity) throw new CacheOverflowError(slot, start + count, this.capacity);
-      const idx: number[] = [];
-      const src: number[] = [];
-      for (let t = Math.max(0, count - E); t < count; t++) {
-        for (let h = 0; h < H; h++) {
-          idx.push(0, h, (start + t) % E);
-          src.push((b * H + h) * count + t);
-        }
-      }
-      plan.indices.push(tf.tensor2d(idx, [src.length, 3], 'int32'));
-      plan.source.push(tf.tensor1d(src, 'int32'));
-    });
-    return plan;
+    return {
+      count,
+      rows: slots.map((slot, row) => {
+        const start = this.state[slot].length;
+        if (start + count > this.capacity) throw new CacheOverflowError(slot, start + count, this.capacity);
+        const tokens: Array<{ t: number; entry: number }> = [];
+        for (let t = Math.max(0, count - E); t < count; t++) tokens.push({ t, entry: (start + t) % E });
+        return { slot, row, tokens };
+      }),
+    };
   }
 
-  /** Records what planWrite wrote, once every layer has written. */
+  /** Records the positions a call writes (before or after its layers run; masks read them). */
   commitWrite(slots: number[], count: number): void {
     for (const slot of slots) {
       const s = this.state[slot];
@@ -142,32 +144,65 @@ export class KVPool {
     }
   }
 
-  /** The cached K and V of `layer` for these slots, stacked as [B, kvHeads, entries, headDim]. */
-  rows(layer: number, slots: number[]): { k: tf.Tensor4D; v: tf.Tensor4D } {
-    if (slots.length === 1) return { k: this.k[layer][slots[0]], v: this.v[layer][slots[0]] };
-    return { k: tf.concat(slots.map((s) => this.k[layer][s])), v: tf.concat(slots.map((s) => this.v[layer][s])) };
+  /** Writes new keys and values [B, kvHeads, T, headDim] of `layer` into the rows' slots. */
+  write(layer: number, k: tf.Tensor4D, v: tf.Tensor4D, plan: WritePlan): void {
+    if (this.inPlace) this.writeInPlace(layer, k, v, plan);
+    else this.writeByScatter(layer, k, v, plan);
   }
 
-  /**
-   * Writes new keys/values [B, kvHeads, T, headDim] of layer `layer` into the
-   * rows' slots. The old slot tensors are disposed (on the cpu backend the
-   * scatter writes into its input, which is safe only because nothing else
-   * holds it).
-   */
-  write(layer: number, slots: number[], k: tf.Tensor4D, v: tf.Tensor4D, plan: WritePlan): void {
-    const hd = this.config.headDim;
-    const flatK = tf.reshape(k, [-1, hd]);
-    const flatV = tf.reshape(v, [-1, hd]);
-    slots.forEach((slot, b) => {
-      const put = (old: tf.Tensor4D, flat: tf.Tensor): tf.Tensor4D =>
-        tf.keep(tf.tensorScatterUpdate(old, plan.indices[b], tf.gather(flat, plan.source[b])) as tf.Tensor4D);
-      const nk = put(this.k[layer][slot], flatK);
-      const nv = put(this.v[layer][slot], flatV);
-      this.k[layer][slot].dispose();
-      this.v[layer][slot].dispose();
-      this.k[layer][slot] = nk;
-      this.v[layer][slot] = nv;
+  private writeInPlace(layer: number, k: tf.Tensor4D, v: tf.Tensor4D, plan: WritePlan): void {
+    const { numKvHeads: H, headDim: D } = this.config;
+    const T = plan.count;
+    for (const { slot, row, tokens } of plan.rows) {
+      const dk = this.k[layer][slot];
+      const E = dk.shape[2];
+      // Views are taken together, with no allocation in between (the wasm heap can move).
+      const [srcK, srcV, dstK, dstV] = [k, v, dk, this.vT[layer][slot]].map(memoryOf);
+      for (const { t, entry } of tokens) {
+        for (let h = 0; h < H; h++) {
+          const src = ((row * H + h) * T + t) * D;
+          dstK.set(srcK.subarray(src, src + D), (h * E + entry) * D);
+          const base = h * D * E + entry;
+          for (let d = 0; d < D; d++) dstV[base + d * E] = srcV[src + d];
+        }
+      }
+    }
+  }
+
+  private writeByScatter(layer: number, k: tf.Tensor4D, v: tf.Tensor4D, plan: WritePlan): void {
+    const { numKvHeads: H, headDim: D } = this.config;
+    const T = plan.count;
+    tf.tidy(() => {
+      const flatK = tf.reshape(k, [-1, D]);
+      const flatV = tf.reshape(v, [-1]);
+      for (const { slot, row, tokens } of plan.rows) {
+        const kIdx: number[] = [];
+        const kSrc: number[] = [];
+        const vIdx: number[] = [];
+        const vSrc: number[] = [];
+        for (const { t, entry } of tokens) {
+          for (let h = 0; h < H; h++) {
+            const src = (row * H + h) * T + t;
+            kIdx.push(0, h, entry);
+            kSrc.push(src);
+            for (let d = 0; d < D; d++) {
+              vIdx.push(0, h, d, entry);
+              vSrc.push(src * D + d);
+            }
+          }
+        }
+        const nk = tf.tensorScatterUpdate(this.k[layer][slot], tf.tensor2d(kIdx, [kSrc.length, 3], 'int32'), tf.gather(flatK, kSrc));
+        const nv = tf.tensorScatterUpdate(this.vT[layer][slot], tf.tensor2d(vIdx, [vSrc.length, 4], 'int32'), tf.gather(flatV, vSrc));
+        this.replace(layer, slot, tf.keep(nk as tf.Tensor4D), tf.keep(nv as tf.Tensor4D));
+      }
     });
+  }
+
+  private replace(layer: number, slot: number, k: tf.Tensor4D, vT: tf.Tensor4D): void {
+    this.k[layer][slot].dispose();
+    this.vT[layer][slot].dispose();
+    this.k[layer][slot] = k;
+    this.vT[layer][slot] = vT;
   }
 
   /**
@@ -181,14 +216,13 @@ export class KVPool {
     const newPos = new Map<number, number>();
     let next = 0;
     for (const [a, b] of keep) for (let p = a; p < Math.min(b, s.length); p++) newPos.set(p, next++);
-    const positions: Record<LayerType, Int32Array> = { global: s.positions.global, sliding: s.positions.sliding };
     const maps = {} as Record<LayerType, { from: Int32Array; delta: Float32Array; pos: Int32Array }>;
     for (const type of ['global', 'sliding'] as const) {
       const E = this.entries[type];
       const from = new Int32Array(E);
       const delta = new Float32Array(E);
       const pos = new Int32Array(E).fill(-1);
-      const old = positions[type];
+      const old = s.positions[type];
       for (let e = 0; e < E; e++) {
         const p = old[e];
         const q = p >= 0 ? newPos.get(p) : undefined;
@@ -210,12 +244,9 @@ export class KVPool {
       }
       this.config.layerTypes.forEach((type, l) => {
         const t = tables[type];
-        const nk = tf.keep(applyRope(tf.gather(this.k[l][slot], t.from, 2), t.cos, t.sin, this.rotate) as tf.Tensor4D);
-        const nv = tf.keep(tf.gather(this.v[l][slot], t.from, 2));
-        this.k[l][slot].dispose();
-        this.v[l][slot].dispose();
-        this.k[l][slot] = nk;
-        this.v[l][slot] = nv;
+        const nk = applyRope(tf.gather(this.k[l][slot], t.from, 2), t.cos, t.sin, this.rotate) as tf.Tensor4D;
+        const nv = tf.gather(this.vT[l][slot], t.from, 3);
+        this.replace(l, slot, tf.keep(nk), tf.keep(nv));
       });
     });
     s.positions = { global: maps.global.pos, sliding: maps.sliding.pos };
@@ -223,6 +254,6 @@ export class KVPool {
   }
 
   dispose(): void {
-    for (const t of [...this.k.flat(), ...this.v.flat(), this.rotate]) t.dispose();
+    for (const t of [...this.k.flat(), ...this.vT.flat(), this.rotate]) t.dispose();
   }
 }

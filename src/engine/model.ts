@@ -69,24 +69,32 @@ export class GemmaModel {
     const { pool, slots } = opts;
     if (pool && (!slots || slots.length !== B)) throw new Error('forward: one slot per row is required with a pool');
     const starts = slots && pool ? slots.map((s) => pool.length(s)) : new Array<number>(B).fill(0);
+    // A decode step writes its token into the cache before attending, so it
+    // attends over the slot tensors as they are; a prompt chunk attends over
+    // the cache plus its own keys and is written afterwards.
+    const writeFirst = T === 1 && pool !== undefined;
 
     // Each layer runs in its own tidy so only one layer's activations are alive at a time.
     const ctx = {} as Record<LayerType, TypeContext>;
-    for (const type of ['global', 'sliding'] as const) ctx[type] = this.typeContext(type, starts, T, pool, slots);
+    for (const type of ['global', 'sliding'] as const) {
+      ctx[type] = { ...this.ropeContext(type, starts, T), write: pool && slots ? pool.planWrite(slots, T, type) : undefined, masks: [] };
+    }
+    if (writeFirst && slots) pool.commitWrite(slots, T);
+    for (const type of ['global', 'sliding'] as const) ctx[type].masks = this.masks(type, starts, T, writeFirst, pool, slots);
     let x = tf.tidy(() => {
       const flatIds = tf.tensor1d(ids.flat(), 'int32');
       return tf.mul(tf.transpose(tf.gather(this.weights.embedT, flatIds, 1)), this.sqrtHidden) as tf.Tensor2D;
     });
     try {
       this.weights.layers.forEach((w, l) => {
-        const next = tf.tidy(() => this.layer(x, w, l, B, T, ctx[c.layerTypes[l]], pool, slots));
+        const next = tf.tidy(() => this.layer(x, w, l, B, T, ctx[c.layerTypes[l]], writeFirst, pool, slots));
         x.dispose();
         x = next;
       });
     } finally {
       for (const t of Object.values(ctx)) disposeContext(t);
     }
-    if (pool && slots) pool.commitWrite(slots, T);
+    if (pool && slots && !writeFirst) pool.commitWrite(slots, T);
     const hidden = x;
     if (opts.noLogits) {
       hidden.dispose();
@@ -105,41 +113,43 @@ export class GemmaModel {
     return result;
   }
 
-  /** Rope tables, additive mask and write plan for one layer type. */
-  private typeContext(type: LayerType, starts: number[], T: number, pool?: KVPool, slots?: number[]): TypeContext {
+  /** Rope tables for the call's positions, for one layer type. */
+  private ropeContext(type: LayerType, starts: number[], T: number): { cos: tf.Tensor; sin: tf.Tensor } {
     const c = this.config;
-    const B = starts.length;
-    const positions = new Float32Array(B * T);
+    const positions = new Float32Array(starts.length * T);
     starts.forEach((s, b) => {
       for (let t = 0; t < T; t++) positions[b * T + t] = s + t;
     });
     const { cos, sin } = ropeTables(positions, c.headDim, c.rope[type]);
-    const window = type === 'sliding' ? c.slidingWindow : Infinity;
+    return { cos: tf.tensor(cos, [starts.length * T, 1, c.headDim]), sin: tf.tensor(sin, [starts.length * T, 1, c.headDim]) };
+  }
+
+  /**
+   * Additive masks, one per row, [1, 1, 1, T, keys]: the keys are the slot's
+   * entries (plus the call's own T tokens unless they were written first).
+   * A query at position q sees positions p <= q, and on sliding layers only
+   * p > q - window.
+   */
+  private masks(type: LayerType, starts: number[], T: number, writeFirst: boolean, pool?: KVPool, slots?: number[]): tf.Tensor[] {
+    const window = type === 'sliding' ? this.config.slidingWindow : Infinity;
     const E = pool ? pool.entries[type] : 0;
-    const K = E + T;
-    const masks: tf.Tensor[] = [];
-    for (let b = 0; b < B; b++) {
+    const K = writeFirst ? E : E + T;
+    return starts.map((start, b) => {
       const mask = new Float32Array(T * K).fill(MASKED);
       const cached = pool && slots ? pool.positions(slots[b], type) : undefined;
       for (let t = 0; t < T; t++) {
-        const q = starts[b] + t;
+        const q = start + t;
         const row = t * K;
         if (cached) {
           for (let e = 0; e < E; e++) {
             const p = cached[e];
-            if (p >= 0 && p < starts[b] && p > q - window) mask[row + e] = 0;
+            if (p >= 0 && p <= q && p > q - window) mask[row + e] = 0;
           }
         }
-        for (let u = 0; u <= t; u++) if (starts[b] + u > q - window) mask[row + E + u] = 0;
+        if (!writeFirst) for (let u = 0; u <= t; u++) if (start + u > q - window) mask[row + E + u] = 0;
       }
-      masks.push(tf.tensor(mask, [1, 1, 1, T, K]));
-    }
-    return {
-      cos: tf.tensor(cos, [B * T, 1, c.headDim]),
-      sin: tf.tensor(sin, [B * T, 1, c.headDim]),
-      masks,
-      write: pool && slots ? pool.planWrite(slots, T, type) : undefined,
-    };
+      return tf.tensor(mask, [1, 1, 1, T, K]);
+    });
   }
 
   private rmsNorm(x: tf.Tensor2D, w: tf.Tensor1D): tf.Tensor2D {
@@ -154,6 +164,7 @@ export class GemmaModel {
     B: number,
     T: number,
     ctx: TypeContext,
+    writeFirst: boolean,
     pool?: KVPool,
     slots?: number[],
   ): tf.Tensor2D {
@@ -179,26 +190,35 @@ export class GemmaModel {
     const vh = heads(v, 0, nkv);
 
     // Attention runs row by row: on wasm a batched matmul takes a slow generic
-    // path, while 2-D products go through XNNPACK. The keys are the left
-    // operand (scores^T = K q^T) for the same reason.
+    // path, while 2-D products go through XNNPACK. The cache is the left
+    // operand of both products (scores^T = K q^T, out^T = V^T p^T).
+    if (pool && slots && writeFirst) pool.write(l, k, vh, ctx.write as WritePlan);
     const rowOf = (t: tf.Tensor4D, b: number): tf.Tensor4D => (B === 1 ? t : tf.slice(t, [b, 0, 0, 0], [1, t.shape[1], T, hd]));
     const outs: tf.Tensor[] = [];
     for (let b = 0; b < B; b++) {
-      let keys = rowOf(k, b);
-      let values = rowOf(vh, b);
-      if (pool && slots) {
-        keys = tf.concat([pool.k[l][slots[b]], keys], 2);
-        values = tf.concat([pool.v[l][slots[b]], values], 2);
+      let keys: tf.Tensor4D;
+      let valuesT: tf.Tensor4D;
+      if (pool && slots && writeFirst) {
+        keys = pool.k[l][slots[b]];
+        valuesT = pool.vT[l][slots[b]];
+      } else {
+        keys = rowOf(k, b);
+        valuesT = tf.transpose(rowOf(vh, b), [0, 1, 3, 2]);
+        if (pool && slots) {
+          keys = tf.concat([pool.k[l][slots[b]], keys], 2);
+          valuesT = tf.concat([pool.vT[l][slots[b]], valuesT], 3);
+        }
       }
       const K = keys.shape[2];
       // Grouped-query attention: the g query heads of a KV head share one matmul.
       const qT = tf.transpose(tf.reshape(rowOf(q, b), [1, nkv, g * T, hd]), [0, 1, 3, 2]);
       let scores = tf.transpose(tf.matMul(keys, qT), [0, 1, 3, 2]);
       if (c.attnLogitSoftcap) scores = softcap(scores, c.attnLogitSoftcap);
-      const masked = tf.add(tf.reshape(scores, [1, nkv, g, T, K]), ctx.masks[b]);
-      outs.push(tf.matMul(tf.reshape(tf.softmax(masked), [1, nkv, g * T, K]), values));
+      const probs = tf.softmax(tf.add(tf.reshape(scores, [1, nkv, g, T, K]), ctx.masks[b]));
+      const probsT = tf.transpose(tf.reshape(probs, [1, nkv, g * T, K]), [0, 1, 3, 2]);
+      outs.push(tf.transpose(tf.matMul(valuesT, probsT), [0, 1, 3, 2]));
     }
-    if (pool && slots) pool.write(l, slots, k, vh, ctx.write as WritePlan);
+    if (pool && slots && !writeFirst) pool.write(l, k, vh, ctx.write as WritePlan);
     const out = B === 1 ? outs[0] : tf.concat(outs, 0);
     const attn = tf.reshape(tf.transpose(tf.reshape(out, [B, nq, T, hd]), [0, 2, 1, 3]), [B * T, nq * hd]);
     const h = tf.add(x, this.rmsNorm(tf.matMul(attn, w.o), w.postAttnNorm)) as tf.Tensor2D;
@@ -221,7 +241,7 @@ export class GemmaModel {
 }
 
 function disposeContext(c: TypeContext): void {
-  tf.dispose([c.cos, c.sin, ...c.masks, ...(c.write ? [...c.write.indices, ...c.write.source] : [])]);
+  tf.dispose([c.cos, c.sin, ...c.masks]);
 }
 
 function softcap<T extends tf.Tensor>(x: T, cap: number): T {
