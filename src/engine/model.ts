@@ -8,6 +8,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../model/hf-config.js';
 import type { KVPool, WritePlan } from './kv-pool.js';
+import { attendRow } from './attention.js';
 import { applyRope, ropeTables, rotateHalfMatrix } from './rope.js';
 import type { LayerWeights, Weights } from './weights.js';
 
@@ -19,6 +20,8 @@ interface TypeContext {
   sin: tf.Tensor;
   /** Per row: additive mask [1, 1, 1, T, cached + T]. */
   masks: tf.Tensor[];
+  /** Per row: whether the slot's cache takes part (an empty slot's does not). */
+  useCache: boolean[];
   write?: WritePlan;
 }
 
@@ -73,14 +76,15 @@ export class GemmaModel {
     // attends over the slot tensors as they are; a prompt chunk attends over
     // the cache plus its own keys and is written afterwards.
     const writeFirst = T === 1 && pool !== undefined;
+    const useCache = starts.map((s) => pool !== undefined && (writeFirst || s > 0));
 
     // Each layer runs in its own tidy so only one layer's activations are alive at a time.
     const ctx = {} as Record<LayerType, TypeContext>;
     for (const type of ['global', 'sliding'] as const) {
-      ctx[type] = { ...this.ropeContext(type, starts, T), write: pool && slots ? pool.planWrite(slots, T, type) : undefined, masks: [] };
+      ctx[type] = { ...this.ropeContext(type, starts, T), write: pool && slots ? pool.planWrite(slots, T, type) : undefined, masks: [], useCache };
     }
     if (writeFirst && slots) pool.commitWrite(slots, T);
-    for (const type of ['global', 'sliding'] as const) ctx[type].masks = this.masks(type, starts, T, writeFirst, pool, slots);
+    for (const type of ['global', 'sliding'] as const) ctx[type].masks = this.masks(type, starts, T, writeFirst, useCache, pool, slots);
     let x = tf.tidy(() => {
       const flatIds = tf.tensor1d(ids.flat(), 'int32');
       return tf.mul(tf.transpose(tf.gather(this.weights.embedT, flatIds, 1)), this.sqrtHidden) as tf.Tensor2D;
@@ -130,13 +134,13 @@ export class GemmaModel {
    * A query at position q sees positions p <= q, and on sliding layers only
    * p > q - window.
    */
-  private masks(type: LayerType, starts: number[], T: number, writeFirst: boolean, pool?: KVPool, slots?: number[]): tf.Tensor[] {
+  private masks(type: LayerType, starts: number[], T: number, writeFirst: boolean, useCache: boolean[], pool?: KVPool, slots?: number[]): tf.Tensor[] {
     const window = type === 'sliding' ? this.config.slidingWindow : Infinity;
-    const E = pool ? pool.entries[type] : 0;
-    const K = writeFirst ? E : E + T;
     return starts.map((start, b) => {
+      const E = pool && useCache[b] ? pool.entries[type] : 0;
+      const K = writeFirst ? E : E + T;
       const mask = new Float32Array(T * K).fill(MASKED);
-      const cached = pool && slots ? pool.positions(slots[b], type) : undefined;
+      const cached = pool && slots && useCache[b] ? pool.positions(slots[b], type) : undefined;
       for (let t = 0; t < T; t++) {
         const q = start + t;
         const row = t * K;
@@ -189,34 +193,25 @@ export class GemmaModel {
     const k = heads(qk, nq, nkv);
     const vh = heads(v, 0, nkv);
 
-    // Attention runs row by row: on wasm a batched matmul takes a slow generic
-    // path, while 2-D products go through XNNPACK. The cache is the left
-    // operand of both products (scores^T = K q^T, out^T = V^T p^T).
+    // Attention runs row by row (see attention.ts for the operand order).
     if (pool && slots && writeFirst) pool.write(l, k, vh, ctx.write as WritePlan);
     const rowOf = (t: tf.Tensor4D, b: number): tf.Tensor4D => (B === 1 ? t : tf.slice(t, [b, 0, 0, 0], [1, t.shape[1], T, hd]));
     const outs: tf.Tensor[] = [];
     for (let b = 0; b < B; b++) {
-      let keys: tf.Tensor4D;
-      let valuesT: tf.Tensor4D;
-      if (pool && slots && writeFirst) {
-        keys = pool.k[l][slots[b]];
-        valuesT = pool.vT[l][slots[b]];
-      } else {
-        keys = rowOf(k, b);
-        valuesT = tf.transpose(rowOf(vh, b), [0, 1, 3, 2]);
-        if (pool && slots) {
-          keys = tf.concat([pool.k[l][slots[b]], keys], 2);
-          valuesT = tf.concat([pool.vT[l][slots[b]], valuesT], 3);
-        }
-      }
-      const K = keys.shape[2];
-      // Grouped-query attention: the g query heads of a KV head share one matmul.
-      const qT = tf.transpose(tf.reshape(rowOf(q, b), [1, nkv, g * T, hd]), [0, 1, 3, 2]);
-      let scores = tf.transpose(tf.matMul(keys, qT), [0, 1, 3, 2]);
-      if (c.attnLogitSoftcap) scores = softcap(scores, c.attnLogitSoftcap);
-      const probs = tf.softmax(tf.add(tf.reshape(scores, [1, nkv, g, T, K]), ctx.masks[b]));
-      const probsT = tf.transpose(tf.reshape(probs, [1, nkv, g * T, K]), [0, 1, 3, 2]);
-      outs.push(tf.transpose(tf.matMul(valuesT, probsT), [0, 1, 3, 2]));
+      const slot = slots?.[b];
+      const cache = pool && slot !== undefined && ctx.useCache[b] ? { k: pool.k[l][slot], vT: pool.vT[l][slot] } : undefined;
+      outs.push(
+        attendRow({
+          q: tf.reshape(rowOf(q, b), [1, nkv, g * T, hd]),
+          k: writeFirst ? undefined : rowOf(k, b),
+          v: writeFirst ? undefined : rowOf(vh, b),
+          cache,
+          mask: ctx.masks[b],
+          g,
+          T,
+          softcap: c.attnLogitSoftcap,
+        }),
+      );
     }
     if (pool && slots && !writeFirst) pool.write(l, k, vh, ctx.write as WritePlan);
     const out = B === 1 ? outs[0] : tf.concat(outs, 0);

@@ -53,6 +53,14 @@ export function rotateHalfMatrix(headDim: number): tf.Tensor2D {
  */
 export function applyRope(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor, R: tf.Tensor2D): tf.Tensor {
   const hd = x.shape[x.shape.length - 1];
-  const rotated = tf.reshape(tf.matMul(tf.reshape(x, [-1, hd]), R), x.shape);
+  const rows = x.size / hd;
+  // The matmul is one kernel but costs hd^2 per row: worth it for a few rows (decode), not for a prompt.
+  let rotated: tf.Tensor;
+  if (rows <= 64) {
+    rotated = tf.reshape(tf.matMul(tf.reshape(x, [-1, hd]), R), x.shape);
+  } else {
+    const [x1, x2] = tf.split(x, 2, -1);
+    rotated = tf.concat([tf.neg(x2), x1], -1);
+  }
   return tf.add(tf.mul(x, cos), tf.mul(rotated, sin));
 }
