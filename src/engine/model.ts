@@ -156,9 +156,10 @@ export class GemmaModel {
     });
   }
 
-  private rmsNorm(x: tf.Tensor2D, w: tf.Tensor1D): tf.Tensor2D {
-    const ms = tf.mean(tf.square(x), -1, true);
-    return tf.mul(tf.mul(x, tf.rsqrt(tf.add(ms, this.config.rmsNormEps))), w);
+  /** RMSNorm; without `w` its weight has been folded into the next projection. */
+  private rmsNorm(x: tf.Tensor2D, w?: tf.Tensor1D): tf.Tensor2D {
+    const normed: tf.Tensor2D = tf.mul(x, tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), this.config.rmsNormEps)));
+    return w ? tf.mul(normed, w) : normed;
   }
 
   private layer(
@@ -179,7 +180,7 @@ export class GemmaModel {
     const g = nq / nkv;
 
     // Attention: one fused q/k/v matmul; q and k are normed and rotated together.
-    const qkv = tf.reshape(tf.matMul(this.rmsNorm(x, w.inputNorm), w.qkv), [B * T, nq + 2 * nkv, hd]);
+    const qkv = tf.reshape(tf.matMul(this.rmsNorm(x), w.qkv), [B * T, nq + 2 * nkv, hd]);
     let qk = tf.slice(qkv, [0, 0, 0], [B * T, nq + nkv, hd]);
     const v = tf.slice(qkv, [0, nq + nkv, 0], [B * T, nkv, hd]);
     if (w.qkNorm) {
@@ -187,8 +188,11 @@ export class GemmaModel {
       qk = tf.mul(tf.mul(qk, tf.rsqrt(tf.add(ms, c.rmsNormEps))), w.qkNorm);
     }
     qk = applyRope(qk, ctx.cos, ctx.sin, this.rotate);
-    const heads = (t: tf.Tensor, from: number, n: number): tf.Tensor4D =>
-      tf.transpose(tf.reshape(tf.slice(t, [0, from, 0], [B * T, n, hd]), [B, T, n, hd]), [0, 2, 1, 3]);
+    // [B*T, n, hd] -> [B, n, T, hd]; with one token per row that is only a reshape.
+    const heads = (t: tf.Tensor, from: number, n: number): tf.Tensor4D => {
+      const part = tf.slice(t, [0, from, 0], [B * T, n, hd]);
+      return T === 1 ? tf.reshape(part, [B, n, 1, hd]) : tf.transpose(tf.reshape(part, [B, T, n, hd]), [0, 2, 1, 3]);
+    };
     const q = heads(qk, 0, nq);
     const k = heads(qk, nq, nkv);
     const vh = heads(v, 0, nkv);
@@ -215,12 +219,12 @@ export class GemmaModel {
     }
     if (pool && slots && !writeFirst) pool.write(l, k, vh, ctx.write as WritePlan);
     const out = B === 1 ? outs[0] : tf.concat(outs, 0);
-    const attn = tf.reshape(tf.transpose(tf.reshape(out, [B, nq, T, hd]), [0, 2, 1, 3]), [B * T, nq * hd]);
+    const attn = T === 1 ? tf.reshape(out, [B, nq * hd]) : tf.reshape(tf.transpose(tf.reshape(out, [B, nq, T, hd]), [0, 2, 1, 3]), [B * T, nq * hd]);
     const h = tf.add(x, this.rmsNorm(tf.matMul(attn, w.o), w.postAttnNorm)) as tf.Tensor2D;
 
     // MLP: one fused gate/up matmul; gelu(tanh) written as x * sigmoid(2u) (identical, fewer kernels).
     const I = c.intermediateSize;
-    const gu = tf.matMul(this.rmsNorm(h, w.preFfwNorm), w.gateUp);
+    const gu = tf.matMul(this.rmsNorm(h), w.gateUp);
     const gate = tf.slice(gu, [0, 0], [B * T, I]);
     const up = tf.slice(gu, [0, I], [B * T, I]);
     const a = 2 * Math.sqrt(2 / Math.PI);

@@ -2,8 +2,9 @@
  * Loads Hugging Face Gemma weights into the layout the forward pass wants on
  * wasm: every linear weight as [in, out] (XNNPACK's fast path; `transposeB`
  * is ~7x slower), q/k/v fused into one matrix and gate/up into another (fewer
- * kernels per token), norms stored as (1 + w), the query scale folded into a
- * weight, and the tied embedding kept once as [hidden, vocab] for the
+ * kernels per token), norms stored as (1 + w), the norms that feed a
+ * projection (input, pre-feedforward) folded into its rows, the query scale
+ * folded into a weight, and the tied embedding kept once as [hidden, vocab] for the
  * unembedding (tokens are looked up with a gather on axis 1).
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -19,17 +20,15 @@ export interface TensorSource {
 }
 
 export interface LayerWeights {
-  inputNorm: tf.Tensor1D;
   postAttnNorm: tf.Tensor1D;
-  preFfwNorm: tf.Tensor1D;
   postFfwNorm: tf.Tensor1D;
-  /** [hidden, (heads + 2 * kvHeads) * headDim]: q, k, v columns side by side. */
+  /** [hidden, (heads + 2 * kvHeads) * headDim]: q, k, v columns side by side, rows scaled by the input norm. */
   qkv: tf.Tensor2D;
   /** [heads + kvHeads, headDim]: (1 + w) per head row; q rows carry the score scale. Gemma 3 only. */
   qkNorm?: tf.Tensor2D;
   /** [heads * headDim, hidden]. */
   o: tf.Tensor2D;
-  /** [hidden, 2 * intermediate]: gate columns, then up columns. */
+  /** [hidden, 2 * intermediate]: gate columns, then up columns, rows scaled by the pre-feedforward norm. */
   gateUp: tf.Tensor2D;
   /** [intermediate, hidden]. */
   down: tf.Tensor2D;
@@ -132,6 +131,13 @@ function fuseTransposed(parts: Float32Array[], outs: number[], inDim: number): t
   return tf.tensor2d(dst, [inDim, total]);
 }
 
+/** Scales column j of a PyTorch [out, in] matrix by w[j]: diag(w) folded into the product's input side. */
+function scaleInputs(m: Float32Array, w: Float32Array): Float32Array {
+  const n = w.length;
+  for (let i = 0; i < m.length; i++) m[i] *= w[i % n];
+  return m;
+}
+
 function onePlus(w: Float32Array, scale = 1): Float32Array {
   const out = new Float32Array(w.length);
   for (let i = 0; i < w.length; i++) out[i] = (1 + w[i]) * scale;
@@ -157,21 +163,22 @@ export async function loadWeights(c: ModelConfig, src: TensorSource): Promise<We
     const layers: LayerWeights[] = [];
     for (let i = 0; i < c.numLayers; i++) {
       const p = `layers.${i}.`;
-      const q = await r.get(`${p}self_attn.q_proj.weight`, [qDim, H]);
+      // x * rms * w then @ W equals x * rms then @ (diag(w) W): one multiply fewer per norm.
+      const inputNorm = onePlus(await r.get(`${p}input_layernorm.weight`, [H]));
+      const preFfwNorm = onePlus(await r.get(`${p}pre_feedforward_layernorm.weight`, [H]));
+      const q = scaleInputs(await r.get(`${p}self_attn.q_proj.weight`, [qDim, H]), inputNorm);
       // RMS-normalized queries (Gemma 3) lose any scale on Wq, so the score scale goes into q_norm there.
       if (!c.qkNorm) for (let j = 0; j < q.length; j++) q[j] *= scale;
-      const k = await r.get(`${p}self_attn.k_proj.weight`, [kvDim, H]);
-      const v = await r.get(`${p}self_attn.v_proj.weight`, [kvDim, H]);
+      const k = scaleInputs(await r.get(`${p}self_attn.k_proj.weight`, [kvDim, H]), inputNorm);
+      const v = scaleInputs(await r.get(`${p}self_attn.v_proj.weight`, [kvDim, H]), inputNorm);
+      const gate = scaleInputs(await r.get(`${p}mlp.gate_proj.weight`, [I, H]), preFfwNorm);
+      const up = scaleInputs(await r.get(`${p}mlp.up_proj.weight`, [I, H]), preFfwNorm);
       const layer: LayerWeights = {
-        inputNorm: await norm(`${p}input_layernorm.weight`),
         postAttnNorm: await norm(`${p}post_attention_layernorm.weight`),
-        preFfwNorm: await norm(`${p}pre_feedforward_layernorm.weight`),
         postFfwNorm: await norm(`${p}post_feedforward_layernorm.weight`),
         qkv: keep(fuseTransposed([q, k, v], [qDim, kvDim, kvDim], H)),
         o: keep(fuseTransposed([await r.get(`${p}self_attn.o_proj.weight`, [H, qDim])], [H], qDim)),
-        gateUp: keep(
-          fuseTransposed([await r.get(`${p}mlp.gate_proj.weight`, [I, H]), await r.get(`${p}mlp.up_proj.weight`, [I, H])], [I, I], H),
-        ),
+        gateUp: keep(fuseTransposed([gate, up], [I, I], H)),
         down: keep(fuseTransposed([await r.get(`${p}mlp.down_proj.weight`, [H, I])], [H], I)),
       };
       if (c.qkNorm) {
@@ -199,6 +206,6 @@ export function disposeWeights(w: Weights): void {
   w.embedT.dispose();
   w.finalNorm.dispose();
   for (const l of w.layers) {
-    for (const t of [l.inputNorm, l.postAttnNorm, l.preFfwNorm, l.postFfwNorm, l.qkv, l.o, l.gateUp, l.down, l.qkNorm]) t?.dispose();
+    for (const t of [l.postAttnNorm, l.postFfwNorm, l.qkv, l.o, l.gateUp, l.down, l.qkNorm]) t?.dispose();
   }
 }
