@@ -53,6 +53,8 @@ interface Job {
   rows: Row[];
   events: EventQueue<GenerationEvent>;
   cancelled: boolean;
+  /** Why the server cancelled it; undefined when the client did (its events just end). */
+  failure?: unknown;
   submittedAt: number;
   firstTokenAt?: number;
 }
@@ -137,7 +139,9 @@ export class BatchScheduler implements Scheduler {
     for (const job of this.queue.splice(0)) job.events.fail(new ShuttingDownError());
     const deadline = Date.now() + graceMs;
     while (this.running.length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    for (const job of this.running) this.cancel(job);
+    // Still-connected clients must learn their reply was cut short, not see a silent end.
+    const cut = new ShuttingDownError(`The server shut down before this request finished (SHUTDOWN_GRACE_MS=${graceMs}).`);
+    for (const job of this.running) this.cancel(job, cut);
     this.wake();
     while (this.running.length > 0) await new Promise((r) => setTimeout(r, 10));
     this.stopped = true;
@@ -147,13 +151,14 @@ export class BatchScheduler implements Scheduler {
 
   private stopped = false;
 
-  private cancel(job: Job): void {
+  private cancel(job: Job, failure?: unknown): void {
     if (job.cancelled) return;
     job.cancelled = true;
+    job.failure = failure;
     const i = this.queue.indexOf(job);
     if (i >= 0) {
       this.queue.splice(i, 1);
-      job.events.end();
+      this.endCancelled(job);
     }
     this.wake();
   }
@@ -183,7 +188,10 @@ export class BatchScheduler implements Scheduler {
         this.woken = false;
         await this.admit();
         await this.retire();
-        const worked = (await this.prefillOne()) || (await this.decodeStep());
+        // Both in every round: a decode step skipped for each waiting prompt would stall running streams behind all of them.
+        const prefilled = await this.prefillOne();
+        const decoded = await this.decodeStep();
+        const worked = prefilled || decoded;
         await this.retire();
         if (!worked && !this.stopped && !this.woken) await new Promise<void>((resolve) => (this.wakeLoop = resolve));
         this.woken = false;
@@ -219,6 +227,9 @@ export class BatchScheduler implements Scheduler {
   private async bindJob(job: Job): Promise<void> {
     const { req } = job;
     const sessionId = await this.turns.resolve(req.sessionId, job.promptIds);
+    // Every choice needs a slot: wait until all are free rather than bind some and undo them.
+    const free = this.turns.slots.size - this.turns.slots.busySlots();
+    if (job.rows.length > 1 && free < job.rows.length) throw new SlotsBusyError(this.turns.slots.size);
     const bound: Binding[] = [];
     try {
       for (const row of job.rows) {
@@ -295,7 +306,7 @@ export class BatchScheduler implements Scheduler {
       }
       this.running.splice(this.running.indexOf(job), 1);
       if (job.cancelled) {
-        job.events.end();
+        this.endCancelled(job);
         continue;
       }
       const usage = usageOf(job);
@@ -303,6 +314,11 @@ export class BatchScheduler implements Scheduler {
       job.events.push({ type: 'usage', usage });
       job.events.end();
     }
+  }
+
+  private endCancelled(job: Job): void {
+    if (job.failure === undefined) job.events.end();
+    else job.events.fail(job.failure);
   }
 
   private failRunning(err: unknown): void {
