@@ -92,7 +92,7 @@ export async function startService(env: Record<string, string | undefined> = pro
   const slots = new SlotManager({ slots: config.cache.slots, store, model: engine.modelId, logger: log.child({ component: 'slots' }) });
   const turns = new SessionTurns(engine, slots, {
     mode: config.cache.evictionMode,
-    onEvict: (kind, tokens) => metrics.recordEviction(kind, tokens),
+    onEvict: (kind) => metrics.recordEviction(kind),
     onSlotReclaimed: () => metrics.recordEviction('slot', 1),
   });
   const scheduler = new BatchScheduler(

@@ -134,6 +134,9 @@ export const REDIS_CLIENT_DEFAULTS: RedisOptions = {
   retryStrategy: (times: number) => Math.min(100 * times, 2000),
 };
 
+/** Longest a command waits for the client's first connection attempt (ioredis's own connectTimeout usually ends it first). */
+const FIRST_CONNECT_WAIT_MS = 2000;
+
 export interface RedisSessionStoreOptions {
   ttlSeconds: number;
   /** `redis://host:port/db`; ignored when `client` is given. */
@@ -150,6 +153,8 @@ export class RedisSessionStore implements SessionStore {
   readonly keyPrefix: string;
   readonly ttlSeconds: number;
   private readonly ownsClient: boolean;
+  /** Pending while the client's first connection attempt is in flight. */
+  private firstAttempt: Promise<void> | undefined;
 
   constructor(opts: RedisSessionStoreOptions) {
     this.ttlSeconds = opts.ttlSeconds;
@@ -162,6 +167,24 @@ export class RedisSessionStore implements SessionStore {
       // Connection errors surface through the failing commands; without a
       // listener ioredis would print every reconnect attempt.
       this.client.on('error', () => {});
+    }
+    // Without an offline queue, commands sent before the first connection is
+    // up fail, and a freshly started instance would take its stored sessions
+    // for unknown ones (and overwrite them). So commands wait for that first
+    // attempt, however it ends; later outages still fail fast.
+    if (this.client.status === 'connecting' || this.client.status === 'connect') {
+      this.firstAttempt = new Promise<void>((resolve) => {
+        const events = ['ready', 'error', 'close', 'end'] as const;
+        const settle = () => {
+          for (const e of events) this.client.off(e, settle);
+          clearTimeout(timer);
+          this.firstAttempt = undefined;
+          resolve();
+        };
+        const timer = setTimeout(settle, FIRST_CONNECT_WAIT_MS);
+        timer.unref();
+        for (const e of events) this.client.on(e, settle);
+      });
     }
   }
 
@@ -231,6 +254,7 @@ export class RedisSessionStore implements SessionStore {
   }
 
   private async run<T>(op: string, f: () => Promise<T>): Promise<T> {
+    if (this.firstAttempt) await this.firstAttempt;
     try {
       return await f();
     } catch (err) {

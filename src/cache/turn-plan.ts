@@ -27,6 +27,8 @@ export interface TurnPlan {
   prefill: number[];
   /** Cached tokens evicted plus prompt tokens left out, for usage reporting. */
   evicted: number;
+  /** How `evicted` was chosen: whole turns, or tokens cut inside one; 'none' when nothing was dropped. */
+  kind: EvictionPlan['kind'];
   /** Start of the protected turn in the cache once `prefill` is in; pass it to planEviction while generating. */
   protectFrom: number;
   /** Session metadata once `prefill` is in. */
@@ -59,6 +61,7 @@ export function planTurn(meta: SessionMeta | undefined, promptIds: ArrayLike<num
       cacheIds: [],
       prefill: p.ids,
       evicted: p.dropped,
+      kind: p.dropped > 0 ? p.kind : 'none',
       protectFrom: p.protectFrom,
       meta: { ...sessionFromPrompt({ id: o.id, model: o.model, promptIds, plan: p, now }), lastUsedAt: now },
     };
@@ -98,5 +101,14 @@ export function planTurn(meta: SessionMeta | undefined, promptIds: ArrayLike<num
   if (fromSuffix > 0) next = skipTokens(next, r.suffix.slice(0, fromSuffix), now);
   const prefill = r.suffix.slice(fromSuffix);
   next = { ...appendTokens(next, prefill, now), lastUsedAt: now };
-  return { reuse: L, eviction, cacheIds, prefill, evicted: whole.evicted, protectFrom: whole.protectFrom, meta: next };
+  return {
+    reuse: L,
+    eviction,
+    cacheIds,
+    prefill,
+    evicted: whole.evicted,
+    kind: whole.evicted > 0 ? whole.kind : 'none',
+    protectFrom: whole.protectFrom,
+    meta: next,
+  };
 }

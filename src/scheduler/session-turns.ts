@@ -89,14 +89,13 @@ export class SessionTurns {
         sinkLen: sinkLength(promptIds, { prefixIds: this.systemPrefix(messages), max: Math.floor(C / 2) }),
       });
       const pool = this.engine.pool;
+      // Reported whether the slot is resident or rebuilt: a restored session or an over-long prompt drops tokens too.
+      if (plan.kind !== 'none') this.opts.onEvict?.(plan.kind, plan.evicted);
       let reuse = 0;
       const resident = acquired.state === 'cached' && acquired.meta !== undefined && pool.length(acquired.slot) === cacheLength(acquired.meta);
       if (resident && plan.reuse > 0 && pool.canTruncate(acquired.slot, plan.reuse)) {
         pool.truncate(acquired.slot, plan.reuse);
-        if (plan.eviction.kind !== 'none') {
-          this.opts.onEvict?.(plan.eviction.kind, plan.eviction.evicted);
-          if (this.opts.mode === 'shift') pool.compact(acquired.slot, plan.eviction.keep);
-        }
+        if (plan.eviction.kind !== 'none' && this.opts.mode === 'shift') pool.compact(acquired.slot, plan.eviction.keep);
         reuse = plan.eviction.kind !== 'none' && this.opts.mode === 'recompute' ? 0 : plan.cacheIds.length;
       }
       // A slot that is not resident, or whose eviction is recomputed, is rebuilt from the kept ids.
