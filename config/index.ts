@@ -24,7 +24,7 @@ export class ConfigError extends GemmaServeError {
   }
 }
 
-export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export const BACKENDS = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 export type BackendChoice = (typeof BACKENDS)[number];
 export const EVICTION_MODES = ['shift', 'recompute'] as const;
 export type EvictionMode = (typeof EVICTION_MODES)[number];

@@ -20,6 +20,8 @@ export interface MemorySample {
   kvCacheBytes?: number;
   transientBytes?: number;
   backendBytes?: number;
+  deviceBytesInUse?: number;
+  deviceBytesAllocated?: number;
 }
 
 export interface TokenCounts {
@@ -42,6 +44,12 @@ export class Metrics {
   readonly kvCacheBytes = this.gauge('memory_kv_cache_bytes', 'Bytes held by the KV cache pool.');
   readonly transientBytes = this.gauge('memory_transient_bytes', 'Bytes held by activations and other per-step tensors.');
   readonly backendBytes = this.gauge('memory_backend_total_bytes', 'Total bytes the tensor backend holds (tf.memory()).');
+  // GPU memory (VRAM): only the webgpu backend reports it; 0 on the others.
+  readonly gpuBytesInUse = this.gauge('gpu_memory_in_use_bytes', 'GPU memory in buffers holding live tensors (webgpu backend; 0 on backends that do not report device memory).');
+  readonly gpuBytesAllocated = this.gauge(
+    'gpu_memory_allocated_bytes',
+    'GPU memory allocated by the tensor backend, including freed buffers it keeps for reuse (webgpu backend; 0 on backends that do not report device memory).',
+  );
 
   // KV slots and sessions (slot manager).
   readonly slotsTotal = this.gauge('slots_total', 'KV slots in the pool.');
@@ -126,6 +134,8 @@ export class Metrics {
     if (m.kvCacheBytes !== undefined) this.kvCacheBytes.set(m.kvCacheBytes);
     if (m.transientBytes !== undefined) this.transientBytes.set(m.transientBytes);
     if (m.backendBytes !== undefined) this.backendBytes.set(m.backendBytes);
+    if (m.deviceBytesInUse !== undefined) this.gpuBytesInUse.set(m.deviceBytesInUse);
+    if (m.deviceBytesAllocated !== undefined) this.gpuBytesAllocated.set(m.deviceBytesAllocated);
   }
 
   setSlots(total: number, used: number): void {

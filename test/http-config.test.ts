@@ -34,7 +34,7 @@ const bad: [Record<string, string>, string, RegExp][] = [
   [{ PORT: '70000' }, 'PORT', /0 to 65535/],
   [{ PORT: '80.5' }, 'PORT', /integer/],
   [{ SLOTS: '0' }, 'SLOTS', /1 to/],
-  [{ BACKEND: 'gpu' }, 'BACKEND', /auto, tensorflow, wasm, cpu/],
+  [{ BACKEND: 'gpu' }, 'BACKEND', /auto, tensorflow, webgpu, wasm, cpu/],
   [{ EVICTION_MODE: 'drop' }, 'EVICTION_MODE', /shift, recompute/],
   [{ SLOTS: '4', MAX_BATCH_SIZE: '8' }, 'MAX_BATCH_SIZE', /at most SLOTS/],
   [{ MAX_TOKENS_LIMIT: '100', DEFAULT_MAX_TOKENS: '200' }, 'DEFAULT_MAX_TOKENS', /MAX_TOKENS_LIMIT/],

@@ -8,7 +8,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { GemmaServeError } from '../errors.js';
-import { probeWebGPU, startWebGPU, webgpuLimits } from './webgpu/adapter.js';
+import { probeWebGPU, releaseWebGPU, startWebGPU, webgpuLimits } from './webgpu/adapter.js';
 
 export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
 export type BackendChoice = BackendName | 'auto';
@@ -99,6 +99,18 @@ export async function initBackend(choice: BackendChoice = 'auto'): Promise<{ nam
     }
   }
   throw new BackendError(`no TensorFlow.js backend could be started (tried ${order.join(', ')})`);
+}
+
+/**
+ * Lets go of what keeps the process alive once the engine is done: the webgpu
+ * device and Dawn instance (tfjs falls back to another registered backend if
+ * asked for tensors after this). The other backends hold nothing of the kind.
+ */
+export function releaseBackend(): void {
+  if (chosen?.name === 'webgpu') {
+    releaseWebGPU();
+    chosen = undefined;
+  }
 }
 
 /** Bytes the current backend can hold, or undefined where it is not known up front (a GPU's memory is not reported by WebGPU). */

@@ -11,7 +11,7 @@ import { loadModelConfig, type ModelConfig } from '../model/hf-config.js';
 import { defaultModelDir } from '../model/make-model.js';
 import { readSafetensors } from '../model/safetensors.js';
 import { GemmaTokenizer } from '../model/tokenizer.js';
-import { backendMemoryLimit, backendTensorLimit, initBackend, type BackendChoice, type BackendName } from './backend.js';
+import { backendMemoryLimit, backendTensorLimit, initBackend, releaseBackend, type BackendChoice, type BackendName } from './backend.js';
 import { KVPool, SLIDING_SLACK } from './kv-pool.js';
 import { supportsInPlace } from './tensor-memory.js';
 import { GemmaModel } from './model.js';
@@ -152,6 +152,8 @@ export class Engine {
     this.pool.dispose();
     this.model.dispose();
     disposeWeights(this.model.weights);
+    // On webgpu the device keeps Node from exiting; one engine per process is the rule there.
+    releaseBackend();
   }
 }
 

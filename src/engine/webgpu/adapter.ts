@@ -140,7 +140,15 @@ export async function probeWebGPU(opts: { quiet: boolean; timeoutMs?: number }):
   return { ok: true, gpu, adapter, name };
 }
 
-let device: GpuDevice | undefined;
+/**
+ * The Dawn instance, adapter and device of the started backend. They are held
+ * for as long as the backend runs: on an H200, dropping the reference to the
+ * instance once the device existed ended every run within seconds in a
+ * segmentation fault or an abort, and holding it fixed that. Holding it also
+ * keeps Node's event loop alive, so `releaseWebGPU` lets go of it when the
+ * engine is done.
+ */
+let held: { gpu: Gpu; adapter: GpuAdapter; device: GpuDevice } | undefined;
 
 /**
  * Registers and starts tfjs's `webgpu` backend on the probed adapter, with the
@@ -163,20 +171,38 @@ export async function startWebGPU(probe: Extract<GpuProbe, { ok: true }>): Promi
     maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
     maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
   };
-  const dev = await adapter.requestDevice({ requiredFeatures, requiredLimits });
-  device = dev;
+  const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
+  held = { gpu, adapter, device };
   // The backend package, once loaded with navigator.gpu set, registers a factory of its own; this one reuses the probed device.
   if (tf.findBackendFactory('webgpu')) tf.removeBackend('webgpu');
-  tf.registerBackend('webgpu', () => new WebGPUBackend(dev, adapter.info), 0);
+  tf.registerBackend('webgpu', () => new WebGPUBackend(device, adapter.info), 0);
   if (!(await tf.setBackend('webgpu'))) throw new Error('tf.setBackend("webgpu") failed');
   await tf.ready();
-  // Node exits only once nothing refers to the Dawn instance; the backend keeps the device.
-  delete nav.gpu;
+}
+
+/** Disposes the webgpu backend and its device and lets go of Dawn, so that the process can exit; a later start probes again. */
+export function releaseWebGPU(): void {
+  if (!held) return;
+  if (tf.findBackend('webgpu')) tf.removeBackend('webgpu');
+  held.device.destroy();
+  const nav = (globalThis as { navigator?: { gpu?: Gpu } }).navigator;
+  if (nav?.gpu === held.gpu) delete nav.gpu;
+  held = undefined;
 }
 
 /** Limits of the started device; undefined when webgpu has not been started. */
 export function webgpuLimits(): GpuLimits | undefined {
-  return device?.limits;
+  const l = held?.device.limits;
+  if (!l) return undefined;
+  // Dawn's limits are accessors on a prototype: copy them so they log and serialize.
+  return {
+    maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+    maxBufferSize: l.maxBufferSize,
+    maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+    maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+    maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+    maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+  };
 }
 
 /** Bytes on the device (webgpu's buffer manager): in use by tensors, and allocated including its pool of free buffers. */

@@ -1,0 +1,249 @@
+/**
+ * The engine on a GPU through WebGPU, in one process per command:
+ *
+ *   node dist/bench/webgpu.js probe              adapter, limits, a [1,640]x[640,262144] matmul
+ *   node dist/bench/webgpu.js parity             the HF fixture checks of test/engine-parity.test.ts (same tolerance)
+ *   node dist/bench/webgpu.js decode MODEL_DIR   prefill 512 and decode at batch 1, 8 and 32
+ *   node dist/bench/webgpu.js gputime MODEL_DIR  GPU time (timestamp queries) against wall time of one step
+ *
+ * Each prints one JSON object. BACKEND picks the backend (default webgpu),
+ * DEVICE_NAME is copied into the result (the device script passes
+ * nvidia-smi's name), BENCH_STEPS sets the timed decode steps per batch size.
+ * tap is a dev dependency, so the parity checks are repeated here rather
+ * than run through the test file on machines that get production modules.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend, type BackendChoice } from '../src/engine/backend.js';
+import { Engine } from '../src/engine/engine.js';
+import { Sampler } from '../src/engine/sampler.js';
+import { DEFAULT_SAMPLING } from '../src/engine/types.js';
+import { webgpuLimits } from '../src/engine/webgpu/adapter.js';
+import { promptIds } from './model-dir.js';
+
+const BACKEND = (process.env.BACKEND ?? 'webgpu') as BackendChoice;
+const STEPS = Number(process.env.BENCH_STEPS ?? 16);
+const TOL = 1e-3;
+const greedy = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 1 << 20 };
+const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
+const note = (msg: string) => process.stderr.write(`[webgpu bench ${Math.round(performance.now())} ms] ${msg}\n`);
+const stamp = () => ({ device: process.env.DEVICE_NAME ?? 'unknown', date: new Date().toISOString() });
+
+async function probe(): Promise<object> {
+  const backend = await initBackend(BACKEND);
+  note(`started ${JSON.stringify(backend)}`);
+  const times: number[] = [];
+  // Two rounds with a garbage collection between them (node --expose-gc): the device must survive it.
+  for (let round = 0; round < 2; round++) {
+    const x = tf.randomNormal([1, 640]);
+    const w = tf.randomNormal([640, 262144]);
+    for (let i = 0; i < 12; i++) {
+      const t0 = performance.now();
+      const y = tf.matMul(x, w);
+      await y.data();
+      times.push(performance.now() - t0);
+      y.dispose();
+    }
+    tf.dispose([x, w]);
+    (globalThis as { gc?: () => void }).gc?.();
+    note(`round ${round} done`);
+  }
+  times.sort((a, b) => a - b);
+  return { ...stamp(), backend, limits: webgpuLimits(), matmul_1x640x262144_ms_with_readback: round(times[12], 3), memory: tf.memory() };
+}
+
+interface ReferenceCase {
+  name: string;
+  input_ids: number[];
+  top_k: number;
+  top_ids: number[][];
+  top_logits: number[][];
+  logsumexp: number[];
+  greedy_new_ids: number[];
+  greedy_top5_logits: number[][];
+}
+
+function idsMatchUpToTies(ours: number[], ref: number[], refLogits: number[]): boolean {
+  return ours.every((id, j) => {
+    if (id === ref[j]) return true;
+    const prev = j > 0 ? Math.abs(refLogits[j - 1] - refLogits[j]) : Infinity;
+    const next = j + 1 < refLogits.length ? Math.abs(refLogits[j + 1] - refLogits[j]) : Infinity;
+    return Math.min(prev, next) < TOL;
+  });
+}
+
+async function parity(): Promise<object> {
+  const root = join(process.cwd(), 'test', 'fixtures', 'hf-reference');
+  const results = [];
+  let allPass = true;
+  for (const name of ['gemma3-tiny', 'gemma3-tiny-scaled', 'gemma2-tiny']) {
+    const dir = join(root, name);
+    const cases = (JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as { cases: ReferenceCase[] }).cases;
+    const engine = await Engine.load({ modelDir: dir, backend: BACKEND, slots: 2, cacheCapacity: 128 });
+    note(`${name} loaded on ${engine.backend.name}`);
+    const baseline = tf.memory().numTensors;
+    for (const c of cases) {
+      // Full forward pass (score): top-k logits, ids up to ties, logsumexp at every position.
+      const positions = await engine.score(c.input_ids, c.top_k);
+      let scoreWorst = 0;
+      let lseWorst = 0;
+      let idsOk = true;
+      positions.forEach((p, i) => {
+        scoreWorst = Math.max(scoreWorst, ...p.top_logits.map((v, j) => Math.abs(v - c.top_logits[i][j])));
+        lseWorst = Math.max(lseWorst, Math.abs(p.logsumexp - c.logsumexp[i]));
+        idsOk &&= idsMatchUpToTies(p.top_ids, c.top_ids[i], c.top_logits[i]);
+      });
+      // Greedy continuation through the cached decode path, teacher-forced.
+      const pool = engine.pool;
+      pool.reset(0);
+      let logits = engine.model.prefill(c.input_ids, { pool, slots: [0] }) as tf.Tensor2D;
+      let decodeWorst = 0;
+      let greedyOk = true;
+      for (let s = 0; s < c.greedy_new_ids.length; s++) {
+        const top = tf.topk(logits, 5);
+        const ids = Array.from(await top.indices.data());
+        const vals = Array.from(await top.values.data());
+        tf.dispose([top.values, top.indices, logits]);
+        const ref = c.greedy_top5_logits[s];
+        decodeWorst = Math.max(decodeWorst, ...vals.map((v, j) => Math.abs(v - ref[j])));
+        if (ref[0] - ref[1] > 1e-2 && ids[0] !== c.greedy_new_ids[s]) greedyOk = false;
+        logits = engine.model.forward([[c.greedy_new_ids[s]]], { pool, slots: [0] });
+      }
+      logits.dispose();
+      pool.reset(0);
+      const leaked = tf.memory().numTensors - baseline;
+      const pass = scoreWorst < TOL && lseWorst < TOL && decodeWorst < TOL && idsOk && greedyOk && leaked === 0;
+      allPass &&= pass;
+      results.push({
+        model: name, case: c.name, pass,
+        score_worst_abs: scoreWorst, logsumexp_worst_abs: lseWorst, decode_top5_worst_abs: decodeWorst,
+        ids_match: idsOk, greedy_ids_match: greedyOk, leaked_tensors: leaked,
+      });
+    }
+    engine.dispose();
+  }
+  return { ...stamp(), backend: BACKEND, tolerance: TOL, all_pass: allPass, cases: results };
+}
+
+async function decode(dir: string): Promise<object> {
+  const maxB = 32;
+  const engine = await Engine.load({ modelDir: dir, backend: BACKEND, slots: maxB, cacheCapacity: 1024, maxBatch: maxB, prefillChunk: 512 });
+  const sampler = new Sampler(engine);
+  note(`loaded ${dir} on ${engine.backend.name} in ${Math.round(engine.loadMs)} ms`);
+
+  const prompt = promptIds(512);
+  let prefillMs = Infinity;
+  for (let i = 0; i < 3; i++) {
+    engine.pool.reset(0);
+    const seq = sampler.add({ slot: 0, promptIds: prompt, params: greedy });
+    const t0 = performance.now();
+    await sampler.prefill(seq, 512);
+    prefillMs = Math.min(prefillMs, performance.now() - t0);
+  }
+
+  note(`prefill 512: ${round(prefillMs)} ms`);
+  const flag = 'WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE';
+  const submitSizes = BACKEND === 'webgpu' ? [tf.env().getNumber(flag), 200] : [0];
+  const decodeRuns: Record<string, unknown>[] = [];
+  let kernelsPerStepB1: number | undefined;
+  for (const B of [1, 8, 32]) {
+    for (let slot = 0; slot < B; slot++) engine.pool.reset(slot);
+    const seqs = Array.from({ length: B }, (_, b) => sampler.add({ slot: b, promptIds: promptIds(64, b + 2), params: greedy }));
+    for (const s of seqs) await sampler.prefill(s);
+    for (const submit of submitSizes) {
+      if (BACKEND === 'webgpu') tf.env().set(flag, submit);
+      for (let i = 0; i < 2; i++) await sampler.step(seqs);
+      const times: number[] = [];
+      for (let i = 0; i < STEPS; i++) {
+        const t0 = performance.now();
+        await sampler.step(seqs);
+        times.push(performance.now() - t0);
+      }
+      const total = times.reduce((a, b) => a + b, 0);
+      times.sort((a, b) => a - b);
+      note(`decode batch ${B}, submit batch ${submit}: median step ${round(times[times.length >> 1])} ms`);
+      decodeRuns.push({
+        batch: B, submit_batch_size: submit, steps: STEPS, context_after: seqs[0].promptTokens + seqs[0].generated.length,
+        tokens_per_s: round((B * STEPS * 1000) / total), step_ms_median: round(times[times.length >> 1]),
+      });
+    }
+    if (B === 1) {
+      const prof = await tf.profile(async () => {
+        await sampler.step(seqs);
+      });
+      kernelsPerStepB1 = prof.kernels.length;
+    }
+  }
+  const mem = engine.memory();
+  const out = {
+    ...stamp(),
+    backend: engine.backend.name,
+    backend_reason: engine.backend.reason,
+    model: dir,
+    config: { layers: engine.config.numLayers, hidden: engine.config.hiddenSize, vocab: engine.config.vocabSize },
+    cache_capacity: 1024,
+    load_ms: Math.round(engine.loadMs),
+    prefill_512_tps: Math.round((512 * 1000) / prefillMs),
+    prefill_512_ms: round(prefillMs),
+    decode: decodeRuns,
+    kernels_per_decode_step_b1: kernelsPerStepB1,
+    memory: mem,
+  };
+  engine.dispose();
+  return out;
+}
+
+/**
+ * How much of a step the GPU is busy: tf.time() sums the kernels' GPU times
+ * (webgpu timestamp queries) beside the step's wall time, for a decode step at
+ * batch 1 and 32 and a 512-token prefill.
+ */
+async function gputime(dir: string): Promise<object> {
+  const engine = await Engine.load({ modelDir: dir, backend: BACKEND, slots: 32, cacheCapacity: 1024, maxBatch: 32, prefillChunk: 512 });
+  const pool = engine.pool;
+  const rows: Record<string, unknown>[] = [];
+  const measure = async (what: string, run: () => void) => {
+    run();
+    const t = (await tf.time(run)) as tf.TimingInfo & { kernelMs: number | { error: string } };
+    const kernels = (await tf.profile(run)).kernels.length;
+    rows.push({ what, wall_ms: round(t.wallMs), gpu_kernel_ms: typeof t.kernelMs === 'number' ? round(t.kernelMs) : t.kernelMs, kernels });
+    note(`${what}: ${JSON.stringify(rows.at(-1))}`);
+  };
+  for (const B of [1, 32]) {
+    const slots = Array.from({ length: B }, (_, b) => b);
+    for (const s of slots) {
+      pool.reset(s);
+      engine.model.prefill(promptIds(64, s + 2), { pool, slots: [s], noLogits: true });
+    }
+    await measure(`decode step, batch ${B}`, () => engine.model.forward(slots.map(() => [1000]), { pool, slots }).dispose());
+  }
+  pool.reset(0);
+  await measure('prefill 512, batch 1', () => {
+    pool.reset(0);
+    engine.model.prefill(promptIds(512), { pool, slots: [0] })?.dispose();
+  });
+  const out = { ...stamp(), backend: engine.backend.name, model: dir, rows };
+  engine.dispose();
+  return out;
+}
+
+async function main(): Promise<void> {
+  const [cmd, arg] = process.argv.slice(2);
+  let result: object;
+  if (cmd === 'probe') result = await probe();
+  else if (cmd === 'parity') result = await parity();
+  else if (cmd === 'decode' && arg) result = await decode(arg);
+  else if (cmd === 'gputime' && arg) result = await gputime(arg);
+  else throw new Error('usage: webgpu.js probe | parity | decode MODEL_DIR | gputime MODEL_DIR');
+  console.log(JSON.stringify(result));
+}
+
+main().then(
+  // Dawn keeps the process alive while the device exists.
+  () => process.exit(0),
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
