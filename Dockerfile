@@ -3,16 +3,32 @@
 #
 #   docker build -t gemma-serve .                        # wasm/cpu backends (default)
 #   docker build -t gemma-serve:gpu \
+#     --build-arg WITH_WEBGPU=true .                     # + webgpu backend: Dawn on the NVIDIA Vulkan driver
+#   docker build -t gemma-serve:cuda \
 #     --build-arg RUNTIME_BASE=nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04 \
 #     --build-arg WITH_GPU=true .                        # + @tensorflow/tfjs-node-gpu (CUDA 11.2, cuDNN 8.1)
 #
-# tfjs-node-gpu downloads libtensorflow in its install script, so the GPU
+# tfjs-node-gpu downloads libtensorflow in its install script, so that
 # variant needs network access at build time; the default variant does not
 # install it at all.
+#
+# The WITH_WEBGPU image runs on the GPU through the NVIDIA container toolkit,
+# which mounts the driver's Vulkan ICD only with the `graphics` capability:
+#
+#   docker run --gpus all -e NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics -e BACKEND=webgpu gemma-serve:gpu
+#
+# (the image sets that capability list already; compose: `--profile gpu`).
+# The image adds the Vulkan loader and the two system libraries that NVIDIA's
+# Vulkan ICD (libGLX_nvidia.so.0) links against, libX11 and libXext; the
+# toolkit mounts the driver's own libraries. Mesa is not needed. If
+# the log says Dawn found no adapter, the toolkit did not mount the ICD file:
+# bind-mount the host's, e.g. -v /usr/share/vulkan/icd.d/nvidia_icd.json:/etc/vulkan/icd.d/nvidia_icd.json:ro,
+# or point VK_DRIVER_FILES at it.
 
 ARG RUNTIME_BASE=node:20-bookworm-slim
 
 FROM node:20-bookworm-slim AS build
+ARG WITH_WEBGPU=false
 WORKDIR /app
 COPY package.json package-lock.json ./
 # No install scripts: `prepare` needs the sources (copied next) and
@@ -26,9 +42,17 @@ COPY bench bench
 RUN npm run build \
  && npm prune --omit=dev --ignore-scripts --no-audit --no-fund \
  && rm -rf node_modules/@tensorflow/tfjs-node-gpu
+# The WebGPU packages (optional dependencies) stay only in the WITH_WEBGPU
+# image, with Dawn's build for this platform alone (the package ships five, ~130 MB).
+RUN if [ "$WITH_WEBGPU" = "true" ]; then \
+      find node_modules/webgpu/dist -mindepth 1 -maxdepth 1 ! -name "linux-$(node -p process.arch)" -exec rm -rf {} +; \
+    else \
+      rm -rf node_modules/webgpu node_modules/@webgpu node_modules/@tensorflow/tfjs-backend-webgpu; \
+    fi
 
 FROM ${RUNTIME_BASE} AS runtime
 ARG WITH_GPU=false
+ARG WITH_WEBGPU=false
 # CUDA bases have no Node: bring the build stage's (same binary on node bases).
 COPY --from=build /usr/local/bin/node /usr/local/bin/node
 COPY --from=build /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/npm
@@ -39,12 +63,20 @@ COPY --from=build /app/dist dist
 RUN if [ "$WITH_GPU" = "true" ]; then \
       node /usr/local/lib/node_modules/npm/bin/npm-cli.js install --no-save --omit=dev --no-audit --no-fund @tensorflow/tfjs-node-gpu@4.22.0; \
     fi \
+ && if [ "$WITH_WEBGPU" = "true" ]; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends libvulkan1 libx11-6 libxext6 \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi \
  && (getent passwd node >/dev/null || useradd --uid 1000 --create-home --shell /bin/sh node) \
  && mkdir -p /models && chown node /models
 
+# Read only by the NVIDIA container toolkit: compute for CUDA (tfjs-node-gpu),
+# graphics for the Vulkan driver that the webgpu backend runs on.
 ENV NODE_ENV=production \
     HOST=0.0.0.0 \
-    PORT=8080
+    PORT=8080 \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics
 EXPOSE 8080
 VOLUME ["/models"]
 USER node

@@ -112,7 +112,7 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
     // 5a. Streaming: SSE frames pulled from the scheduler as the socket drains.
     if (body.stream === true) {
       const errorBody = (err: unknown): ErrorBody => toErrorReply(err, req, config.server.bodyLimitBytes).body;
-      const frames = sseFrames({ meta, n, first, events, observer, cancel: () => abort.abort(), errorBody, log: req.log });
+      const frames = sseFrames({ meta, n, first, events, observer, abort, errorBody, log: req.log });
       void reply
         .header('content-type', 'text/event-stream; charset=utf-8')
         .header('cache-control', 'no-cache')
@@ -131,7 +131,8 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
       observer.end(abort.signal.aborted ? 'cancelled' : 'error');
       throw err;
     }
-    observer.end('ok');
+    // A client that went away ends its events early; nobody reads this reply.
+    observer.end(abort.signal.aborted ? 'cancelled' : 'ok');
     return builder.build();
   });
 };

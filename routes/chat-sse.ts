@@ -20,8 +20,8 @@ export interface SseSource {
   first: IteratorResult<GenerationEvent>;
   events: AsyncIterator<GenerationEvent>;
   observer: ChatObserver;
-  /** Cancels the request upstream (client went away). */
-  cancel: () => void;
+  /** Aborted when the client went away; aborting it cancels the request upstream. */
+  abort: AbortController;
   errorBody: (err: unknown) => ErrorBody;
   log: FastifyBaseLogger;
 }
@@ -54,13 +54,18 @@ export async function* sseFrames(src: SseSource): AsyncGenerator<string> {
       return;
     }
     ended = true;
+    // The scheduler ends a cancelled request's events early, without finish events.
+    if (src.abort.signal.aborted) {
+      observer.end('cancelled');
+      return;
+    }
     observer.end('ok');
     yield 'data: [DONE]\n\n';
   } finally {
     // Reached without `ended` only when the consumer stopped early: the client disconnected.
     if (!ended) {
       observer.end('cancelled');
-      src.cancel();
+      src.abort.abort();
       void events.return?.().catch(() => undefined);
     }
   }

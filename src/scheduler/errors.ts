@@ -18,8 +18,8 @@ export class QueueFullError extends GemmaServeError {
 /** The service received SIGTERM and admits nothing new. */
 export class ShuttingDownError extends GemmaServeError {
   readonly retryAfter = 5;
-  constructor() {
-    super('The server is shutting down and accepts no new requests; retry on another instance.', {
+  constructor(message = 'The server is shutting down and accepts no new requests; retry on another instance.') {
+    super(message, {
       status: 503,
       type: 'server_error',
       code: 'shutting_down',

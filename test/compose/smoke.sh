@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Compose smoke test (npm run test:compose): build the image, bring the stack
 # up with host networking, stream one chat completion, read /metrics, check
-# the session metadata reached the Redis container, bring everything down.
+# the session metadata reached the Redis container and the container's
+# HEALTHCHECK passes, stop the service (SIGTERM must exit 0), bring
+# everything down.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -11,7 +13,7 @@ APP_URL=http://127.0.0.1:18080
 REDIS_PORT=16379
 STANDIN=../shared/docker/stand-in-images.sh
 
-log() { printf 'compose-smoke: %s\n' "$*" >&2; }
+log() { printf 'compose-smoke: [%ss] %s\n' "$SECONDS" "$*" >&2; }
 
 # Machines without a registry get stand-in base images (and a running dockerd) from ../shared.
 if ! docker image inspect node:20-bookworm-slim redis:7 >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
@@ -53,5 +55,20 @@ for _ in $(seq 1 20); do
   sleep 0.5
 done
 printf '%s\n' "$keys" | grep -qx "gemma-serve:session:$SESSION" || { log "no gemma-serve:session:$SESSION in Redis (found: ${keys:-nothing})"; exit 1; }
+
+APP=$(compose ps -q gemma-serve)
+log "waiting for the container's HEALTHCHECK to pass"
+health=""
+for _ in $(seq 1 60); do
+  health=$(docker inspect --format '{{.State.Health.Status}}' "$APP")
+  [ "$health" = healthy ] && break
+  sleep 1
+done
+[ "$health" = healthy ] || { log "health status is '$health'"; docker inspect --format '{{json .State.Health}}' "$APP" >&2; exit 1; }
+
+log "stopping the service (SIGTERM)"
+compose stop gemma-serve >/dev/null
+code=$(docker inspect --format '{{.State.ExitCode}}' "$APP")
+[ "$code" = 0 ] || { log "the service exited $code after SIGTERM"; exit 1; }
 
 log "ok"
