@@ -66,6 +66,9 @@ export class BatchScheduler implements Scheduler {
   private lastBatch = 0;
   private closing = false;
   private wakeLoop: (() => void) | undefined;
+  /** A wake-up arrived while the loop was busy. */
+  private woken = false;
+  private stopped = false;
   private loopDone: Promise<void>;
 
   constructor(
@@ -149,8 +152,6 @@ export class BatchScheduler implements Scheduler {
     await this.loopDone;
   }
 
-  private stopped = false;
-
   private cancel(job: Job, failure?: unknown): void {
     if (job.cancelled) return;
     job.cancelled = true;
@@ -170,8 +171,6 @@ export class BatchScheduler implements Scheduler {
     this.wakeLoop = undefined;
     w?.();
   }
-
-  private woken = false;
 
   private rowOf(seq: Sequence): Row | undefined {
     for (const job of this.running) for (const row of job.rows) if (row.seq === seq) return row;
