@@ -12,7 +12,7 @@ import { GemmaServeError } from './errors.js';
 
 const USAGE = `usage:
   gemma-serve serve                      start the HTTP service (configured by environment variables; see README)
-  gemma-serve score --model DIR --ids 2,105,1645 [--top-k 20] [--backend wasm|cpu|tensorflow]
+  gemma-serve score --model DIR --ids 2,105,1645 [--top-k 20] [--backend wasm|cpu|webgpu|tensorflow]
   gemma-serve generate [--model DIR] --prompt "..." [--max-tokens N] [--backend ...]
   gemma-serve make-model --out DIR [--preset tiny|270m|1b] [--seed N] [--dtype bf16|f32]`;
 

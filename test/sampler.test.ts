@@ -122,3 +122,16 @@ t.test('tensor count is back at its baseline', async (t) => {
   for (let s = 0; s < engine.slots; s++) engine.pool.reset(s);
   t.equal(tf.memory().numTensors, baseline);
 });
+
+t.test('parameters out of range are refused with the field named', async (t) => {
+  const bad: Array<[Partial<SamplingParams>, string]> = [
+    [{ temperature: -1 }, 'temperature'],
+    [{ topP: 0 }, 'top_p'],
+    [{ logprobs: true, topLogprobs: 21 }, 'top_logprobs'],
+    [{ logitBias: { [engine.config.vocabSize]: 1 } }, 'logit_bias'],
+  ];
+  for (const [p, param] of bad) {
+    await t.rejects(run([{ promptIds: prompt, params: params(p) }]), { status: 400, param }, `${param} checked`);
+  }
+  t.equal(tf.memory().numTensors, baseline, 'a refused request leaves no tensor behind');
+});
