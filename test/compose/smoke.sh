@@ -33,6 +33,8 @@ cleanup() {
     compose logs --tail=80 >&2 || true
   fi
   compose down -v --remove-orphans >/dev/null 2>&1 || true
+  # Superseded image layers pile up quickly on the vfs storage driver (a full copy each).
+  docker image prune -f >/dev/null 2>&1 || true
   exit "$status"
 }
 trap cleanup EXIT
