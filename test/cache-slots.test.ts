@@ -13,14 +13,9 @@ import {
   type SessionMeta,
   type SessionStore,
 } from '../src/cache/index.js';
+import { BOS, SOT, EOT, NL, USER, MODEL } from './helpers/chat-tokens.js';
 
 const PREFIX = `gemma-serve-test:${process.pid}-${Date.now().toString(36)}-slots:`;
-const BOS = 2;
-const SOT = 105;
-const EOT = 106;
-const NL = 108;
-const USER = 2364;
-const MODEL = 4368;
 const SYSTEM = [BOS, SOT, USER, NL, 900, 901, 902, NL, NL];
 
 const userTurn = (body: number[]) => [SOT, USER, NL, ...body, EOT, NL];

@@ -9,23 +9,9 @@ import {
   sinkLength,
   type SessionMeta,
 } from '../src/cache/index.js';
+import { BOS, SOT, EOT, NL, USER, MODEL, rng } from './helpers/chat-tokens.js';
 
-const BOS = 2;
-const SOT = 105;
-const EOT = 106;
-const NL = 108;
-const USER = 2364;
-const MODEL = 4368;
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let x = Math.imul(a ^ (a >>> 15), 1 | a);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const text = (r: () => number, n: number) => Array.from({ length: n }, () => 200 + Math.floor(r() * 9000));
 
 t.test('an OpenAI-style client resending the whole history, 150 turns, C = 256', async (t) => {
