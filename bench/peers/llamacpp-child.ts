@@ -5,7 +5,7 @@
  * project dependency). Reads a job (a JSON file named by argv[2]) and prints
  * one JSON line.
  *
- * Timing follows the peer benchmark behind issue 7's figures: prefill is
+ * Timing follows llama.cpp's own benchmark conventions: prefill is
  * evaluateWithoutGeneratingNewTokens over the whole prompt (batch 512);
  * decode is timed from the first sampled token to the (steps + 1)-th, i.e.
  * `steps` single-token forwards; 8 sequences decode concurrently on one
