@@ -1,7 +1,6 @@
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import net from 'node:net';
 import { Redis } from 'ioredis';
 import pino from 'pino';
 import {
@@ -13,22 +12,13 @@ import {
   type CacheLogger,
   type SessionMeta,
 } from '../src/cache/index.js';
+import { freePort } from './helpers/free-port.js';
 
 const PREFIX = `gemma-serve-test:${process.pid}-${Date.now().toString(36)}:`;
 
 function meta(id: string, extra: number[] = []): SessionMeta {
   const m = createSessionMeta({ id, model: 'test-model', sinkIds: [2, 105, 2364, 108], now: 1000 });
   return appendTokens(m, [300, 301, 106, 108, 105, 4368, 108, ...extra], 1001);
-}
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  srv.listen(0, '127.0.0.1');
-  await once(srv, 'listening');
-  const port = (srv.address() as net.AddressInfo).port;
-  srv.close();
-  await once(srv, 'close');
-  return port;
 }
 
 function recordingLogger() {

@@ -2,23 +2,13 @@
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import net from 'node:net';
 import { Redis } from 'ioredis';
 import { RedisSessionStore, ResilientSessionStore, type SessionMeta } from '../src/cache/index.js';
 import { Engine } from '../src/engine/engine.js';
 import type { ChatTurn } from '../src/scheduler/types.js';
 import { modelDir } from './helpers/fixtures.js';
 import { chat, makeStack } from './helpers/stack.js';
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  srv.listen(0, '127.0.0.1');
-  await once(srv, 'listening');
-  const port = (srv.address() as net.AddressInfo).port;
-  srv.close();
-  await once(srv, 'close');
-  return port;
-}
+import { freePort } from './helpers/free-port.js';
 
 async function until(cond: () => Promise<boolean>, ms: number): Promise<boolean> {
   const end = Date.now() + ms;
