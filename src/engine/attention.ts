@@ -28,11 +28,16 @@ export interface RowAttentionInput {
   softcap: number | null;
 }
 
+/** Gemma 2's soft-capping, tanh(x / cap) * cap (scores and final logits). */
+export function softcap<T extends tf.Tensor>(x: T, cap: number): T {
+  return tf.mul(tf.tanh(tf.div(x, cap)), cap) as T;
+}
+
 /** Returns [1, kvHeads, g * T, headDim]. */
 export function attendRow(a: RowAttentionInput): tf.Tensor4D {
   const [, nkv, gT, hd] = a.q.shape;
   const scoresOf = (s: tf.Tensor): tf.Tensor => {
-    const capped = a.softcap ? tf.mul(tf.tanh(tf.div(s, a.softcap)), a.softcap) : s;
+    const capped = a.softcap ? softcap(s, a.softcap) : s;
     const K = s.shape[3] as number;
     return tf.reshape(tf.softmax(tf.add(tf.reshape(capped, [1, nkv, a.g, a.T, K]), a.mask)), [1, nkv, gT, K]);
   };

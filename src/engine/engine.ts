@@ -64,8 +64,10 @@ export class Engine {
     readonly modelId: string,
     readonly modelDir: string,
     readonly topKCap: number,
-    readonly loadMs: number,
   ) {}
+
+  /** Wall time of `load`, warm-up included. */
+  loadMs = 0;
 
   static async load(opts: EngineOptions = {}): Promise<Engine> {
     const t0 = performance.now();
@@ -95,10 +97,9 @@ export class Engine {
       opts.modelId ?? (opts.modelDir ? basename(dir) : DEFAULT_MODEL_ID),
       dir,
       opts.topKCap ?? 64,
-      0,
     );
     engine.warmUp();
-    (engine as { loadMs: number }).loadMs = performance.now() - t0;
+    engine.loadMs = performance.now() - t0;
     return engine;
   }
 

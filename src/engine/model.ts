@@ -8,7 +8,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../model/hf-config.js';
 import type { KVPool, WritePlan } from './kv-pool.js';
-import { attendRow } from './attention.js';
+import { attendRow, softcap } from './attention.js';
 import { applyRope, ropeTables, rotateHalfMatrix } from './rope.js';
 import type { LayerWeights, Weights } from './weights.js';
 
@@ -157,8 +157,8 @@ export class GemmaModel {
   }
 
   /** RMSNorm; without `w` its weight has been folded into the next projection. */
-  private rmsNorm(x: tf.Tensor2D, w?: tf.Tensor1D): tf.Tensor2D {
-    const normed: tf.Tensor2D = tf.mul(x, tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), this.config.rmsNormEps)));
+  private rmsNorm<T extends tf.Tensor>(x: T, w?: tf.Tensor): T {
+    const normed: T = tf.mul(x, tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), this.config.rmsNormEps)));
     return w ? tf.mul(normed, w) : normed;
   }
 
@@ -184,8 +184,7 @@ export class GemmaModel {
     let qk = tf.slice(qkv, [0, 0, 0], [B * T, nq + nkv, hd]);
     const v = tf.slice(qkv, [0, nq + nkv, 0], [B * T, nkv, hd]);
     if (w.qkNorm) {
-      const ms = tf.mean(tf.square(qk), -1, true);
-      qk = tf.mul(tf.mul(qk, tf.rsqrt(tf.add(ms, c.rmsNormEps))), w.qkNorm);
+      qk = this.rmsNorm(qk, w.qkNorm);
     }
     qk = applyRope(qk, ctx.cos, ctx.sin, this.rotate);
     // [B*T, n, hd] -> [B, n, T, hd]; with one token per row that is only a reshape.
@@ -241,8 +240,4 @@ export class GemmaModel {
 
 function disposeContext(c: TypeContext): void {
   tf.dispose([c.cos, c.sin, ...c.masks]);
-}
-
-function softcap<T extends tf.Tensor>(x: T, cap: number): T {
-  return tf.mul(tf.tanh(tf.div(x, cap)), cap) as T;
 }
