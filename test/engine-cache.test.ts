@@ -3,8 +3,9 @@ import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
 import { Engine } from '../src/engine/engine.js';
 import { modelDir } from './helpers/fixtures.js';
+import { engineBackends } from './helpers/backends.js';
 
-for (const backend of ['wasm', 'cpu'] as const) {
+for (const backend of engineBackends()) {
   t.test(`batched cached decode vs full forward on ${backend}`, async (t) => {
     // gemma3-tiny: window 16; its ring holds 16 + slack entries, so 106 tokens wrap it.
     const engine = await Engine.load({ modelDir: modelDir('gemma3-tiny'), backend, slots: 3, cacheCapacity: 128 });

@@ -1,12 +1,13 @@
-// The engine against Hugging Face transformers: every fixture case, on wasm and on cpu.
+// The engine against Hugging Face transformers: every fixture case, on wasm, cpu and (where Vulkan is installed) webgpu.
 import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
 import { Engine } from '../src/engine/engine.js';
 import { MODELS, idsMatchUpToTies, modelDir, reference } from './helpers/fixtures.js';
+import { engineBackends } from './helpers/backends.js';
 
 const TOL = 1e-3;
 
-for (const backend of ['wasm', 'cpu'] as const) {
+for (const backend of engineBackends()) {
   for (const name of MODELS) {
     t.test(`${name} on ${backend}`, async (t) => {
       const engine = await Engine.load({ modelDir: modelDir(name), backend, slots: 2, cacheCapacity: 128 });

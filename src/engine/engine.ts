@@ -14,7 +14,8 @@ import { GemmaTokenizer } from '../model/tokenizer.js';
 import { backendMemoryLimit, backendTensorLimit, initBackend, releaseBackend, type BackendChoice, type BackendName } from './backend.js';
 import { KVPool, SLIDING_SLACK } from './kv-pool.js';
 import { supportsInPlace } from './tensor-memory.js';
-import { GemmaModel } from './model.js';
+import { GemmaModel, type ForwardPass } from './model.js';
+import { WebGPUModel } from './webgpu/fused-model.js';
 import { webgpuMemory } from './webgpu/adapter.js';
 import { disposeWeights, loadWeights, ModelTooLargeError, weightBytesNeeded } from './weights.js';
 
@@ -34,6 +35,8 @@ export interface EngineOptions {
   maxBatch?: number;
   /** Largest prefill chunk (sizes the transient memory estimate). */
   prefillChunk?: number;
+  /** On webgpu: the fused WGSL programs (default) or the tfjs op graph that the other backends run. */
+  webgpuKernels?: 'fused' | 'graph';
 }
 
 export interface MemoryReport {
@@ -58,7 +61,7 @@ export class Engine {
   private constructor(
     readonly config: ModelConfig,
     readonly tokenizer: GemmaTokenizer,
-    readonly model: GemmaModel,
+    readonly model: ForwardPass,
     readonly pool: KVPool,
     readonly backend: { name: BackendName; reason: string },
     readonly modelId: string,
@@ -86,7 +89,7 @@ export class Engine {
     } finally {
       await store.close();
     }
-    const model = new GemmaModel(config, weights);
+    const model = backend.name === 'webgpu' && opts.webgpuKernels !== 'graph' ? new WebGPUModel(config, weights) : new GemmaModel(config, weights);
     const pool = new KVPool(config, slots, capacity, supportsInPlace(backend.name));
     const engine = new Engine(
       config,

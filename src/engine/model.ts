@@ -39,7 +39,16 @@ export interface PrefillOptions extends ForwardOptions {
   noLogits?: boolean;
 }
 
-export class GemmaModel {
+/** A forward pass over the pool: the tfjs graph (GemmaModel) or, on webgpu, fused WGSL programs (WebGPUModel). */
+export interface ForwardPass {
+  readonly config: ModelConfig;
+  readonly weights: Weights;
+  forward(ids: number[][], opts?: ForwardOptions): tf.Tensor2D;
+  prefill(ids: number[], opts: PrefillOptions): tf.Tensor2D | undefined;
+  dispose(): void;
+}
+
+export class GemmaModel implements ForwardPass {
   private readonly rotate: tf.Tensor2D;
   private readonly sqrtHidden: tf.Scalar;
 

@@ -1,0 +1,271 @@
+/**
+ * The forward pass on webgpu as fused WGSL programs (kernels.ts): per layer
+ * a q/k/v matmul, q/k norm + rope, attention and the cache write per row, the
+ * output projection, a residual + norm, the gate/up matmul with gelu, the
+ * down projection and another residual + norm. Same contract as GemmaModel
+ * (model.ts): B rows of T tokens against the pool's caches, logits of the
+ * last positions (or every position) as a tfjs tensor the caller owns.
+ *
+ * The cache keeps KVPool's layout (K [1, kv, E, hd], V^T [1, kv, hd, E] per
+ * layer and slot), so bookkeeping, compaction and the wasm path are shared.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { LayerType, ModelConfig } from '../../model/hf-config.js';
+import type { KVPool } from '../kv-pool.js';
+import type { ForwardOptions, PrefillOptions } from '../model.js';
+import { ropeTables } from '../rope.js';
+import type { Weights } from '../weights.js';
+import { GpuRuntime, type Binding, type GPUBufferLike } from './gpu.js';
+import { StepLayout, attentionKernel, embedKernel, matmulKernel, normKernel, qkRopeKernel, kvWriteKernel, residualKernel, type AttentionShape, type Epilogue } from './kernels.js';
+
+/** Activations of one call, sized for the largest call so far (tfjs tensors, so tf.memory() counts them). */
+interface Scratch {
+  tokens: number;
+  outRows: number;
+  scoreStride: number;
+  x: tf.Tensor;
+  xn: tf.Tensor;
+  qkv: tf.Tensor;
+  attn: tf.Tensor;
+  y: tf.Tensor;
+  act: tf.Tensor;
+  scores: tf.Tensor;
+  final: tf.Tensor;
+}
+
+/** Row-index buffers are bound at 256-byte offsets (the storage offset alignment). */
+const ROW_STRIDE = 256;
+
+export class WebGPUModel {
+  private readonly gpu = new GpuRuntime();
+  private readonly qkvWidth: number;
+  private scratch: Scratch | undefined;
+  private stepBuffer: GPUBufferLike;
+  private ropeBuffer: GPUBufferLike;
+  private rowBuffer: GPUBufferLike;
+  private rowCapacity = 0;
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly weights: Weights,
+  ) {
+    const hd = config.headDim;
+    if (hd > 256 || (hd & (hd - 1)) !== 0) throw new Error(`the webgpu kernels need a power-of-two head size up to 256, not ${hd}`);
+    this.qkvWidth = (config.numHeads + 2 * config.numKvHeads) * hd;
+    this.stepBuffer = this.gpu.createBuffer(4096);
+    this.ropeBuffer = this.gpu.createBuffer(4 * hd * 4);
+    this.rowBuffer = this.growRows(8);
+  }
+
+  forward(ids: number[][], opts: ForwardOptions = {}): tf.Tensor2D {
+    return this.run(ids, opts) as tf.Tensor2D;
+  }
+
+  prefill(ids: number[], opts: PrefillOptions): tf.Tensor2D | undefined {
+    return this.run([ids], opts);
+  }
+
+  /** Dispatches recorded so far (for the decode benchmark's kernels-per-token figure). */
+  get dispatches(): number {
+    return this.gpu.dispatches;
+  }
+
+  private run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
+    const c = this.config;
+    const B = ids.length;
+    const T = ids[0].length;
+    if (ids.some((r) => r.length !== T)) throw new Error('forward: every row must have the same number of tokens');
+    const { pool, slots } = opts;
+    if (pool && (!slots || slots.length !== B)) throw new Error('forward: one slot per row is required with a pool');
+    if (opts.allPositions && B !== 1) throw new Error('forward: allPositions needs a single row');
+    // Fails on overflow before anything is recorded.
+    if (pool && slots) pool.planWrite(slots, T, 'global');
+    const N = B * T;
+    const starts = slots && pool ? slots.map((s) => pool.length(s)) : new Array<number>(B).fill(0);
+    const logits = !opts.noLogits;
+    const outRows = opts.allPositions ? T : B;
+    const cacheEntries = pool ? Math.max(pool.entries.global, pool.entries.sliding) : 0;
+    const s = this.ensureScratch(N, outRows, cacheEntries + T);
+    if (B > this.rowCapacity) this.rowBuffer = this.growRows(B);
+
+    // Header, rows and ids.
+    const idsAt = StepLayout.ROWS + 2 * B;
+    const step = new Uint32Array(idsAt + N);
+    step[StepLayout.N] = N;
+    step[StepLayout.B] = B;
+    step[StepLayout.T] = T;
+    step[StepLayout.OUT_ROWS] = logits ? outRows : 0;
+    step[StepLayout.OUT_STRIDE] = opts.allPositions ? 1 : T;
+    step[StepLayout.OUT_OFFSET] = opts.allPositions ? 0 : T - 1;
+    step[StepLayout.IDS_AT] = idsAt;
+    step[StepLayout.SCORE_STRIDE] = s.scoreStride;
+    starts.forEach((start, b) => {
+      step[StepLayout.ROWS + 2 * b] = start;
+      step[StepLayout.ROWS + 2 * b + 1] = pool && start > 0 ? 1 : 0;
+    });
+    step.set(ids.flat(), idsAt);
+    if (step.byteLength > this.stepBuffer.size) {
+      this.stepBuffer.destroy();
+      this.stepBuffer = this.gpu.createBuffer(step.byteLength * 2);
+    }
+    const rope = this.ropeData(starts, T);
+    if (rope.byteLength > this.ropeBuffer.size) {
+      this.ropeBuffer.destroy();
+      this.ropeBuffer = this.gpu.createBuffer(rope.byteLength * 2);
+    }
+
+    this.gpu.flushTfjs();
+    this.gpu.write(this.stepBuffer, step);
+    this.gpu.write(this.ropeBuffer, rope);
+    const out = logits ? (this.gpu.emptyTensor([outRows, c.vocabSize]) as tf.Tensor2D) : undefined;
+    this.gpu.begin();
+    try {
+      this.encode(s, B, T, outRows, pool, slots, out);
+    } finally {
+      this.gpu.submit();
+    }
+    if (pool && slots) pool.commitWrite(slots, T);
+    return out;
+  }
+
+  private encode(s: Scratch, B: number, T: number, outRows: number, pool: KVPool | undefined, slots: number[] | undefined, out: tf.Tensor2D | undefined): void {
+    const c = this.config;
+    const g = this.gpu;
+    const w = this.weights;
+    const N = B * T;
+    const H = c.hiddenSize;
+    const buf = (t: tf.TensorInfo) => g.bufferOf(t);
+    const step = this.stepBuffer;
+
+    // Embedding lookup (the [H, V] table serves both ends).
+    const embed = g.pipeline(`embed`, () => embedKernel({ H, vc: c.vocabSize, v0: 0, scale: Math.sqrt(H) }));
+    g.dispatch(embed, g.bindGroup('embed', embed, [step, buf(w.embedT), buf(s.x)]), N);
+    const norm = g.pipeline('norm', () => normKernel({ H, eps: c.rmsNormEps, final: false }));
+    g.dispatch(norm, g.bindGroup('norm', norm, [step, buf(s.x), buf(s.xn)]), N);
+
+    const residual = g.pipeline('residual', () => residualKernel({ H, eps: c.rmsNormEps }));
+    const rows = (n: number) => (n <= 1 ? 1 : n <= 4 ? 4 : 8);
+    const R = rows(N);
+    const matmul = (name: string, K: number, M: number, epilogue: Epilogue, x: tf.Tensor, wt: tf.Tensor, y: tf.Tensor, layer: number) => {
+      const width = epilogue.kind === 'geglu' ? M / 2 : M;
+      const p = g.pipeline(`mm:${name}:${R}`, () => matmulKernel({ K, M, ld: width, col0: 0, R, rowsAt: StepLayout.N, epilogue }));
+      g.dispatch(p, g.bindGroup(`mm:${name}:${R}:${layer}`, p, [step, buf(x), buf(wt), buf(y)]), Math.ceil(width / 32), Math.ceil(N / R));
+    };
+    const qDim = c.numHeads * c.headDim;
+    const I = c.intermediateSize;
+
+    w.layers.forEach((lw, l) => {
+      const type = c.layerTypes[l];
+      const shape = this.attentionShape(type, pool);
+      matmul('qkv', H, this.qkvWidth, { kind: 'plain' }, s.xn, lw.qkv, s.qkv, l);
+      const rope = g.pipeline(`rope:${type}`, () => qkRopeKernel(shape));
+      const ropeBindings: Binding[] = [step, this.ropeBuffer, buf(s.qkv)];
+      if (lw.qkNorm) ropeBindings.push(buf(lw.qkNorm));
+      g.dispatch(rope, g.bindGroup(`rope:${l}`, rope, ropeBindings), N, c.numHeads + c.numKvHeads);
+
+      const attend = g.pipeline(`attn:${type}:${shape.entries}`, () => attentionKernel(shape));
+      const write = g.pipeline(`kvw:${type}:${shape.entries}`, () => kvWriteKernel(shape));
+      for (let b = 0; b < B; b++) {
+        const slot = slots?.[b];
+        const cache = pool && slot !== undefined ? [buf(pool.k[l][slot]), buf(pool.vT[l][slot])] : [this.rowBuffer, this.rowBuffer];
+        const row: Binding = { buffer: this.rowBuffer, offset: b * ROW_STRIDE, size: 4 };
+        g.dispatch(attend, g.bindGroup(`attn:${l}:${b}:${slot}`, attend, [step, row, buf(s.qkv), ...cache, buf(s.scores), buf(s.attn)]), T, c.numKvHeads);
+        if (pool && slot !== undefined) g.dispatch(write, g.bindGroup(`kvw:${l}:${b}:${slot}`, write, [step, row, buf(s.qkv), ...cache]), T, c.numKvHeads);
+      }
+
+      matmul('o', qDim, H, { kind: 'plain' }, s.attn, lw.o, s.y, l);
+      g.dispatch(residual, g.bindGroup(`res:attn:${l}`, residual, [step, buf(s.y), buf(lw.postAttnNorm), buf(s.x), buf(s.xn)]), N);
+      matmul('gateUp', H, 2 * I, { kind: 'geglu' }, s.xn, lw.gateUp, s.act, l);
+      matmul('down', I, H, { kind: 'plain' }, s.act, lw.down, s.y, l);
+      g.dispatch(residual, g.bindGroup(`res:ffw:${l}`, residual, [step, buf(s.y), buf(lw.postFfwNorm), buf(s.x), buf(s.xn)]), N);
+    });
+
+    if (!out) return;
+    const finalNorm = g.pipeline('norm:final', () => normKernel({ H, eps: c.rmsNormEps, final: true }));
+    g.dispatch(finalNorm, g.bindGroup('norm:final', finalNorm, [step, buf(s.x), buf(s.final), buf(w.finalNorm)]), outRows);
+    const Ro = rows(outRows);
+    const V = c.vocabSize;
+    const epilogue: Epilogue = c.finalLogitSoftcap ? { kind: 'softcap', cap: c.finalLogitSoftcap } : { kind: 'plain' };
+    const unembed = g.pipeline(`unembed:${Ro}`, () => matmulKernel({ K: H, M: V, ld: V, col0: 0, R: Ro, rowsAt: StepLayout.OUT_ROWS, epilogue }));
+    g.dispatch(unembed, g.bindGroup(`unembed:${Ro}`, unembed, [step, buf(s.final), buf(w.embedT), buf(out)]), Math.ceil(V / 32), Math.ceil(outRows / Ro));
+  }
+
+  private attentionShape(type: LayerType, pool: KVPool | undefined): AttentionShape {
+    const c = this.config;
+    return {
+      headDim: c.headDim,
+      numHeads: c.numHeads,
+      numKvHeads: c.numKvHeads,
+      entries: pool ? pool.entries[type] : 1,
+      window: type === 'sliding' ? c.slidingWindow : 0,
+      softcap: c.attnLogitSoftcap,
+      eps: c.rmsNormEps,
+      qkNorm: c.qkNorm,
+      ropeTable: type === 'global' ? 0 : 1,
+    };
+  }
+
+  /** cos and sin per token for both layer types: [type][cos, sin][N][headDim]. */
+  private ropeData(starts: number[], T: number): Float32Array {
+    const c = this.config;
+    const hd = c.headDim;
+    const N = starts.length * T;
+    const positions = new Float32Array(N);
+    starts.forEach((s, b) => {
+      for (let t = 0; t < T; t++) positions[b * T + t] = s + t;
+    });
+    const data = new Float32Array(4 * N * hd);
+    (['global', 'sliding'] as const).forEach((type, i) => {
+      const { cos, sin } = ropeTables(positions, hd, c.rope[type]);
+      data.set(cos, 2 * i * N * hd);
+      data.set(sin, (2 * i + 1) * N * hd);
+    });
+    return data;
+  }
+
+  private growRows(rows: number): GPUBufferLike {
+    this.rowBuffer?.destroy();
+    const data = new Uint32Array((rows * ROW_STRIDE) / 4);
+    for (let b = 0; b < rows; b++) data[(b * ROW_STRIDE) / 4] = b;
+    const buffer = this.gpu.createBuffer(data.byteLength);
+    this.gpu.write(buffer, data);
+    this.rowCapacity = rows;
+    return buffer;
+  }
+
+  private ensureScratch(tokens: number, outRows: number, scoreStride: number): Scratch {
+    const s = this.scratch;
+    if (s && s.tokens >= tokens && s.outRows >= outRows && s.scoreStride >= scoreStride) return s;
+    const c = this.config;
+    const n = Math.max(tokens, s?.tokens ?? 0);
+    const o = Math.max(outRows, s?.outRows ?? 0);
+    const ls = Math.max(scoreStride, s?.scoreStride ?? 0);
+    if (s) this.disposeScratch(s);
+    // Kept: a forward pass may run inside a caller's tf.tidy, which must not take the scratch with it.
+    const t = (size: number) => tf.keep(this.gpu.emptyTensor([size]));
+    this.scratch = {
+      tokens: n,
+      outRows: o,
+      scoreStride: ls,
+      x: t(n * c.hiddenSize),
+      xn: t(n * c.hiddenSize),
+      qkv: t(n * this.qkvWidth),
+      attn: t(n * c.numHeads * c.headDim),
+      y: t(n * c.hiddenSize),
+      act: t(n * c.intermediateSize),
+      scores: t(n * c.numHeads * ls),
+      final: t(o * c.hiddenSize),
+    };
+    return this.scratch;
+  }
+
+  private disposeScratch(s: Scratch): void {
+    tf.dispose([s.x, s.xn, s.qkv, s.attn, s.y, s.act, s.scores, s.final]);
+  }
+
+  dispose(): void {
+    if (this.scratch) this.disposeScratch(this.scratch);
+    this.scratch = undefined;
+    for (const b of [this.stepBuffer, this.ropeBuffer, this.rowBuffer]) b.destroy();
+  }
+}

@@ -1,0 +1,156 @@
+/**
+ * The raw WebGPU side of tfjs's webgpu backend, as far as the fused forward
+ * pass needs it: the device tfjs runs on, the GPU buffer behind a tensor,
+ * compute pipelines built from WGSL, and bind groups cached per set of
+ * buffers. Tensors stay tfjs tensors (tfjs owns and counts their memory);
+ * the fused pass only records its own dispatches against their buffers, in
+ * order with tfjs's own work (tfjs's pending commands are submitted first).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+
+/* Structural types for the parts of the WebGPU API used here (the `webgpu` package ships no typings). */
+export interface GPUBufferLike {
+  readonly size: number;
+  destroy(): void;
+}
+interface GPUBindGroupLayoutLike {
+  readonly label?: string;
+}
+export interface GPUBindGroupLike {
+  readonly label?: string;
+}
+export interface GPUPipelineLike {
+  getBindGroupLayout(i: number): GPUBindGroupLayoutLike;
+}
+interface GPUPassLike {
+  setPipeline(p: GPUPipelineLike): void;
+  setBindGroup(i: number, g: GPUBindGroupLike): void;
+  dispatchWorkgroups(x: number, y?: number, z?: number): void;
+  end(): void;
+}
+interface GPUEncoderLike {
+  beginComputePass(): GPUPassLike;
+  finish(): unknown;
+}
+interface GPUDeviceLike {
+  createShaderModule(d: { code: string }): unknown;
+  createComputePipeline(d: { layout: 'auto'; compute: { module: unknown; entryPoint: string } }): GPUPipelineLike;
+  createBindGroup(d: { layout: GPUBindGroupLayoutLike; entries: Array<{ binding: number; resource: { buffer: GPUBufferLike; offset?: number; size?: number } }> }): GPUBindGroupLike;
+  createBuffer(d: { size: number; usage: number }): GPUBufferLike;
+  createCommandEncoder(): GPUEncoderLike;
+  readonly queue: { writeBuffer(b: GPUBufferLike, offset: number, data: ArrayBufferView): void; submit(c: unknown[]): void };
+}
+interface WebGPUBackendInternals {
+  device: GPUDeviceLike;
+  tensorMap: { get(id: object): { resource: unknown } | undefined };
+  commandEncoder: unknown;
+  uploadToGPU(id: object): void;
+  ensureCommandEncoderReady(): void;
+  endComputePassEncoder(): void;
+  submitQueue(): void;
+  makeTensorInfo(shape: number[], dtype: 'float32'): tf.TensorInfo;
+}
+
+/* GPUBufferUsage bits (the constants are globals of the `webgpu` package). */
+const STORAGE = 0x80;
+const COPY_DST = 0x08;
+
+/** One binding: a whole buffer, or a range of one. */
+export type Binding = GPUBufferLike | { buffer: GPUBufferLike; offset: number; size: number };
+
+export class GpuRuntime {
+  private readonly backend: WebGPUBackendInternals;
+  readonly device: GPUDeviceLike;
+  private readonly pipelines = new Map<string, GPUPipelineLike>();
+  private readonly groups = new Map<string, { buffers: Binding[]; group: GPUBindGroupLike }>();
+  private pass: GPUPassLike | undefined;
+  private encoder: GPUEncoderLike | undefined;
+  /** Dispatches recorded since the runtime was made (benchmarks report it per token). */
+  dispatches = 0;
+
+  constructor() {
+    if (tf.getBackend() !== 'webgpu') throw new Error('the fused forward pass needs the webgpu backend');
+    this.backend = tf.backend() as unknown as WebGPUBackendInternals;
+    this.device = this.backend.device;
+  }
+
+  /** The GPU buffer holding a tensor's data (uploaded first if it still lives on the CPU). */
+  bufferOf(t: tf.TensorInfo): GPUBufferLike {
+    this.backend.uploadToGPU(t.dataId);
+    const data = this.backend.tensorMap.get(t.dataId);
+    if (!data?.resource) throw new Error('tensor has no GPU buffer');
+    return data.resource as GPUBufferLike;
+  }
+
+  /** A float32 tensor with storage on the device and no defined contents (an output or scratch). */
+  emptyTensor(shape: number[]): tf.Tensor {
+    const info = this.backend.makeTensorInfo(shape, 'float32');
+    this.backend.uploadToGPU(info.dataId);
+    return tf.engine().makeTensorFromTensorInfo(info, this.backend as unknown as tf.KernelBackend);
+  }
+
+  /** A buffer the runtime owns (headers, tables), written with `write`. */
+  createBuffer(bytes: number): GPUBufferLike {
+    return this.device.createBuffer({ size: Math.max(16, Math.ceil(bytes / 4) * 4), usage: STORAGE | COPY_DST });
+  }
+
+  write(buffer: GPUBufferLike, data: ArrayBufferView, offset = 0): void {
+    this.device.queue.writeBuffer(buffer, offset, data);
+  }
+
+  /** Submits tfjs's recorded work, so that buffer writes and the fused dispatches come after it. */
+  flushTfjs(): void {
+    if (!this.backend.commandEncoder) return;
+    this.backend.endComputePassEncoder();
+    this.backend.submitQueue();
+  }
+
+  pipeline(key: string, code: () => string): GPUPipelineLike {
+    let p = this.pipelines.get(key);
+    if (!p) {
+      p = this.device.createComputePipeline({ layout: 'auto', compute: { module: this.device.createShaderModule({ code: code() }), entryPoint: 'main' } });
+      this.pipelines.set(key, p);
+    }
+    return p;
+  }
+
+  /** The bind group for `buffers` (bindings 0..n-1), reused while they are the same buffers. */
+  bindGroup(key: string, pipeline: GPUPipelineLike, buffers: Binding[]): GPUBindGroupLike {
+    const hit = this.groups.get(key);
+    if (hit && hit.buffers.length === buffers.length && hit.buffers.every((b, i) => sameBinding(b, buffers[i]))) return hit.group;
+    const group = this.device.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries: buffers.map((b, binding) => ({ binding, resource: 'buffer' in b ? b : { buffer: b } })),
+    });
+    this.groups.set(key, { buffers, group });
+    return group;
+  }
+
+  begin(): void {
+    this.encoder = this.device.createCommandEncoder();
+    this.pass = this.encoder.beginComputePass();
+  }
+
+  dispatch(pipeline: GPUPipelineLike, group: GPUBindGroupLike, x: number, y = 1, z = 1): void {
+    if (!this.pass) throw new Error('dispatch outside begin()/submit()');
+    this.pass.setPipeline(pipeline);
+    this.pass.setBindGroup(0, group);
+    this.pass.dispatchWorkgroups(x, y, z);
+    this.dispatches++;
+  }
+
+  submit(): void {
+    if (!this.pass || !this.encoder) return;
+    this.pass.end();
+    // Tensors first touched while recording were uploaded by copies in tfjs's encoder: those must run first.
+    this.flushTfjs();
+    this.device.queue.submit([this.encoder.finish()]);
+    this.pass = undefined;
+    this.encoder = undefined;
+  }
+}
+
+function sameBinding(a: Binding, b: Binding): boolean {
+  if ('buffer' in a && 'buffer' in b) return a.buffer === b.buffer && a.offset === b.offset && a.size === b.size;
+  return a === b;
+}
