@@ -4,11 +4,12 @@
  *   node dist/bench/webgpu.js probe              adapter, limits, a [1,640]x[640,262144] matmul
  *   node dist/bench/webgpu.js parity             the HF fixture checks of test/engine-parity.test.ts (same tolerance)
  *   node dist/bench/webgpu.js decode MODEL_DIR   prefill 512 and decode at batch 1, 8 and 32
- *   node dist/bench/webgpu.js gputime MODEL_DIR  GPU time (timestamp queries) against wall time of one step
+ *   node dist/bench/webgpu.js breakdown MODEL_DIR  a decode step's time: recording, forward pass, top-k
  *
  * Each prints one JSON object. BACKEND picks the backend (default webgpu),
  * DEVICE_NAME is copied into the result (the device script passes
- * nvidia-smi's name), BENCH_STEPS sets the timed decode steps per batch size.
+ * nvidia-smi's name), BENCH_STEPS sets the timed decode steps per batch size,
+ * WEBGPU_KERNELS picks the fused WGSL programs (default) or the tfjs op graph.
  * tap is a dev dependency, so the parity checks are repeated here rather
  * than run through the test file on machines that get production modules.
  */
@@ -18,11 +19,14 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, type BackendChoice } from '../src/engine/backend.js';
 import { Engine } from '../src/engine/engine.js';
 import { Sampler } from '../src/engine/sampler.js';
+import { reduceLogits } from '../src/engine/top-k.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
 import { webgpuLimits } from '../src/engine/webgpu/adapter.js';
+import { WebGPUModel } from '../src/engine/webgpu/fused-model.js';
 import { promptIds } from './model-dir.js';
 
 const BACKEND = (process.env.BACKEND ?? 'webgpu') as BackendChoice;
+const KERNELS = process.env.WEBGPU_KERNELS === 'graph' ? 'graph' : 'fused';
 const STEPS = Number(process.env.BENCH_STEPS ?? 16);
 const TOL = 1e-3;
 const greedy = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 1 << 20 };
@@ -128,7 +132,7 @@ async function parity(): Promise<object> {
 
 async function decode(dir: string): Promise<object> {
   const maxB = 32;
-  const engine = await Engine.load({ modelDir: dir, backend: BACKEND, slots: maxB, cacheCapacity: 1024, maxBatch: maxB, prefillChunk: 512 });
+  const engine = await Engine.load({ modelDir: dir, backend: BACKEND, slots: maxB, cacheCapacity: 1024, maxBatch: maxB, prefillChunk: 512, webgpuKernels: KERNELS });
   const sampler = new Sampler(engine);
   note(`loaded ${dir} on ${engine.backend.name} in ${Math.round(engine.loadMs)} ms`);
 
@@ -169,10 +173,13 @@ async function decode(dir: string): Promise<object> {
       });
     }
     if (B === 1) {
+      // tfjs kernels (the graph, or the top-k after the fused pass) plus the fused pass's own dispatches.
+      const fused = engine.model instanceof WebGPUModel ? engine.model : undefined;
+      const before = fused?.dispatches ?? 0;
       const prof = await tf.profile(async () => {
         await sampler.step(seqs);
       });
-      kernelsPerStepB1 = prof.kernels.length;
+      kernelsPerStepB1 = prof.kernels.length + (fused ? fused.dispatches - before : 0);
     }
   }
   const mem = engine.memory();
@@ -180,6 +187,7 @@ async function decode(dir: string): Promise<object> {
     ...stamp(),
     backend: engine.backend.name,
     backend_reason: engine.backend.reason,
+    kernels: engine.backend.name === 'webgpu' ? KERNELS : 'graph',
     model: dir,
     config: { layers: engine.config.numLayers, hidden: engine.config.hiddenSize, vocab: engine.config.vocabSize },
     cache_capacity: 1024,
@@ -195,35 +203,47 @@ async function decode(dir: string): Promise<object> {
 }
 
 /**
- * How much of a step the GPU is busy: tf.time() sums the kernels' GPU times
- * (webgpu timestamp queries) beside the step's wall time, for a decode step at
- * batch 1 and 32 and a 512-token prefill.
+ * Where a step's time goes, for decode at batch 1, 8 and 32 (64-token
+ * contexts): recording the forward pass (JS), the forward pass until its
+ * logits can be read, and the device-side top-k reduction of those logits.
+ * Medians of BENCH_STEPS runs.
  */
-async function gputime(dir: string): Promise<object> {
-  const engine = await Engine.load({ modelDir: dir, backend: BACKEND, slots: 32, cacheCapacity: 1024, maxBatch: 32, prefillChunk: 512 });
+async function breakdown(dir: string): Promise<object> {
+  const engine = await Engine.load({ modelDir: dir, backend: BACKEND, slots: 32, cacheCapacity: 1024, maxBatch: 32, prefillChunk: 512, webgpuKernels: KERNELS });
   const pool = engine.pool;
   const rows: Record<string, unknown>[] = [];
-  const measure = async (what: string, run: () => void) => {
-    run();
-    const t = (await tf.time(run)) as tf.TimingInfo & { kernelMs: number | { error: string } };
-    const kernels = (await tf.profile(run)).kernels.length;
-    rows.push({ what, wall_ms: round(t.wallMs), gpu_kernel_ms: typeof t.kernelMs === 'number' ? round(t.kernelMs) : t.kernelMs, kernels });
-    note(`${what}: ${JSON.stringify(rows.at(-1))}`);
+  const median = (xs: number[]) => round([...xs].sort((x, y) => x - y)[xs.length >> 1]);
+  const firstValue = async (t: tf.Tensor2D) => {
+    const one = tf.slice(t, [0, 0], [1, 1]);
+    await one.data();
+    one.dispose();
   };
-  for (const B of [1, 32]) {
+  for (const B of [1, 8, 32]) {
     const slots = Array.from({ length: B }, (_, b) => b);
     for (const s of slots) {
       pool.reset(s);
       engine.model.prefill(promptIds(64, s + 2), { pool, slots: [s], noLogits: true });
     }
-    await measure(`decode step, batch ${B}`, () => engine.model.forward(slots.map(() => [1000]), { pool, slots }).dispose());
+    const record: number[] = [];
+    const forward: number[] = [];
+    const reduce: number[] = [];
+    for (let i = 0; i < STEPS + 2; i++) {
+      const t0 = performance.now();
+      const logits = engine.model.forward(slots.map(() => [1000 + i]), { pool, slots });
+      const t1 = performance.now();
+      await firstValue(logits);
+      const t2 = performance.now();
+      await reduceLogits(logits, slots.map(() => ({ params: greedy, counts: new Map(), k: engine.topKCap })));
+      const t3 = performance.now();
+      if (i < 2) continue;
+      record.push(t1 - t0);
+      forward.push(t2 - t0);
+      reduce.push(t3 - t2);
+    }
+    rows.push({ batch: B, record_ms: median(record), forward_ms: median(forward), reduce_top_k_ms: median(reduce), top_k: engine.topKCap });
+    note(`batch ${B}: ${JSON.stringify(rows.at(-1))}`);
   }
-  pool.reset(0);
-  await measure('prefill 512, batch 1', () => {
-    pool.reset(0);
-    engine.model.prefill(promptIds(512), { pool, slots: [0] })?.dispose();
-  });
-  const out = { ...stamp(), backend: engine.backend.name, model: dir, rows };
+  const out = { ...stamp(), backend: engine.backend.name, kernels: KERNELS, model: dir, rows };
   engine.dispose();
   return out;
 }
@@ -234,8 +254,8 @@ async function main(): Promise<void> {
   if (cmd === 'probe') result = await probe();
   else if (cmd === 'parity') result = await parity();
   else if (cmd === 'decode' && arg) result = await decode(arg);
-  else if (cmd === 'gputime' && arg) result = await gputime(arg);
-  else throw new Error('usage: webgpu.js probe | parity | decode MODEL_DIR | gputime MODEL_DIR');
+  else if (cmd === 'breakdown' && arg) result = await breakdown(arg);
+  else throw new Error('usage: webgpu.js probe | parity | decode MODEL_DIR | breakdown MODEL_DIR');
   console.log(JSON.stringify(result));
 }
 

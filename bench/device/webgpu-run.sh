@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # One call on the GPU machine (see bench/device/README.md). Stages, in order
-# (STAGES picks a subset; default all but gputime):
+# (STAGES picks a subset; default all but breakdown):
 #   env      device name, driver, Vulkan loader, torch; the `auto` backend choice; the CLI exits after webgpu
 #   probe    webgpu limits and a [1,640]x[640,262144] matmul (with a GC in between)
 #   parity   the HF fixture checks on webgpu
 #   decode   270m preset: prefill 512, decode at batch 1/8/32 on webgpu, then PyTorch on the same GPU
 #   oneb     the same for the 1b preset (if less than ONE_B_BEFORE seconds have passed)
 #   smoke    the service on webgpu answering one streamed chat completion
-#   gputime  GPU kernel time against wall time per step (timestamp queries)
+#   breakdown  a decode step's time at batch 1/8/32: recording, forward pass, top-k
 # Results go to $OUT (at most 8 files come back).
 set -uo pipefail
 R=${OUT:-/tmp/gemma-serve-device}
@@ -55,8 +55,8 @@ if want smoke; then
   stage smoke; m270
   MODEL_DIR=/tmp/m270 timeout "$(left)" node dist/bench/webgpu-smoke.js >"$R/smoke.json"
 fi
-if want gputime; then
-  stage gputime; m270
-  timeout "$(left)" node dist/bench/webgpu.js gputime /tmp/m270 >"$R/gputime.json"
+if want breakdown; then
+  stage breakdown; m270
+  timeout "$(left)" node dist/bench/webgpu.js breakdown /tmp/m270 >"$R/breakdown.json"
 fi
 stage done

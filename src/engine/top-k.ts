@@ -6,6 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { SamplingParams, TopK } from './types.js';
+import { FUSED_TOP_K_MAX, fusedTopK } from './webgpu/top-k.js';
 
 /** What the reduction needs to know about one row. */
 export interface RowLogitsInput {
@@ -64,6 +65,7 @@ function applyEdits(logits: tf.Tensor2D, rows: RowLogitsInput[]): tf.Tensor2D {
  */
 export async function reduceLogits(logits: tf.Tensor2D, rows: RowLogitsInput[]): Promise<TopK[]> {
   const K = Math.max(1, ...rows.map((r) => r.k));
+  if (tf.getBackend() === 'webgpu' && K <= FUSED_TOP_K_MAX) return reduceFused(logits, rows, K);
   const scaled = rows.some((r) => r.params.temperature !== 0 && r.params.temperature !== 1);
   const out = tf.tidy(() => {
     const edited = applyEdits(logits, rows);
@@ -85,4 +87,13 @@ export async function reduceLogits(logits: tf.Tensor2D, rows: RowLogitsInput[]):
     logsumexp: lse[b],
     scaledLogsumexp: lseScaled[b],
   }));
+}
+
+/** The same reduction as WGSL programs (webgpu): no [B, V] tensor op of tfjs runs. */
+async function reduceFused(logits: tf.Tensor2D, rows: RowLogitsInput[], K: number): Promise<TopK[]> {
+  const e = edits(rows);
+  const list = e.rep.map((rep, i) => ({ row: e.idx[2 * i], id: e.idx[2 * i + 1], rep, sub: e.sub[i], add: e.add[i] }));
+  const scales = rows.map((r) => (r.params.temperature > 0 ? 1 / r.params.temperature : 1));
+  const tops = await fusedTopK().reduce(logits, K, scales, list);
+  return tops.map((t, b) => ({ ...t, ids: t.ids.slice(0, rows[b].k), logits: t.logits.slice(0, rows[b].k) }));
 }

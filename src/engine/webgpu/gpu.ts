@@ -62,7 +62,7 @@ export class GpuRuntime {
   private readonly backend: WebGPUBackendInternals;
   readonly device: GPUDeviceLike;
   private readonly pipelines = new Map<string, GPUPipelineLike>();
-  private readonly groups = new Map<string, { buffers: Binding[]; group: GPUBindGroupLike }>();
+  private readonly groups = new Map<string, { pipeline: GPUPipelineLike; buffers: Binding[]; group: GPUBindGroupLike }>();
   private pass: GPUPassLike | undefined;
   private encoder: GPUEncoderLike | undefined;
   /** Dispatches recorded since the runtime was made (benchmarks report it per token). */
@@ -114,15 +114,15 @@ export class GpuRuntime {
     return p;
   }
 
-  /** The bind group for `buffers` (bindings 0..n-1), reused while they are the same buffers. */
+  /** The bind group for `buffers` (bindings 0..n-1), reused while the pipeline and buffers are the same (an 'auto' layout belongs to its pipeline). */
   bindGroup(key: string, pipeline: GPUPipelineLike, buffers: Binding[]): GPUBindGroupLike {
     const hit = this.groups.get(key);
-    if (hit && hit.buffers.length === buffers.length && hit.buffers.every((b, i) => sameBinding(b, buffers[i]))) return hit.group;
+    if (hit && hit.pipeline === pipeline && hit.buffers.length === buffers.length && hit.buffers.every((b, i) => sameBinding(b, buffers[i]))) return hit.group;
     const group = this.device.createBindGroup({
       layout: pipeline.getBindGroupLayout(0),
       entries: buffers.map((b, binding) => ({ binding, resource: 'buffer' in b ? b : { buffer: b } })),
     });
-    this.groups.set(key, { buffers, group });
+    this.groups.set(key, { pipeline, buffers, group });
     return group;
   }
 
