@@ -16,12 +16,13 @@ import type { ForwardOptions, PrefillOptions } from '../model.js';
 import { ropeTables } from '../rope.js';
 import type { Weights } from '../weights.js';
 import { GpuRuntime, type Binding, type GPUBufferLike } from './gpu.js';
-import { StepLayout, attentionKernel, embedKernel, matmulKernel, normKernel, qkRopeKernel, kvWriteKernel, residualKernel, type AttentionShape, type Epilogue } from './kernels.js';
+import { ATTENTION_BLOCK, StepLayout, attentionCombineKernel, attentionKernel, embedKernel, matmulKernel, normKernel, qkRopeKernel, kvWriteKernel, residualKernel, type AttentionShape, type Epilogue } from './kernels.js';
 
 /** Activations of one call, sized for the largest call so far (tfjs tensors, so tf.memory() counts them). */
 interface Scratch {
   tokens: number;
   outRows: number;
+  /** Attention blocks per (token, head). */
   scoreStride: number;
   x: tf.Tensor;
   xn: tf.Tensor;
@@ -29,6 +30,7 @@ interface Scratch {
   attn: tf.Tensor;
   y: tf.Tensor;
   act: tf.Tensor;
+  /** Attention partials: per (token, head, block) headDim outputs, max and sum. */
   scores: tf.Tensor;
   final: tf.Tensor;
 }
@@ -85,7 +87,7 @@ export class WebGPUModel {
     const logits = !opts.noLogits;
     const outRows = opts.allPositions ? T : B;
     const cacheEntries = pool ? Math.max(pool.entries.global, pool.entries.sliding) : 0;
-    const s = this.ensureScratch(N, outRows, cacheEntries + T);
+    const s = this.ensureScratch(N, outRows, Math.ceil((cacheEntries + T) / ATTENTION_BLOCK));
     if (B > this.rowCapacity) this.rowBuffer = this.growRows(B);
 
     // Header, rows and ids.
@@ -120,7 +122,7 @@ export class WebGPUModel {
     const out = logits ? (this.gpu.emptyTensor([outRows, c.vocabSize]) as tf.Tensor2D) : undefined;
     this.gpu.begin();
     try {
-      this.encode(s, B, T, outRows, pool, slots, out);
+      this.encode(s, starts, T, outRows, pool, slots, out);
     } finally {
       this.gpu.submit();
     }
@@ -128,7 +130,8 @@ export class WebGPUModel {
     return out;
   }
 
-  private encode(s: Scratch, B: number, T: number, outRows: number, pool: KVPool | undefined, slots: number[] | undefined, out: tf.Tensor2D | undefined): void {
+  private encode(s: Scratch, starts: number[], T: number, outRows: number, pool: KVPool | undefined, slots: number[] | undefined, out: tf.Tensor2D | undefined): void {
+    const B = starts.length;
     const c = this.config;
     const g = this.gpu;
     const w = this.weights;
@@ -169,9 +172,12 @@ export class WebGPUModel {
         const slot = slots?.[b];
         const cache = pool && slot !== undefined ? [buf(pool.k[l][slot]), buf(pool.vT[l][slot])] : [this.rowBuffer, this.rowBuffer];
         const row: Binding = { buffer: this.rowBuffer, offset: b * ROW_STRIDE, size: 4 };
-        g.dispatch(attend, g.bindGroup(`attn:${l}:${b}:${slot}`, attend, [step, row, buf(s.qkv), ...cache, buf(s.scores), buf(s.attn)]), T, c.numKvHeads);
+        const keys = (pool && starts[b] > 0 ? shape.entries : 0) + T;
+        g.dispatch(attend, g.bindGroup(`attn:${l}:${b}:${slot}`, attend, [step, row, buf(s.qkv), ...cache, buf(s.scores)]), Math.ceil(keys / ATTENTION_BLOCK), T, c.numKvHeads);
         if (pool && slot !== undefined) g.dispatch(write, g.bindGroup(`kvw:${l}:${b}:${slot}`, write, [step, row, buf(s.qkv), ...cache]), T, c.numKvHeads);
       }
+      const combine = g.pipeline(`comb:${type}:${shape.entries}`, () => attentionCombineKernel(shape));
+      g.dispatch(combine, g.bindGroup(`comb:${l}`, combine, [step, buf(s.scores), buf(s.attn)]), N, c.numHeads);
 
       matmul('o', qDim, H, { kind: 'plain' }, s.attn, lw.o, s.y, l);
       g.dispatch(residual, g.bindGroup(`res:attn:${l}`, residual, [step, buf(s.y), buf(lw.postAttnNorm), buf(s.x), buf(s.xn)]), N);
@@ -253,7 +259,7 @@ export class WebGPUModel {
       attn: t(n * c.numHeads * c.headDim),
       y: t(n * c.hiddenSize),
       act: t(n * c.intermediateSize),
-      scores: t(n * c.numHeads * ls),
+      scores: t(n * c.numHeads * ls * (c.headDim + 2)),
       final: t(o * c.hiddenSize),
     };
     return this.scratch;

@@ -21,7 +21,7 @@ export const StepLayout = {
   OUT_OFFSET: 5,
   /** Where the token ids start in `step`. */
   IDS_AT: 6,
-  /** Stride of one (token, head) row of attention scores. */
+  /** Attention blocks per (token, head) in the partials buffer. */
   SCORE_STRIDE: 7,
   /** Per row b, at ROWS + 2b: tokens already in the row's cache, and 1 if the row attends over a cache. */
   ROWS: 8,
@@ -271,10 +271,16 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
 }`;
 }
 
+/** Keys per workgroup of the attention's first pass. */
+export const ATTENTION_BLOCK = 32;
+
 /**
- * Attention of one row's tokens (dispatched per row: each row has its own
- * cache tensors), one workgroup per (token, KV head) covering its g query
- * heads. Keys are the row's cache entries, then the call's own tokens.
+ * Attention, first pass (flash-decoding): one row's tokens (dispatched per
+ * row: each row has its own cache tensors), one workgroup per (block of 32
+ * keys, token, KV head) covering the KV head's g query heads. It writes the
+ * block's unnormalized output, max and sum of exp per query head; the
+ * combine pass merges the blocks. Keys are the row's cache entries, then
+ * the call's own tokens.
  *
  * Entry e of a cache holding `start` tokens holds position
  * p = (start-1) - ((start-1-e) mod E): the ring invariant of KVPool. It is
@@ -286,102 +292,161 @@ export function attentionKernel(s: AttentionShape): string {
   const hd = s.headDim;
   const g = s.numHeads / s.numKvHeads;
   const qkvWidth = (s.numHeads + 2 * s.numKvHeads) * hd;
+  const BLK = ATTENTION_BLOCK;
   const visible = (p: string) => (s.window > 0 ? `(${p} > q - ${s.window})` : 'true');
   return `${stepBinding}
 @group(0) @binding(1) var<storage, read> row: array<u32>;
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;
 @group(0) @binding(3) var<storage, read> kc: array<f32>;
 @group(0) @binding(4) var<storage, read> vtc: array<f32>;
-@group(0) @binding(5) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> part: array<f32>;
 const HD = ${hd}u;
 const G = ${g}u;
 const E = ${s.entries}u;
+const BLK = ${BLK}u;
 const QKVW = ${qkvWidth}u;
 const NQ = ${s.numHeads}u;
 const NKV = ${s.numKvHeads}u;
+const SLICE = ${hd / 8}u;
 var<workgroup> qs: array<f32, ${g * hd}>;
-${reduce256}
+var<workgroup> pd: array<f32, ${BLK * 8 * g}>;
+var<workgroup> sc: array<f32, ${g * BLK}>;
+var<workgroup> valid: array<u32, ${BLK}>;
+var<workgroup> stat: array<f32, ${2 * g}>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
-  let b = row[0];
-  let t = wg.x;
-  let h = wg.y;
+  let blk = wg.x;
+  let t = wg.y;
+  let h = wg.z;
   let i = lid.x;
+  let b = row[0];
   let T = step[${StepLayout.T}];
   let start = step[${StepLayout.ROWS} + 2u * b];
   let cached = select(0u, E, step[${StepLayout.ROWS} + 2u * b + 1u] != 0u);
   let n = b * T + t;
   let q = i32(start + t);
   let L = cached + T;
-  let LS = step[${StepLayout.SCORE_STRIDE}];
+  let NBS = step[${StepLayout.SCORE_STRIDE}];
   for (var j = i; j < G * HD; j += 256u) {
     qs[j] = qkv[n * QKVW + (h * G + j / HD) * HD + j % HD];
   }
-  workgroupBarrier();
-  let s1 = i32(start) - 1;
-  for (var j = i; j < L; j += 256u) {
-    var ok = false;
-    var kbase = 0u;
-    var fromCache = true;
+  // Thread i: key kk of the block, slice p of its head dimension.
+  let kk = i / 8u;
+  let p8 = i % 8u;
+  let j = blk * BLK + kk;
+  var ok = false;
+  var kbase = 0u;
+  var fromCache = true;
+  if (j < L) {
     if (j < cached) {
-      let p = s1 - (((s1 - i32(j)) % i32(E)) + i32(E)) % i32(E);
-      ok = p >= 0 && ${visible('p')};
+      let s1 = i32(start) - 1;
+      let pos = s1 - (((s1 - i32(j)) % i32(E)) + i32(E)) % i32(E);
+      ok = pos >= 0 && ${visible('pos')};
       kbase = (h * E + j) * HD;
     } else {
       let u = j - cached;
-      let p = i32(start + u);
-      ok = u <= t && ${visible('p')};
+      let pos = i32(start + u);
+      ok = u <= t && ${visible('pos')};
       kbase = (b * T + u) * QKVW + (NQ + h) * HD;
       fromCache = false;
     }
-    for (var hh = 0u; hh < G; hh++) {
-      var sc = -1e30;
-      if (ok) {
-        var dot = 0.0;
-        if (fromCache) {
-          for (var d = 0u; d < HD; d++) { dot += qs[hh * HD + d] * kc[kbase + d]; }
-        } else {
-          for (var d = 0u; d < HD; d++) { dot += qs[hh * HD + d] * qkv[kbase + d]; }
-        }
-        sc = ${s.softcap ? `tanh(clamp(dot / ${f32(s.softcap)}, -10.0, 10.0)) * ${f32(s.softcap)}` : 'dot'};
-      }
-      scores[(n * NQ + h * G + hh) * LS + j] = sc;
+  }
+  if (p8 == 0u) { valid[kk] = select(0u, 1u, ok); }
+  workgroupBarrier();
+  var dots: array<f32, ${g}>;
+  if (ok) {
+    for (var d = p8 * SLICE; d < (p8 + 1u) * SLICE; d++) {
+      var kv = 0.0;
+      if (fromCache) { kv = kc[kbase + d]; } else { kv = qkv[kbase + d]; }
+      for (var hh = 0u; hh < G; hh++) { dots[hh] += qs[hh * HD + d] * kv; }
     }
+  }
+  for (var hh = 0u; hh < G; hh++) { pd[(kk * 8u + p8) * G + hh] = dots[hh]; }
+  workgroupBarrier();
+  if (i < BLK * G) {
+    let k2 = i / G;
+    let hh = i % G;
+    var dot = 0.0;
+    for (var x = 0u; x < 8u; x++) { dot += pd[(k2 * 8u + x) * G + hh]; }
+    ${s.softcap ? `dot = tanh(clamp(dot / ${f32(s.softcap)}, -10.0, 10.0)) * ${f32(s.softcap)};` : ''}
+    sc[hh * BLK + k2] = select(-1e30, dot, valid[k2] != 0u);
   }
   workgroupBarrier();
-  for (var hh = 0u; hh < G; hh++) {
-    let srow = (n * NQ + h * G + hh) * LS;
+  if (i < G) {
     var m = -1e30;
-    for (var j = i; j < L; j += 256u) { m = max(m, scores[srow + j]); }
-    m = max256(m, i);
-    var z = 0.0;
-    for (var j = i; j < L; j += 256u) {
-      let e = exp(scores[srow + j] - m);
-      scores[srow + j] = e;
-      z += e;
+    for (var x = 0u; x < BLK; x++) { m = max(m, sc[i * BLK + x]); }
+    var l = 0.0;
+    if (m > -1e29) {
+      for (var x = 0u; x < BLK; x++) { l += select(0.0, exp(sc[i * BLK + x] - m), sc[i * BLK + x] > -1e29); }
     }
-    z = sum256(z, i);
-    for (var j = i; j < L; j += 256u) { scores[srow + j] = scores[srow + j] / z; }
+    stat[i] = m;
+    stat[G + i] = l;
   }
-  storageBarrier();
+  workgroupBarrier();
+  if (i < G * BLK) {
+    let hh = i / BLK;
+    sc[i] = select(0.0, exp(sc[i] - stat[hh]), sc[i] > -1e29);
+  }
   workgroupBarrier();
   for (var o = i; o < G * HD; o += 256u) {
     let hh = o / HD;
     let d = o % HD;
-    let srow = (n * NQ + h * G + hh) * LS;
     var acc = 0.0;
-    let vrow = (h * HD + d) * E;
-    for (var j = 0u; j < cached; j++) {
-      let p = scores[srow + j];
-      if (p != 0.0) { acc += p * vtc[vrow + j]; }
+    for (var x = 0u; x < BLK; x++) {
+      let w = sc[hh * BLK + x];
+      if (w != 0.0) {
+        let jj = blk * BLK + x;
+        if (jj < cached) {
+          acc += w * vtc[(h * HD + d) * E + jj];
+        } else {
+          acc += w * qkv[(b * T + jj - cached) * QKVW + (NQ + NKV + h) * HD + d];
+        }
+      }
     }
-    for (var u = 0u; u <= t; u++) {
-      let p = scores[srow + cached + u];
-      if (p != 0.0) { acc += p * qkv[(b * T + u) * QKVW + (NQ + NKV + h) * HD + d]; }
+    let at = ((n * NQ + h * G + hh) * NBS + blk) * (HD + 2u);
+    part[at + d] = acc;
+    if (d == 0u) {
+      part[at + HD] = stat[hh];
+      part[at + HD + 1u] = stat[G + hh];
     }
-    out[n * NQ * HD + (h * G + hh) * HD + d] = acc;
   }
+}`;
+}
+
+/** Attention, second pass: merges a token's blocks per query head (all rows in one dispatch). */
+export function attentionCombineKernel(s: AttentionShape): string {
+  const hd = s.headDim;
+  return `${stepBinding}
+@group(0) @binding(1) var<storage, read> part: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+const HD = ${hd}u;
+const E = ${s.entries}u;
+const NQ = ${s.numHeads}u;
+@compute @workgroup_size(${hd})
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+  let n = wg.x;
+  let hq = wg.y;
+  let d = lid.x;
+  if (n >= step[${StepLayout.N}]) { return; }
+  let T = step[${StepLayout.T}];
+  let b = n / T;
+  let cached = select(0u, E, step[${StepLayout.ROWS} + 2u * b + 1u] != 0u);
+  let blocks = (cached + T + ${ATTENTION_BLOCK - 1}u) / ${ATTENTION_BLOCK}u;
+  let base = (n * NQ + hq) * step[${StepLayout.SCORE_STRIDE}];
+  var M = -1e30;
+  for (var k = 0u; k < blocks; k++) { M = max(M, part[(base + k) * (HD + 2u) + HD]); }
+  var acc = 0.0;
+  var z = 0.0;
+  for (var k = 0u; k < blocks; k++) {
+    let at = (base + k) * (HD + 2u);
+    let l = part[at + HD + 1u];
+    if (l > 0.0) {
+      let f = exp(part[at + HD] - M);
+      acc += f * part[at + d];
+      z += f * l;
+    }
+  }
+  out[n * NQ * HD + hq * HD + d] = acc / z;
 }`;
 }
 
