@@ -37,6 +37,8 @@ export interface EngineOptions {
   prefillChunk?: number;
   /** On webgpu: the fused WGSL programs (default) or the tfjs op graph that the other backends run. */
   webgpuKernels?: 'fused' | 'graph';
+  /** On webgpu with the fused programs: the most bytes one embedding part may hold (default: the device's binding limit). */
+  maxTensorBytes?: number;
 }
 
 export interface MemoryReport {
@@ -79,17 +81,18 @@ export class Engine {
     const config = await loadModelConfig(dir);
     const slots = opts.slots ?? 4;
     const capacity = opts.cacheCapacity ?? 1024;
-    checkMemory(config, backend.name, slots, capacity, opts.maxBatch ?? slots, opts.prefillChunk ?? 256);
+    const fused = backend.name === 'webgpu' && opts.webgpuKernels !== 'graph';
+    checkMemory(config, backend.name, slots, capacity, opts.maxBatch ?? slots, opts.prefillChunk ?? 256, fused);
     // Checkpoints without tokenizer files (the test fixtures) get the Gemma 3 tokenizer.
     const tokenizer = existsSync(join(dir, 'tokenizer.json')) ? await GemmaTokenizer.fromModelDir(dir) : await GemmaTokenizer.fromDefault();
     const store = await readSafetensors(dir);
     let weights;
     try {
-      weights = await loadWeights(config, store);
+      weights = await loadWeights(config, store, { maxTensorBytes: fused ? opts.maxTensorBytes ?? backendTensorLimit(backend.name)?.bytes : undefined });
     } finally {
       await store.close();
     }
-    const model = backend.name === 'webgpu' && opts.webgpuKernels !== 'graph' ? new WebGPUModel(config, weights) : new GemmaModel(config, weights);
+    const model = fused ? new WebGPUModel(config, weights) : new GemmaModel(config, weights);
     const pool = new KVPool(config, slots, capacity, supportsInPlace(backend.name));
     const engine = new Engine(
       config,
@@ -162,8 +165,8 @@ export class Engine {
 }
 
 /** Fails before loading, with the figures, when the model and caches cannot fit the backend. */
-function checkMemory(c: ModelConfig, backend: BackendName, slots: number, capacity: number, maxBatch: number, chunk: number): void {
-  checkTensorLimit(c, backend);
+function checkMemory(c: ModelConfig, backend: BackendName, slots: number, capacity: number, maxBatch: number, chunk: number, embeddingSplits: boolean): void {
+  checkTensorLimit(c, backend, backendTensorLimit(backend), embeddingSplits);
   const limit = backendMemoryLimit(backend, totalmem());
   if (limit === undefined) return;
   const weights = weightBytesNeeded(c, backend);
@@ -186,11 +189,12 @@ function checkMemory(c: ModelConfig, backend: BackendName, slots: number, capaci
  * as a single tensor (webgpu binds a tensor's buffer whole; Gemma 3 4B's tied
  * embedding is 2.5 GiB in float32, over NVIDIA's 2 GiB).
  */
-export function checkTensorLimit(c: ModelConfig, backend: BackendName, limit = backendTensorLimit(backend)): void {
+export function checkTensorLimit(c: ModelConfig, backend: BackendName, limit = backendTensorLimit(backend), embeddingSplits = false): void {
   if (!limit) return;
   const H = c.hiddenSize;
   const largest: Array<[string, number[]]> = [
-    ['the tied embedding', [H, c.vocabSize]],
+    // The fused webgpu programs split the embedding by token ids; the graph needs it whole.
+    ...(embeddingSplits ? [] : ([['the tied embedding', [H, c.vocabSize]]] as Array<[string, number[]]>)),
     ['the fused gate/up projection', [H, 2 * c.intermediateSize]],
     ['the fused q/k/v projection', [H, (c.numHeads + 2 * c.numKvHeads) * c.headDim]],
   ];
@@ -200,7 +204,7 @@ export function checkTensorLimit(c: ModelConfig, backend: BackendName, limit = b
       const gib = (n: number) => `${(n / 1024 ** 3).toFixed(2)} GiB`;
       throw new ModelTooLargeError(
         `${what} [${shape.join(' x ')}] is ${gib(bytes)} in float32, but the ${backend} device holds at most ${gib(limit.bytes)} ` +
-          `in one buffer (${limit.what} = ${limit.bytes} bytes); splitting weights across buffers is not implemented yet: ` +
+          `in one buffer (${limit.what} = ${limit.bytes} bytes); only the embedding is split across buffers, by the fused webgpu programs: ` +
           'use a smaller model, or BACKEND=wasm/cpu',
       );
     }

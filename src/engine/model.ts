@@ -56,6 +56,7 @@ export class GemmaModel implements ForwardPass {
     readonly config: ModelConfig,
     readonly weights: Weights,
   ) {
+    if (weights.embedParts.length > 1) throw new Error('the tfjs graph needs the embedding in one tensor; it is split only for the fused webgpu programs');
     this.rotate = rotateHalfMatrix(config.headDim);
     this.sqrtHidden = tf.scalar(Math.sqrt(config.hiddenSize));
   }

@@ -35,8 +35,14 @@ export interface LayerWeights {
 }
 
 export interface Weights {
-  /** [hidden, vocab]: the tied embedding, transposed. */
+  /** [hidden, vocab]: the tied embedding, transposed (the first of embedParts when it is split). */
   embedT: tf.Tensor2D;
+  /**
+   * The embedding as [hidden, count] tables of consecutive token ids from
+   * `from`: one part, or several where one buffer cannot hold it (webgpu
+   * binds a tensor whole, up to 2 GiB on NVIDIA's Vulkan driver).
+   */
+  embedParts: Array<{ table: tf.Tensor2D; from: number }>;
   finalNorm: tf.Tensor1D;
   layers: LayerWeights[];
   /** Bytes held by all weight tensors. */
@@ -144,8 +150,18 @@ function onePlus(w: Float32Array, scale = 1): Float32Array {
   return out;
 }
 
-/** Reads every tensor, converts it to the engine's layout and uploads it to the backend. */
-export async function loadWeights(c: ModelConfig, src: TensorSource): Promise<Weights> {
+/** Token ids per embedding part, so that no part exceeds `maxBytes` (all in one part without a limit). */
+export function embeddingPartSize(c: ModelConfig, maxBytes?: number): number {
+  if (!maxBytes) return c.vocabSize;
+  const fits = Math.floor(maxBytes / (4 * c.hiddenSize));
+  return Math.min(c.vocabSize, Math.max(1, fits));
+}
+
+/**
+ * Reads every tensor, converts it to the engine's layout and uploads it to
+ * the backend. `maxTensorBytes` splits the embedding into parts no larger.
+ */
+export async function loadWeights(c: ModelConfig, src: TensorSource, opts: { maxTensorBytes?: number } = {}): Promise<Weights> {
   const r = new Reader(src, textPrefix(src.names()));
   const H = c.hiddenSize;
   const hd = c.headDim;
@@ -193,9 +209,14 @@ export async function loadWeights(c: ModelConfig, src: TensorSource): Promise<We
     }
     const finalNorm = await norm('norm.weight');
     const embed = await r.get('embed_tokens.weight', [c.vocabSize, H]);
-    const embedT = keep(fuseTransposed([embed], [c.vocabSize], H));
+    const part = embeddingPartSize(c, opts.maxTensorBytes);
+    const embedParts: Weights['embedParts'] = [];
+    for (let from = 0; from < c.vocabSize; from += part) {
+      const count = Math.min(part, c.vocabSize - from);
+      embedParts.push({ table: keep(fuseTransposed([embed.subarray(from * H, (from + count) * H)], [count], H)), from });
+    }
     const bytes = created.reduce((sum, t) => sum + t.size * 4, 0);
-    return { embedT, finalNorm, layers, bytes };
+    return { embedT: embedParts[0].table, embedParts, finalNorm, layers, bytes };
   } catch (err) {
     created.forEach((t) => t.dispose());
     throw err;
@@ -203,7 +224,7 @@ export async function loadWeights(c: ModelConfig, src: TensorSource): Promise<We
 }
 
 export function disposeWeights(w: Weights): void {
-  w.embedT.dispose();
+  for (const p of w.embedParts) p.table.dispose();
   w.finalNorm.dispose();
   for (const l of w.layers) {
     for (const t of [l.postAttnNorm, l.postFfwNorm, l.qkv, l.o, l.gateUp, l.down, l.qkNorm]) t?.dispose();

@@ -140,9 +140,12 @@ export class WebGPUModel {
     const buf = (t: tf.TensorInfo) => g.bufferOf(t);
     const step = this.stepBuffer;
 
-    // Embedding lookup (the [H, V] table serves both ends).
-    const embed = g.pipeline(`embed`, () => embedKernel({ H, vc: c.vocabSize, v0: 0, scale: Math.sqrt(H) }));
-    g.dispatch(embed, g.bindGroup('embed', embed, [step, buf(w.embedT), buf(s.x)]), N);
+    // Embedding lookup (the [H, V] tables serve both ends); each part writes the tokens in its id range.
+    for (const part of w.embedParts) {
+      const vc = part.table.shape[1];
+      const embed = g.pipeline(`embed:${part.from}`, () => embedKernel({ H, vc, v0: part.from, scale: Math.sqrt(H) }));
+      g.dispatch(embed, g.bindGroup(`embed:${part.from}`, embed, [step, buf(part.table), buf(s.x)]), N);
+    }
     const norm = g.pipeline('norm', () => normKernel({ H, eps: c.rmsNormEps, final: false }));
     g.dispatch(norm, g.bindGroup('norm', norm, [step, buf(s.x), buf(s.xn)]), N);
 
@@ -192,8 +195,11 @@ export class WebGPUModel {
     const Ro = rows(outRows);
     const V = c.vocabSize;
     const epilogue: Epilogue = c.finalLogitSoftcap ? { kind: 'softcap', cap: c.finalLogitSoftcap } : { kind: 'plain' };
-    const unembed = g.pipeline(`unembed:${Ro}`, () => matmulKernel({ K: H, M: V, ld: V, col0: 0, R: Ro, rowsAt: StepLayout.OUT_ROWS, epilogue }));
-    g.dispatch(unembed, g.bindGroup(`unembed:${Ro}`, unembed, [step, buf(s.final), buf(w.embedT), buf(out)]), Math.ceil(V / 32), Math.ceil(outRows / Ro));
+    for (const part of w.embedParts) {
+      const vc = part.table.shape[1];
+      const unembed = g.pipeline(`unembed:${Ro}:${part.from}`, () => matmulKernel({ K: H, M: vc, ld: V, col0: part.from, R: Ro, rowsAt: StepLayout.OUT_ROWS, epilogue }));
+      g.dispatch(unembed, g.bindGroup(`unembed:${Ro}:${part.from}`, unembed, [step, buf(s.final), buf(part.table), buf(out)]), Math.ceil(vc / 32), Math.ceil(outRows / Ro));
+    }
   }
 
   private attentionShape(type: LayerType, pool: KVPool | undefined): AttentionShape {
