@@ -36,7 +36,7 @@ import { loadModelConfig } from '../src/model/hf-config.js';
 import { parameterCount, PRESETS, type PresetName } from '../src/model/make-model.js';
 import { GemmaTokenizer, type ChatMessage } from '../src/model/tokenizer.js';
 import { startService } from '../src/service.js';
-import { benchModelDir, promptIds } from './model-dir.js';
+import { benchModelDir, promptIds, wasmThreads } from './model-dir.js';
 import { convertToGguf } from './peers/gguf.js';
 import type { LlamaJob, LlamaResult } from './peers/llamacpp-child.js';
 
@@ -185,9 +185,10 @@ async function streamOnce(url: string, model: string, messages: ChatMessage[]): 
   return { ttftMs, promptTokens };
 }
 
-async function wasmThreads(backend: string): Promise<number | null> {
+/** Threads our engine computes on: the wasm backend's own (1 under Node) plus the column-split worker. */
+async function engineThreads(backend: string, split: boolean): Promise<number | null> {
   if (backend !== 'wasm') return null;
-  return (await import('@tensorflow/tfjs-backend-wasm')).getThreadsCount();
+  return (await import('@tensorflow/tfjs-backend-wasm')).getThreadsCount() + (split ? 1 : 0);
 }
 
 async function main(): Promise<void> {
@@ -241,6 +242,7 @@ async function main(): Promise<void> {
 
   const engine = await phase('load', () => Engine.load({
     modelDir: dir, backend: (process.env.BACKEND as 'wasm' | undefined) ?? 'auto', slots: SLOTS, cacheCapacity: CAPACITY, maxBatch: SLOTS, prefillChunk: PREFILL_TOKENS,
+    threads: wasmThreads(),
   }));
   const sampler = new Sampler(engine);
 
@@ -315,7 +317,7 @@ async function main(): Promise<void> {
       return { one, chunked };
     });
     const backend = engine.backend;
-    ourThreads = await wasmThreads(backend.name);
+    ourThreads = await engineThreads(backend.name, engine.model.weights.split !== undefined);
     const loadMs = engine.loadMs;
     const weightsBytes = engine.memory().weightsBytes;
     engine.dispose();

@@ -7,6 +7,7 @@
  *
  * An empty variable counts as unset, so compose files can pass `${VAR:-}`.
  */
+import { availableParallelism } from 'node:os';
 import { basename, resolve } from 'node:path';
 import { GemmaServeError } from '../src/errors.js';
 
@@ -53,6 +54,8 @@ export interface Config {
     /** Name clients put in `model` and see in /v1/models. */
     id: string;
     backend: BackendChoice;
+    /** Threads for the wasm backend's linear weights (2: split by columns with a worker thread). */
+    wasmThreads: number;
   };
   /** Shapes of the KV pool and where session metadata lives (fixed at start). */
   cache: {
@@ -134,6 +137,7 @@ export function loadConfig(env: Env = process.env): Config {
       'a model id of 1-128 letters, digits or . _ : / - (set MODEL_ID when the directory name is not one)');
   }
   const backend = r.oneOf('BACKEND', BACKENDS, 'auto');
+  const wasmThreads = r.int('WASM_THREADS', defaultWasmThreads(), 1, 2);
 
   const slots = r.int('SLOTS', 8, 1, 4096);
   const capacity = r.int('CACHE_CAPACITY', 1024, 16, 1 << 20);
@@ -161,11 +165,16 @@ export function loadConfig(env: Env = process.env): Config {
 
   return {
     server: { host, port, apiKeys, bodyLimitBytes, shutdownGraceMs, logLevel },
-    model: { dir, id, backend },
+    model: { dir, id, backend, wasmThreads },
     cache: { slots, capacity, evictionMode, redisUrl, sessionTtlSeconds },
     scheduler: { maxBatchSize, maxQueue, prefillChunk },
     sampling: { topKCap, maxTokensLimit, defaultMaxTokens },
   };
+}
+
+/** Two wasm threads where the machine has two cores or more. */
+export function defaultWasmThreads(): number {
+  return Math.min(2, availableParallelism());
 }
 
 function isRedisUrl(s: string): boolean {

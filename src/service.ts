@@ -71,6 +71,7 @@ export async function startService(env: Record<string, string | undefined> = pro
       modelDir: config.model.dir,
       modelId: config.model.id,
       backend: config.model.backend,
+      threads: config.model.wasmThreads,
       slots: config.cache.slots,
       cacheCapacity: config.cache.capacity,
       topKCap: config.sampling.topKCap,

@@ -1,4 +1,5 @@
 import t from 'tap';
+import { availableParallelism } from 'node:os';
 import { ConfigError, DEFAULT_MODEL_ID, describeConfig, loadConfig } from '../config/index.js';
 
 t.test('defaults', async (t) => {
@@ -12,6 +13,8 @@ t.test('defaults', async (t) => {
   });
   t.equal(c.model.dir, undefined);
   t.equal(c.cache.redisUrl, undefined);
+  t.equal(c.model.wasmThreads, Math.min(2, availableParallelism()), 'two wasm threads where there are two cores');
+  t.equal(loadConfig({ WASM_THREADS: '1' }).model.wasmThreads, 1);
 });
 
 t.test('values, derived model id, empty means unset', async (t) => {
@@ -42,6 +45,7 @@ const bad: [Record<string, string>, string, RegExp][] = [
   [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL', /trace/],
   [{ MODEL_ID: 'has space' }, 'MODEL_ID', /model id/],
   [{ BODY_LIMIT_BYTES: '10' }, 'BODY_LIMIT_BYTES', /1024/],
+  [{ WASM_THREADS: '4' }, 'WASM_THREADS', /1 to 2/],
 ];
 
 t.test('bad values throw ConfigError naming the variable', async (t) => {

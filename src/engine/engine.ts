@@ -16,6 +16,7 @@ import { KVPool, SLIDING_SLACK } from './kv-pool.js';
 import { supportsInPlace } from './tensor-memory.js';
 import { GemmaModel, type ForwardPass } from './model.js';
 import { WebGPUModel } from './webgpu/fused-model.js';
+import { ColumnSplit } from './column-split.js';
 import { webgpuMemory } from './webgpu/adapter.js';
 import { disposeWeights, loadWeights, ModelTooLargeError, weightBytesNeeded } from './weights.js';
 
@@ -37,6 +38,8 @@ export interface EngineOptions {
   prefillChunk?: number;
   /** On webgpu: the fused WGSL programs (default) or the tfjs op graph that the other backends run. */
   webgpuKernels?: 'fused' | 'graph';
+  /** On wasm: threads for the linear weights (2 splits each by columns with a worker thread); default 1. */
+  threads?: number;
   /** On webgpu with the fused programs: the most bytes one embedding part may hold (default: the device's binding limit). */
   maxTensorBytes?: number;
 }
@@ -55,6 +58,8 @@ export interface MemoryReport {
    */
   deviceBytesInUse?: number;
   deviceBytesAllocated?: number;
+  /** Bytes of the wasm worker thread's backend (the remote columns of the weights and their packed copies), where one runs. */
+  workerBytes?: number;
 }
 
 export const DEFAULT_MODEL_ID = 'gemma-serve-default';
@@ -86,9 +91,14 @@ export class Engine {
     // Checkpoints without tokenizer files (the test fixtures) get the Gemma 3 tokenizer.
     const tokenizer = existsSync(join(dir, 'tokenizer.json')) ? await GemmaTokenizer.fromModelDir(dir) : await GemmaTokenizer.fromDefault();
     const store = await readSafetensors(dir);
+    const split = backend.name === 'wasm' && (opts.threads ?? 1) >= 2 ? columnSplitFor(config, opts.maxBatch ?? slots, opts.prefillChunk ?? 256) : undefined;
     let weights;
     try {
-      weights = await loadWeights(config, store, { maxTensorBytes: fused ? opts.maxTensorBytes ?? backendTensorLimit(backend.name)?.bytes : undefined });
+      weights = await loadWeights(config, store, { maxTensorBytes: fused ? opts.maxTensorBytes ?? backendTensorLimit(backend.name)?.bytes : undefined, split });
+      await split?.start();
+    } catch (err) {
+      split?.dispose();
+      throw err;
     } finally {
       await store.close();
     }
@@ -133,6 +143,7 @@ export class Engine {
       report.deviceBytesInUse = device.inUse;
       report.deviceBytesAllocated = device.allocated;
     }
+    if (this.model.weights.split) report.workerBytes = this.model.weights.split.workerBytes;
     return report;
   }
 
@@ -162,6 +173,14 @@ export class Engine {
     // On webgpu the device keeps Node from exiting; one engine per process is the rule there.
     releaseBackend();
   }
+}
+
+/** The worker's hand-off buffer: the largest x and remote result of a decode step or prompt chunk (larger calls go in row blocks). */
+function columnSplitFor(c: ModelConfig, maxBatch: number, chunk: number): ColumnSplit {
+  const rows = Math.max(maxBatch, chunk);
+  const widest = Math.max(c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize);
+  const remote = Math.max((c.numHeads + 2 * c.numKvHeads) * c.headDim, 2 * c.intermediateSize, c.hiddenSize) / 2;
+  return new ColumnSplit(rows * widest, Math.max(rows * remote, maxBatch * Math.ceil(c.vocabSize / 2)));
 }
 
 /** Fails before loading, with the figures, when the model and caches cannot fit the backend. */

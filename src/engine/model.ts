@@ -11,6 +11,7 @@ import type { KVPool, WritePlan } from './kv-pool.js';
 import { attendRow, softcap } from './attention.js';
 import { applyRope, ropeTables, rotateHalfMatrix } from './rope.js';
 import type { LayerWeights, Weights } from './weights.js';
+import type { RemoteColumns } from './column-split.js';
 
 const MASKED = -1e9;
 
@@ -22,6 +23,8 @@ interface TypeContext {
   masks: tf.Tensor[];
   /** Per row: whether the slot's cache takes part (an empty slot's does not). */
   useCache: boolean[];
+  /** Per row: cache entries that can hold a token (until a ring wraps, the rest are empty and skipped). */
+  filled: number[];
   write?: WritePlan;
 }
 
@@ -91,14 +94,13 @@ export class GemmaModel implements ForwardPass {
     // Each layer runs in its own tidy so only one layer's activations are alive at a time.
     const ctx = {} as Record<LayerType, TypeContext>;
     for (const type of ['global', 'sliding'] as const) {
-      ctx[type] = { ...this.ropeContext(type, starts, T), write: pool && slots ? pool.planWrite(slots, T, type) : undefined, masks: [], useCache };
+      const entries = pool ? pool.entries[type] : 0;
+      const filled = starts.map((s) => Math.min(entries, s + (writeFirst ? T : 0)));
+      ctx[type] = { ...this.ropeContext(type, starts, T), write: pool && slots ? pool.planWrite(slots, T, type) : undefined, masks: [], useCache, filled };
     }
     if (writeFirst && slots) pool.commitWrite(slots, T);
-    for (const type of ['global', 'sliding'] as const) ctx[type].masks = this.masks(type, starts, T, writeFirst, useCache, pool, slots);
-    let x = tf.tidy(() => {
-      const flatIds = tf.tensor1d(ids.flat(), 'int32');
-      return tf.mul(tf.transpose(tf.gather(this.weights.embedT, flatIds, 1)), this.sqrtHidden) as tf.Tensor2D;
-    });
+    for (const type of ['global', 'sliding'] as const) ctx[type].masks = this.masks(type, starts, T, writeFirst, ctx[type], pool, slots);
+    let x = tf.tidy(() => this.embed(ids.flat()));
     try {
       this.weights.layers.forEach((w, l) => {
         const next = tf.tidy(() => this.layer(x, w, l, B, T, ctx[c.layerTypes[l]], writeFirst, pool, slots));
@@ -120,7 +122,7 @@ export class GemmaModel implements ForwardPass {
         const rows = Array.from({ length: B }, (_, b) => b * T + T - 1);
         last = tf.gather(hidden, tf.tensor1d(rows, 'int32'));
       }
-      const logits = tf.matMul(this.rmsNorm(last, this.weights.finalNorm), this.weights.embedT);
+      const logits = this.linear(this.rmsNorm(last, this.weights.finalNorm), this.weights.embedT, this.weights.embedRemote);
       return (c.finalLogitSoftcap ? softcap(logits, c.finalLogitSoftcap) : logits) as tf.Tensor2D;
     });
     hidden.dispose();
@@ -144,13 +146,13 @@ export class GemmaModel implements ForwardPass {
    * A query at position q sees positions p <= q, and on sliding layers only
    * p > q - window.
    */
-  private masks(type: LayerType, starts: number[], T: number, writeFirst: boolean, useCache: boolean[], pool?: KVPool, slots?: number[]): tf.Tensor[] {
+  private masks(type: LayerType, starts: number[], T: number, writeFirst: boolean, c: TypeContext, pool?: KVPool, slots?: number[]): tf.Tensor[] {
     const window = type === 'sliding' ? this.config.slidingWindow : Infinity;
     return starts.map((start, b) => {
-      const E = pool && useCache[b] ? pool.entries[type] : 0;
+      const E = pool && c.useCache[b] ? c.filled[b] : 0;
       const K = writeFirst ? E : E + T;
       const mask = new Float32Array(T * K).fill(MASKED);
-      const cached = pool && slots && useCache[b] ? pool.positions(slots[b], type) : undefined;
+      const cached = pool && slots && c.useCache[b] ? pool.positions(slots[b], type) : undefined;
       for (let t = 0; t < T; t++) {
         const q = start + t;
         const row = t * K;
@@ -164,6 +166,25 @@ export class GemmaModel implements ForwardPass {
       }
       return tf.tensor(mask, [1, 1, 1, T, K]);
     });
+  }
+
+  /** Embedding rows of `ids` times sqrt(hidden): a gather, or (split weights) a copy of the rows in JS. */
+  private embed(ids: number[]): tf.Tensor2D {
+    const rows = this.weights.embedRows;
+    if (!rows) return tf.mul(tf.transpose(tf.gather(this.weights.embedT, tf.tensor1d(ids, 'int32'), 1)), this.sqrtHidden) as tf.Tensor2D;
+    const H = this.config.hiddenSize;
+    const scale = Math.fround(Math.sqrt(H));
+    const x = new Float32Array(ids.length * H);
+    ids.forEach((id, n) => {
+      for (let i = 0; i < H; i++) x[n * H + i] = rows[id * H + i] * scale;
+    });
+    return tf.tensor2d(x, [ids.length, H]);
+  }
+
+  /** x @ W, with W's remote columns multiplied on the worker thread at the same time when the weights are split. */
+  private linear(x: tf.Tensor2D, w: tf.Tensor2D, remote?: RemoteColumns): tf.Tensor2D {
+    const split = this.weights.split;
+    return split && remote ? split.matMul(x, w, remote) : tf.matMul(x, w);
   }
 
   /** RMSNorm; without `w` its weight has been folded into the next projection. */
@@ -190,7 +211,7 @@ export class GemmaModel implements ForwardPass {
     const g = nq / nkv;
 
     // Attention: one fused q/k/v matmul; q and k are normed and rotated together.
-    const qkv = tf.reshape(tf.matMul(this.rmsNorm(x), w.qkv), [B * T, nq + 2 * nkv, hd]);
+    const qkv = tf.reshape(this.linear(this.rmsNorm(x), w.qkv, w.remote?.qkv), [B * T, nq + 2 * nkv, hd]);
     let qk = tf.slice(qkv, [0, 0, 0], [B * T, nq + nkv, hd]);
     const v = tf.slice(qkv, [0, nq + nkv, 0], [B * T, nkv, hd]);
     if (w.qkNorm) {
@@ -212,7 +233,7 @@ export class GemmaModel implements ForwardPass {
     const outs: tf.Tensor[] = [];
     for (let b = 0; b < B; b++) {
       const slot = slots?.[b];
-      const cache = pool && slot !== undefined && ctx.useCache[b] ? { k: pool.k[l][slot], vT: pool.vT[l][slot] } : undefined;
+      const cache = pool && slot !== undefined && ctx.useCache[b] ? this.filledCache(pool.k[l][slot], pool.vT[l][slot], ctx.filled[b]) : undefined;
       outs.push(
         attendRow({
           q: tf.reshape(rowOf(q, b), [1, nkv, g * T, hd]),
@@ -229,17 +250,24 @@ export class GemmaModel implements ForwardPass {
     if (pool && slots && !writeFirst) pool.write(l, k, vh, ctx.write as WritePlan);
     const out = B === 1 ? outs[0] : tf.concat(outs, 0);
     const attn = T === 1 ? tf.reshape(out, [B, nq * hd]) : tf.reshape(tf.transpose(tf.reshape(out, [B, nq, T, hd]), [0, 2, 1, 3]), [B * T, nq * hd]);
-    const h = tf.add(x, this.rmsNorm(tf.matMul(attn, w.o), w.postAttnNorm)) as tf.Tensor2D;
+    const h = tf.add(x, this.rmsNorm(this.linear(attn as tf.Tensor2D, w.o, w.remote?.o), w.postAttnNorm)) as tf.Tensor2D;
 
     // MLP: one fused gate/up matmul; gelu(tanh) written as x * sigmoid(2u) (identical, fewer kernels).
     const I = c.intermediateSize;
-    const gu = tf.matMul(this.rmsNorm(h), w.gateUp);
+    const gu = this.linear(this.rmsNorm(h), w.gateUp, w.remote?.gateUp);
     const gate = tf.slice(gu, [0, 0], [B * T, I]);
     const up = tf.slice(gu, [0, I], [B * T, I]);
     const a = 2 * Math.sqrt(2 / Math.PI);
     const inner = tf.mul(gate, tf.add(tf.mul(tf.square(gate), a * 0.044715), a));
     const act = tf.mul(tf.mul(gate, tf.sigmoid(inner)), up);
-    return tf.add(h, this.rmsNorm(tf.matMul(act, w.down), w.postFfwNorm)) as tf.Tensor2D;
+    return tf.add(h, this.rmsNorm(this.linear(act as tf.Tensor2D, w.down, w.remote?.down), w.postFfwNorm)) as tf.Tensor2D;
+  }
+
+  /** The first `n` entries of a slot's cache (all of them once its ring has wrapped). */
+  private filledCache(k: tf.Tensor4D, vT: tf.Tensor4D, n: number): { k: tf.Tensor4D; vT: tf.Tensor4D } {
+    const [, nkv, E, hd] = k.shape;
+    if (n >= E) return { k, vT };
+    return { k: tf.slice(k, [0, 0, 0, 0], [1, nkv, n, hd]), vT: tf.slice(vT, [0, 0, 0, 0], [1, nkv, hd, n]) };
   }
 
   dispose(): void {

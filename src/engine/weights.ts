@@ -10,6 +10,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { GemmaServeError } from '../errors.js';
 import type { ModelConfig } from '../model/hf-config.js';
+import type { ColumnSplit, RemoteColumns } from './column-split.js';
 
 /** What the weight loader needs from a safetensors reader. */
 export interface TensorSource {
@@ -32,6 +33,8 @@ export interface LayerWeights {
   gateUp: tf.Tensor2D;
   /** [intermediate, hidden]. */
   down: tf.Tensor2D;
+  /** With a ColumnSplit: each projection above holds its first columns, the worker the rest. */
+  remote?: Record<'qkv' | 'o' | 'gateUp' | 'down', RemoteColumns>;
 }
 
 export interface Weights {
@@ -45,8 +48,13 @@ export interface Weights {
   embedParts: Array<{ table: tf.Tensor2D; from: number }>;
   finalNorm: tf.Tensor1D;
   layers: LayerWeights[];
-  /** Bytes held by all weight tensors. */
+  /** Bytes held by all weight tensors (of this thread's backend). */
   bytes: number;
+  /** The worker thread holding the remote columns of every linear weight (wasm, two cores). */
+  split?: ColumnSplit;
+  /** With a split: the embedding's remote columns, and its [vocab, hidden] rows for lookups. */
+  embedRemote?: RemoteColumns;
+  embedRows?: Float32Array;
 }
 
 /** A tensor the model needs is absent or has the wrong shape. */
@@ -126,7 +134,7 @@ function transposeInto(src: Float32Array, rows: number, cols: number, dst: Float
 }
 
 /** Stacks PyTorch [out_i, in] matrices into one [in, sum(out_i)] matrix. */
-function fuseTransposed(parts: Float32Array[], outs: number[], inDim: number): tf.Tensor2D {
+function fuseTransposedArray(parts: Float32Array[], outs: number[], inDim: number): Float32Array {
   const total = outs.reduce((a, b) => a + b, 0);
   const dst = new Float32Array(inDim * total);
   let offset = 0;
@@ -134,7 +142,11 @@ function fuseTransposed(parts: Float32Array[], outs: number[], inDim: number): t
     transposeInto(p, outs[i], inDim, dst, total, offset);
     offset += outs[i];
   });
-  return tf.tensor2d(dst, [inDim, total]);
+  return dst;
+}
+
+function fuseTransposed(parts: Float32Array[], outs: number[], inDim: number): tf.Tensor2D {
+  return tf.tensor2d(fuseTransposedArray(parts, outs, inDim), [inDim, outs.reduce((a, b) => a + b, 0)]);
 }
 
 /** Scales column j of a PyTorch [out, in] matrix by w[j]: diag(w) folded into the product's input side. */
@@ -161,7 +173,7 @@ export function embeddingPartSize(c: ModelConfig, maxBytes?: number): number {
  * Reads every tensor, converts it to the engine's layout and uploads it to
  * the backend. `maxTensorBytes` splits the embedding into parts no larger.
  */
-export async function loadWeights(c: ModelConfig, src: TensorSource, opts: { maxTensorBytes?: number } = {}): Promise<Weights> {
+export async function loadWeights(c: ModelConfig, src: TensorSource, opts: { maxTensorBytes?: number; split?: ColumnSplit } = {}): Promise<Weights> {
   const r = new Reader(src, textPrefix(src.names()));
   const H = c.hiddenSize;
   const hd = c.headDim;
@@ -173,6 +185,14 @@ export async function loadWeights(c: ModelConfig, src: TensorSource, opts: { max
   const keep = <T extends tf.Tensor>(t: T): T => {
     created.push(t);
     return t;
+  };
+  const { split } = opts;
+  /** A fused [in, out] weight: whole, or split by columns with the worker. */
+  const linear = (parts: Float32Array[], outs: number[], inDim: number): { t: tf.Tensor2D; remote?: RemoteColumns } => {
+    const total = outs.reduce((a, b) => a + b, 0);
+    if (!split) return { t: keep(fuseTransposed(parts, outs, inDim)) };
+    const { local, localCols, remote } = split.add(fuseTransposedArray(parts, outs, inDim), inDim, total);
+    return { t: keep(tf.tensor2d(local, [inDim, localCols])), remote };
   };
   try {
     const norm = async (name: string, size = H, s = 1): Promise<tf.Tensor1D> => keep(tf.tensor1d(onePlus(await r.get(name, [size]), s)));
@@ -189,14 +209,19 @@ export async function loadWeights(c: ModelConfig, src: TensorSource, opts: { max
       const v = scaleInputs(await r.get(`${p}self_attn.v_proj.weight`, [kvDim, H]), inputNorm);
       const gate = scaleInputs(await r.get(`${p}mlp.gate_proj.weight`, [I, H]), preFfwNorm);
       const up = scaleInputs(await r.get(`${p}mlp.up_proj.weight`, [I, H]), preFfwNorm);
+      const qkv = linear([q, k, v], [qDim, kvDim, kvDim], H);
+      const o = linear([await r.get(`${p}self_attn.o_proj.weight`, [H, qDim])], [H], qDim);
+      const gateUp = linear([gate, up], [I, I], H);
+      const down = linear([await r.get(`${p}mlp.down_proj.weight`, [H, I])], [H], I);
       const layer: LayerWeights = {
         postAttnNorm: await norm(`${p}post_attention_layernorm.weight`),
         postFfwNorm: await norm(`${p}post_feedforward_layernorm.weight`),
-        qkv: keep(fuseTransposed([q, k, v], [qDim, kvDim, kvDim], H)),
-        o: keep(fuseTransposed([await r.get(`${p}self_attn.o_proj.weight`, [H, qDim])], [H], qDim)),
-        gateUp: keep(fuseTransposed([gate, up], [I, I], H)),
-        down: keep(fuseTransposed([await r.get(`${p}mlp.down_proj.weight`, [H, I])], [H], I)),
+        qkv: qkv.t,
+        o: o.t,
+        gateUp: gateUp.t,
+        down: down.t,
       };
+      if (qkv.remote && o.remote && gateUp.remote && down.remote) layer.remote = { qkv: qkv.remote, o: o.remote, gateUp: gateUp.remote, down: down.remote };
       if (c.qkNorm) {
         const qn = onePlus(await r.get(`${p}self_attn.q_norm.weight`, [hd]), scale);
         const kn = onePlus(await r.get(`${p}self_attn.k_norm.weight`, [hd]));
@@ -209,6 +234,11 @@ export async function loadWeights(c: ModelConfig, src: TensorSource, opts: { max
     }
     const finalNorm = await norm('norm.weight');
     const embed = await r.get('embed_tokens.weight', [c.vocabSize, H]);
+    if (split) {
+      const e = linear([embed], [c.vocabSize], H);
+      const bytes = created.reduce((sum, t) => sum + t.size * 4, 0);
+      return { embedT: e.t, embedParts: [{ table: e.t, from: 0 }], finalNorm, layers, bytes, split, embedRemote: e.remote, embedRows: embed };
+    }
     const part = embeddingPartSize(c, opts.maxTensorBytes);
     const embedParts: Weights['embedParts'] = [];
     for (let from = 0; from < c.vocabSize; from += part) {
@@ -226,6 +256,7 @@ export async function loadWeights(c: ModelConfig, src: TensorSource, opts: { max
 export function disposeWeights(w: Weights): void {
   for (const p of w.embedParts) p.table.dispose();
   w.finalNorm.dispose();
+  w.split?.dispose();
   for (const l of w.layers) {
     for (const t of [l.postAttnNorm, l.postFfwNorm, l.qkv, l.o, l.gateUp, l.down, l.qkNorm]) t?.dispose();
   }
