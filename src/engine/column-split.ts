@@ -124,13 +124,18 @@ export class ColumnSplit {
 
   /** x [rows, in] times the whole weight: `local` here, the remote columns in the worker at the same time. */
   matMul(x: tf.Tensor2D, local: tf.Tensor2D, remote: RemoteColumns): tf.Tensor2D {
+    return tf.tidy(() => tf.concat(this.matMulParts(x, local, remote), 1) as tf.Tensor2D);
+  }
+
+  /** The two column blocks of x times the weight, [rows, local cols] and [rows, remote cols], not yet joined. */
+  matMulParts(x: tf.Tensor2D, local: tf.Tensor2D, remote: RemoteColumns): [tf.Tensor2D, tf.Tensor2D] {
     const [rows, k] = x.shape;
     const block = Math.max(1, Math.min(rows, Math.floor(this.inputFloats / k), Math.floor(this.outputFloats / remote.cols)));
     if (block < rows) {
       return tf.tidy(() => {
-        const parts: tf.Tensor2D[] = [];
-        for (let r = 0; r < rows; r += block) parts.push(this.matMul(tf.slice(x, [r, 0], [Math.min(block, rows - r), k]), local, remote));
-        return tf.concat(parts, 0) as tf.Tensor2D;
+        const parts: Array<[tf.Tensor2D, tf.Tensor2D]> = [];
+        for (let r = 0; r < rows; r += block) parts.push(this.matMulParts(tf.slice(x, [r, 0], [Math.min(block, rows - r), k]), local, remote));
+        return [tf.concat(parts.map((p) => p[0]), 0) as tf.Tensor2D, tf.concat(parts.map((p) => p[1]), 0) as tf.Tensor2D];
       });
     }
     this.data.set(x.dataSync(), 0);
@@ -139,15 +144,15 @@ export class ColumnSplit {
     this.ctrl[3] = k;
     Atomics.store(this.ctrl, 0, REQUEST);
     Atomics.notify(this.ctrl, 0);
-    return tf.tidy(() => {
-      const mine = tf.matMul(x, local);
-      while (Atomics.load(this.ctrl, 0) === REQUEST) Atomics.wait(this.ctrl, 0, REQUEST);
-      const state = Atomics.load(this.ctrl, 0);
-      Atomics.store(this.ctrl, 0, IDLE);
-      if (state !== DONE) throw new Error('the matmul worker failed');
-      const theirs = tf.tensor2d(this.data.slice(this.inputFloats, this.inputFloats + rows * remote.cols), [rows, remote.cols]);
-      return tf.concat([mine, theirs], 1) as tf.Tensor2D;
-    });
+    const mine = tf.matMul(x, local) as tf.Tensor2D;
+    while (Atomics.load(this.ctrl, 0) === REQUEST) Atomics.wait(this.ctrl, 0, REQUEST);
+    const state = Atomics.load(this.ctrl, 0);
+    Atomics.store(this.ctrl, 0, IDLE);
+    if (state !== DONE) {
+      mine.dispose();
+      throw new Error('the matmul worker failed');
+    }
+    return [mine, tf.tensor2d(this.data.slice(this.inputFloats, this.inputFloats + rows * remote.cols), [rows, remote.cols])];
   }
 
   dispose(): void {

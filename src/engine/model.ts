@@ -187,6 +187,19 @@ export class GemmaModel implements ForwardPass {
     return split && remote ? split.matMul(x, w, remote) : tf.matMul(x, w);
   }
 
+  /** The gate and up projections; a split at the middle column already gives them apart. */
+  private gateUp(x: tf.Tensor2D, w: LayerWeights): { gate: tf.Tensor2D; up: tf.Tensor2D } {
+    const I = this.config.intermediateSize;
+    const split = this.weights.split;
+    if (split && w.remote && w.gateUp.shape[1] === I) {
+      const [gate, up] = split.matMulParts(x, w.gateUp, w.remote.gateUp);
+      return { gate, up };
+    }
+    const gu = this.linear(x, w.gateUp, w.remote?.gateUp);
+    const n = x.shape[0];
+    return { gate: tf.slice(gu, [0, 0], [n, I]), up: tf.slice(gu, [0, I], [n, I]) };
+  }
+
   /** RMSNorm; without `w` its weight has been folded into the next projection. */
   private rmsNorm<T extends tf.Tensor>(x: T, w?: tf.Tensor): T {
     const normed: T = tf.mul(x, tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), this.config.rmsNormEps)));
@@ -253,10 +266,7 @@ export class GemmaModel implements ForwardPass {
     const h = tf.add(x, this.rmsNorm(this.linear(attn as tf.Tensor2D, w.o, w.remote?.o), w.postAttnNorm)) as tf.Tensor2D;
 
     // MLP: one fused gate/up matmul; gelu(tanh) written as x * sigmoid(2u) (identical, fewer kernels).
-    const I = c.intermediateSize;
-    const gu = this.linear(this.rmsNorm(h), w.gateUp, w.remote?.gateUp);
-    const gate = tf.slice(gu, [0, 0], [B * T, I]);
-    const up = tf.slice(gu, [0, I], [B * T, I]);
+    const { gate, up } = this.gateUp(this.rmsNorm(h), w);
     const a = 2 * Math.sqrt(2 / Math.PI);
     const inner = tf.mul(gate, tf.add(tf.mul(tf.square(gate), a * 0.044715), a));
     const act = tf.mul(tf.mul(gate, tf.sigmoid(inner)), up);
