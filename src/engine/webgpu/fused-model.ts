@@ -46,6 +46,8 @@ export class WebGPUModel {
   private ropeBuffer: GPUBufferLike;
   private rowBuffer: GPUBufferLike;
   private rowCapacity = 0;
+  /** Stand-ins bound as the cache of a pass without a pool (two: writable bindings must not alias). */
+  private readonly noCache: GPUBufferLike[];
 
   constructor(
     readonly config: ModelConfig,
@@ -57,6 +59,7 @@ export class WebGPUModel {
     this.stepBuffer = this.gpu.createBuffer(4096);
     this.ropeBuffer = this.gpu.createBuffer(4 * hd * 4);
     this.rowBuffer = this.growRows(8);
+    this.noCache = [this.gpu.createBuffer(16), this.gpu.createBuffer(16)];
   }
 
   forward(ids: number[][], opts: ForwardOptions = {}): tf.Tensor2D {
@@ -91,7 +94,7 @@ export class WebGPUModel {
     if (B > this.rowCapacity) this.rowBuffer = this.growRows(B);
 
     // Header, rows and ids.
-    const idsAt = StepLayout.ROWS + 2 * B;
+    const idsAt = StepLayout.ROWS + StepLayout.ROW_FIELDS * B;
     const step = new Uint32Array(idsAt + N);
     step[StepLayout.N] = N;
     step[StepLayout.B] = B;
@@ -102,8 +105,9 @@ export class WebGPUModel {
     step[StepLayout.IDS_AT] = idsAt;
     step[StepLayout.SCORE_STRIDE] = s.scoreStride;
     starts.forEach((start, b) => {
-      step[StepLayout.ROWS + 2 * b] = start;
-      step[StepLayout.ROWS + 2 * b + 1] = pool && start > 0 ? 1 : 0;
+      step[StepLayout.ROWS + StepLayout.ROW_FIELDS * b] = start;
+      step[StepLayout.ROWS + StepLayout.ROW_FIELDS * b + 1] = pool && start > 0 ? 1 : 0;
+      step[StepLayout.ROWS + StepLayout.ROW_FIELDS * b + 2] = pool ? 1 : 0;
     });
     step.set(ids.flat(), idsAt);
     if (step.byteLength > this.stepBuffer.size) {
@@ -173,11 +177,11 @@ export class WebGPUModel {
       const write = g.pipeline(`kvw:${type}:${shape.entries}`, () => kvWriteKernel(shape));
       for (let b = 0; b < B; b++) {
         const slot = slots?.[b];
-        const cache = pool && slot !== undefined ? [buf(pool.k[l][slot]), buf(pool.vT[l][slot])] : [this.rowBuffer, this.rowBuffer];
+        const cache = pool && slot !== undefined ? [buf(pool.k[l][slot]), buf(pool.vT[l][slot])] : this.noCache;
         const row: Binding = { buffer: this.rowBuffer, offset: b * ROW_STRIDE, size: 4 };
         const keys = (pool && starts[b] > 0 ? shape.entries : 0) + T;
         g.dispatch(attend, g.bindGroup(`attn:${l}:${b}:${slot}`, attend, [step, row, buf(s.qkv), ...cache, buf(s.scores)]), Math.ceil(keys / ATTENTION_BLOCK), T, c.numKvHeads);
-        if (pool && slot !== undefined) g.dispatch(write, g.bindGroup(`kvw:${l}:${b}:${slot}`, write, [step, row, buf(s.qkv), ...cache]), T, c.numKvHeads);
+        if (pool && slot !== undefined && T > 1) g.dispatch(write, g.bindGroup(`kvw:${l}:${b}:${slot}`, write, [step, row, buf(s.qkv), ...cache]), T, c.numKvHeads);
       }
       const combine = g.pipeline(`comb:${type}:${shape.entries}`, () => attentionCombineKernel(shape));
       g.dispatch(combine, g.bindGroup(`comb:${l}`, combine, [step, buf(s.scores), buf(s.attn)]), N, c.numHeads);
@@ -278,6 +282,6 @@ export class WebGPUModel {
   dispose(): void {
     if (this.scratch) this.disposeScratch(this.scratch);
     this.scratch = undefined;
-    for (const b of [this.stepBuffer, this.ropeBuffer, this.rowBuffer]) b.destroy();
+    for (const b of [this.stepBuffer, this.ropeBuffer, this.rowBuffer, ...this.noCache]) b.destroy();
   }
 }

@@ -23,8 +23,9 @@ export const StepLayout = {
   IDS_AT: 6,
   /** Attention blocks per (token, head) in the partials buffer. */
   SCORE_STRIDE: 7,
-  /** Per row b, at ROWS + 2b: tokens already in the row's cache, and 1 if the row attends over a cache. */
+  /** Per row b, at ROWS + 3b: tokens already in the row's cache, 1 if the row attends over a cache, 1 if it writes to one. */
   ROWS: 8,
+  ROW_FIELDS: 3,
 } as const;
 
 /** f32 literal for WGSL (a JS number printed in full, with a decimal point). */
@@ -297,8 +298,8 @@ export function attentionKernel(s: AttentionShape): string {
   return `${stepBinding}
 @group(0) @binding(1) var<storage, read> row: array<u32>;
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;
-@group(0) @binding(3) var<storage, read> kc: array<f32>;
-@group(0) @binding(4) var<storage, read> vtc: array<f32>;
+@group(0) @binding(3) var<storage, read_write> kc: array<f32>;
+@group(0) @binding(4) var<storage, read_write> vtc: array<f32>;
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
 const HD = ${hd}u;
 const G = ${g}u;
@@ -321,8 +322,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   let i = lid.x;
   let b = row[0];
   let T = step[${StepLayout.T}];
-  let start = step[${StepLayout.ROWS} + 2u * b];
-  let cached = select(0u, E, step[${StepLayout.ROWS} + 2u * b + 1u] != 0u);
+  let start = step[${StepLayout.ROWS} + 3u * b];
+  let cached = select(0u, E, step[${StepLayout.ROWS} + 3u * b + 1u] != 0u);
   let n = b * T + t;
   let q = i32(start + t);
   let L = cached + T;
@@ -410,6 +411,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
       part[at + HD + 1u] = stat[G + hh];
     }
   }
+  // A decode step writes its token's key and value here (one dispatch fewer per row and layer). The entry it
+  // takes, start mod E, holds position start - E, which no query of this step sees, so no workgroup reads it.
+  if (T == 1u && blk == 0u && step[${StepLayout.ROWS} + 3u * b + 2u] != 0u) {
+    let e = start % E;
+    for (var d = i; d < HD; d += 256u) {
+      kc[(h * E + e) * HD + d] = qkv[n * QKVW + (NQ + h) * HD + d];
+      vtc[(h * HD + d) * E + e] = qkv[n * QKVW + (NQ + NKV + h) * HD + d];
+    }
+  }
 }`;
 }
 
@@ -430,7 +440,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   if (n >= step[${StepLayout.N}]) { return; }
   let T = step[${StepLayout.T}];
   let b = n / T;
-  let cached = select(0u, E, step[${StepLayout.ROWS} + 2u * b + 1u] != 0u);
+  let cached = select(0u, E, step[${StepLayout.ROWS} + 3u * b + 1u] != 0u);
   let blocks = (cached + T + ${ATTENTION_BLOCK - 1}u) / ${ATTENTION_BLOCK}u;
   let base = (n * NQ + hq) * step[${StepLayout.SCORE_STRIDE}];
   var M = -1e30;
@@ -451,7 +461,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
 }
 
 /**
- * Writes one row's new keys and values into its cache: token t goes to entry
+ * Writes one row's new keys and values into its cache after a prompt chunk's attention (a decode step's
+ * attention writes its own): token t goes to entry
  * (start + t) mod E, K as [kvHeads, E, headDim] and V^T as [kvHeads, headDim, E].
  * Only the last E tokens of a long chunk land (older ones would be overwritten).
  */
@@ -473,7 +484,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   let d = lid.x;
   let T = step[${StepLayout.T}];
   if (t + E < T) { return; }
-  let e = (step[${StepLayout.ROWS} + 2u * b] + t) % E;
+  let e = (step[${StepLayout.ROWS} + 3u * b] + t) % E;
   let src = (b * T + t) * ${qkvWidth}u;
   kc[(h * E + e) * HD + d] = qkv[src + (${s.numHeads}u + h) * HD + d];
   vtc[(h * HD + d) * E + e] = qkv[src + (${s.numHeads + s.numKvHeads}u + h) * HD + d];
