@@ -179,7 +179,7 @@ export class WebGPUModel {
         const slot = slots?.[b];
         const cache = pool && slot !== undefined ? [buf(pool.k[l][slot]), buf(pool.vT[l][slot])] : this.noCache;
         const row: Binding = { buffer: this.rowBuffer, offset: b * ROW_STRIDE, size: 4 };
-        const keys = (pool && starts[b] > 0 ? shape.entries : 0) + T;
+        const keys = (pool && starts[b] > 0 ? Math.min(shape.entries, starts[b]) : 0) + T;
         g.dispatch(attend, g.bindGroup(`attn:${l}:${b}:${slot}`, attend, [step, row, buf(s.qkv), ...cache, buf(s.scores)]), Math.ceil(keys / ATTENTION_BLOCK), T, c.numKvHeads);
         if (pool && slot !== undefined && T > 1) g.dispatch(write, g.bindGroup(`kvw:${l}:${b}:${slot}`, write, [step, row, buf(s.qkv), ...cache]), T, c.numKvHeads);
       }

@@ -23,7 +23,10 @@ export const StepLayout = {
   IDS_AT: 6,
   /** Attention blocks per (token, head) in the partials buffer. */
   SCORE_STRIDE: 7,
-  /** Per row b, at ROWS + 3b: tokens already in the row's cache, 1 if the row attends over a cache, 1 if it writes to one. */
+  /**
+   * Per row b, at ROWS + 3b: tokens already in the row's cache, 1 if the row attends over a cache, 1 if it
+   * writes to one. Attention scans the cache's first min(E, tokens) entries: until a ring wraps, the rest are empty.
+   */
   ROWS: 8,
   ROW_FIELDS: 3,
 } as const;
@@ -323,7 +326,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   let b = row[0];
   let T = step[${StepLayout.T}];
   let start = step[${StepLayout.ROWS} + 3u * b];
-  let cached = select(0u, E, step[${StepLayout.ROWS} + 3u * b + 1u] != 0u);
+  let cached = select(0u, min(E, start), step[${StepLayout.ROWS} + 3u * b + 1u] != 0u);
   let n = b * T + t;
   let q = i32(start + t);
   let L = cached + T;
@@ -440,7 +443,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   if (n >= step[${StepLayout.N}]) { return; }
   let T = step[${StepLayout.T}];
   let b = n / T;
-  let cached = select(0u, E, step[${StepLayout.ROWS} + 3u * b + 1u] != 0u);
+  let start = step[${StepLayout.ROWS} + 3u * b];
+  let cached = select(0u, min(E, start), step[${StepLayout.ROWS} + 3u * b + 1u] != 0u);
   let blocks = (cached + T + ${ATTENTION_BLOCK - 1}u) / ${ATTENTION_BLOCK}u;
   let base = (n * NQ + hq) * step[${StepLayout.SCORE_STRIDE}];
   var M = -1e30;
