@@ -103,7 +103,7 @@ export class Engine {
       await store.close();
     }
     const model = fused ? new WebGPUModel(config, weights) : new GemmaModel(config, weights);
-    const pool = new KVPool(config, slots, capacity, supportsInPlace(backend.name));
+    const pool = new KVPool(config, slots, capacity, supportsInPlace(backend.name), model instanceof WebGPUModel ? model.slotWriter() : undefined);
     const engine = new Engine(
       config,
       tokenizer,

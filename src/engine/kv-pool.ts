@@ -42,25 +42,45 @@ export interface WritePlan {
   count: number;
 }
 
+/** Copies `src` into `dst` at a byte offset, on the device (how a pooled layout writes one slot back). */
+export type SlotWriter = (dst: tf.Tensor, offsetBytes: number, src: tf.Tensor) => void;
+
 export class KVPool {
   readonly entries: Record<LayerType, number>;
-  /** k[layer][slot]: [1, kvHeads, entries, headDim]. */
+  /** k[layer][slot]: [1, kvHeads, entries, headDim] (empty in the pooled layout). */
   readonly k: tf.Tensor4D[][] = [];
-  /** vT[layer][slot]: [1, kvHeads, headDim, entries]. */
+  /** vT[layer][slot]: [1, kvHeads, headDim, entries] (empty in the pooled layout). */
   readonly vT: tf.Tensor4D[][] = [];
+  /**
+   * The pooled layout (the fused webgpu programs): per layer one K [slots, kvHeads, entries, headDim] and
+   * one V^T [slots, kvHeads, headDim, entries], so that one dispatch serves every row of a batch.
+   */
+  readonly pooled?: { k: tf.Tensor4D[]; vT: tf.Tensor4D[] };
   private readonly state: SlotState[];
   private readonly rotate: tf.Tensor2D;
 
-  /** @param inPlace write new keys into the slot tensors' memory (wasm, cpu) instead of rebuilding them. */
+  /**
+   * @param inPlace write new keys into the slot tensors' memory (wasm, cpu) instead of rebuilding them.
+   * @param writer with it, the pooled layout: the forward pass writes new keys itself, compaction writes through it.
+   */
   constructor(
     readonly config: ModelConfig,
     readonly slots: number,
     readonly capacity: number,
     readonly inPlace: boolean,
+    private readonly writer?: SlotWriter,
   ) {
     this.entries = { global: capacity, sliding: Math.min(capacity, config.slidingWindow + SLIDING_SLACK) };
     const { numKvHeads: H, headDim: D } = config;
-    for (const type of config.layerTypes) {
+    if (writer) {
+      this.pooled = { k: [], vT: [] };
+      for (const type of config.layerTypes) {
+        const E = this.entries[type];
+        this.pooled.k.push(tf.zeros([slots, H, E, D]));
+        this.pooled.vT.push(tf.zeros([slots, H, D, E]));
+      }
+    }
+    for (const type of writer ? [] : config.layerTypes) {
       const E = this.entries[type];
       this.k.push(Array.from({ length: slots }, () => tf.zeros([1, H, E, D])));
       this.vT.push(Array.from({ length: slots }, () => tf.zeros([1, H, D, E])));
@@ -87,6 +107,7 @@ export class KVPool {
   }
 
   bytes(): number {
+    if (this.pooled) return this.pooled.k.reduce((s, t) => s + t.size * 8, 0);
     return this.k.reduce((sum, row) => sum + row.reduce((s, t) => s + t.size * 8, 0), 0);
   }
 
@@ -144,8 +165,9 @@ export class KVPool {
     }
   }
 
-  /** Writes new keys and values [B, kvHeads, T, headDim] of `layer` into the rows' slots. */
+  /** Writes new keys and values [B, kvHeads, T, headDim] of `layer` into the rows' slots (not in the pooled layout). */
   write(layer: number, k: tf.Tensor4D, v: tf.Tensor4D, plan: WritePlan): void {
+    if (this.pooled) throw new Error('the pooled KV layout is written by the fused forward pass');
     if (this.inPlace) this.writeInPlace(layer, k, v, plan);
     else this.writeByScatter(layer, k, v, plan);
   }
@@ -244,16 +266,30 @@ export class KVPool {
       }
       this.config.layerTypes.forEach((type, l) => {
         const t = tables[type];
-        const nk = applyRope(tf.gather(this.k[l][slot], t.from, 2), t.cos, t.sin, this.rotate) as tf.Tensor4D;
-        const nv = tf.gather(this.vT[l][slot], t.from, 3);
-        this.replace(l, slot, tf.keep(nk), tf.keep(nv));
+        const [k, vT] = this.slotTensors(l, slot);
+        const nk = applyRope(tf.gather(k, t.from, 2), t.cos, t.sin, this.rotate) as tf.Tensor4D;
+        const nv = tf.gather(vT, t.from, 3);
+        if (this.pooled && this.writer) {
+          this.writer(this.pooled.k[l], slot * nk.size * 4, nk);
+          this.writer(this.pooled.vT[l], slot * nv.size * 4, nv);
+        } else {
+          this.replace(l, slot, tf.keep(nk), tf.keep(nv));
+        }
       });
     });
     s.positions = { global: maps.global.pos, sliding: maps.sliding.pos };
     s.length = next;
   }
 
+  /** One slot's K [1, kv, E, hd] and V^T [1, kv, hd, E] (a copy in the pooled layout). */
+  private slotTensors(layer: number, slot: number): [tf.Tensor4D, tf.Tensor4D] {
+    if (!this.pooled) return [this.k[layer][slot], this.vT[layer][slot]];
+    const k = this.pooled.k[layer];
+    const vT = this.pooled.vT[layer];
+    return [tf.slice(k, [slot, 0, 0, 0], [1, ...k.shape.slice(1)] as [number, number, number, number]), tf.slice(vT, [slot, 0, 0, 0], [1, ...vT.shape.slice(1)] as [number, number, number, number])];
+  }
+
   dispose(): void {
-    for (const t of [...this.k.flat(), ...this.vT.flat(), this.rotate]) t.dispose();
+    for (const t of [...this.k.flat(), ...this.vT.flat(), ...(this.pooled?.k ?? []), ...(this.pooled?.vT ?? []), this.rotate]) t.dispose();
   }
 }

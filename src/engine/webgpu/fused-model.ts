@@ -6,12 +6,13 @@
  * (model.ts): B rows of T tokens against the pool's caches, logits of the
  * last positions (or every position) as a tfjs tensor the caller owns.
  *
- * The cache keeps KVPool's layout (K [1, kv, E, hd], V^T [1, kv, hd, E] per
- * layer and slot), so bookkeeping, compaction and the wasm path are shared.
+ * The cache is KVPool's pooled layout (per layer K [slots, kv, E, hd] and
+ * V^T [slots, kv, hd, E]), so one dispatch serves every row of a batch;
+ * bookkeeping and compaction stay KVPool's.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../../model/hf-config.js';
-import type { KVPool } from '../kv-pool.js';
+import type { KVPool, SlotWriter } from '../kv-pool.js';
 import type { ForwardOptions, PrefillOptions } from '../model.js';
 import { ropeTables } from '../rope.js';
 import type { Weights } from '../weights.js';
@@ -35,8 +36,6 @@ interface Scratch {
   final: tf.Tensor;
 }
 
-/** Row-index buffers are bound at 256-byte offsets (the storage offset alignment). */
-const ROW_STRIDE = 256;
 
 export class WebGPUModel {
   private readonly gpu = new GpuRuntime();
@@ -44,8 +43,6 @@ export class WebGPUModel {
   private scratch: Scratch | undefined;
   private stepBuffer: GPUBufferLike;
   private ropeBuffer: GPUBufferLike;
-  private rowBuffer: GPUBufferLike;
-  private rowCapacity = 0;
   /** Stand-ins bound as the cache of a pass without a pool (two: writable bindings must not alias). */
   private readonly noCache: GPUBufferLike[];
 
@@ -58,7 +55,6 @@ export class WebGPUModel {
     this.qkvWidth = (config.numHeads + 2 * config.numKvHeads) * hd;
     this.stepBuffer = this.gpu.createBuffer(4096);
     this.ropeBuffer = this.gpu.createBuffer(4 * hd * 4);
-    this.rowBuffer = this.growRows(8);
     this.noCache = [this.gpu.createBuffer(16), this.gpu.createBuffer(16)];
   }
 
@@ -68,6 +64,11 @@ export class WebGPUModel {
 
   prefill(ids: number[], opts: PrefillOptions): tf.Tensor2D | undefined {
     return this.run([ids], opts);
+  }
+
+  /** How KVPool's pooled layout writes a compacted slot back (a copy on the device). */
+  slotWriter(): SlotWriter {
+    return (dst, offsetBytes, src) => this.gpu.copyInto(dst, offsetBytes, src);
   }
 
   /** Dispatches recorded so far (for the decode benchmark's kernels-per-token figure). */
@@ -91,7 +92,6 @@ export class WebGPUModel {
     const outRows = opts.allPositions ? T : B;
     const cacheEntries = pool ? Math.max(pool.entries.global, pool.entries.sliding) : 0;
     const s = this.ensureScratch(N, outRows, Math.ceil((cacheEntries + T) / ATTENTION_BLOCK));
-    if (B > this.rowCapacity) this.rowBuffer = this.growRows(B);
 
     // Header, rows and ids.
     const idsAt = StepLayout.ROWS + StepLayout.ROW_FIELDS * B;
@@ -108,6 +108,7 @@ export class WebGPUModel {
       step[StepLayout.ROWS + StepLayout.ROW_FIELDS * b] = start;
       step[StepLayout.ROWS + StepLayout.ROW_FIELDS * b + 1] = pool && start > 0 ? 1 : 0;
       step[StepLayout.ROWS + StepLayout.ROW_FIELDS * b + 2] = pool ? 1 : 0;
+      step[StepLayout.ROWS + StepLayout.ROW_FIELDS * b + 3] = slots?.[b] ?? 0;
     });
     step.set(ids.flat(), idsAt);
     if (step.byteLength > this.stepBuffer.size) {
@@ -174,14 +175,12 @@ export class WebGPUModel {
       g.dispatch(rope, g.bindGroup(`rope:${l}`, rope, ropeBindings), N, c.numHeads + c.numKvHeads);
 
       const attend = g.pipeline(`attn:${type}:${shape.entries}`, () => attentionKernel(shape));
-      const write = g.pipeline(`kvw:${type}:${shape.entries}`, () => kvWriteKernel(shape));
-      for (let b = 0; b < B; b++) {
-        const slot = slots?.[b];
-        const cache = pool && slot !== undefined ? [buf(pool.k[l][slot]), buf(pool.vT[l][slot])] : this.noCache;
-        const row: Binding = { buffer: this.rowBuffer, offset: b * ROW_STRIDE, size: 4 };
-        const keys = (pool && starts[b] > 0 ? Math.min(shape.entries, starts[b]) : 0) + T;
-        g.dispatch(attend, g.bindGroup(`attn:${l}:${b}:${slot}`, attend, [step, row, buf(s.qkv), ...cache, buf(s.scores)]), Math.ceil(keys / ATTENTION_BLOCK), T, c.numKvHeads);
-        if (pool && slot !== undefined && T > 1) g.dispatch(write, g.bindGroup(`kvw:${l}:${b}:${slot}`, write, [step, row, buf(s.qkv), ...cache]), T, c.numKvHeads);
+      const cache = pool?.pooled ? [buf(pool.pooled.k[l]), buf(pool.pooled.vT[l])] : this.noCache;
+      const keys = Math.max(...starts.map((start) => (pool && start > 0 ? Math.min(shape.entries, start) : 0))) + T;
+      g.dispatch(attend, g.bindGroup(`attn:${l}`, attend, [step, buf(s.qkv), ...cache, buf(s.scores)]), Math.ceil(keys / ATTENTION_BLOCK), N, c.numKvHeads);
+      if (pool && T > 1) {
+        const write = g.pipeline(`kvw:${type}:${shape.entries}`, () => kvWriteKernel(shape));
+        g.dispatch(write, g.bindGroup(`kvw:${l}`, write, [step, buf(s.qkv), ...cache]), N, c.numKvHeads);
       }
       const combine = g.pipeline(`comb:${type}:${shape.entries}`, () => attentionCombineKernel(shape));
       g.dispatch(combine, g.bindGroup(`comb:${l}`, combine, [step, buf(s.scores), buf(s.attn)]), N, c.numHeads);
@@ -239,16 +238,6 @@ export class WebGPUModel {
     return data;
   }
 
-  private growRows(rows: number): GPUBufferLike {
-    this.rowBuffer?.destroy();
-    const data = new Uint32Array((rows * ROW_STRIDE) / 4);
-    for (let b = 0; b < rows; b++) data[(b * ROW_STRIDE) / 4] = b;
-    const buffer = this.gpu.createBuffer(data.byteLength);
-    this.gpu.write(buffer, data);
-    this.rowCapacity = rows;
-    return buffer;
-  }
-
   private ensureScratch(tokens: number, outRows: number, scoreStride: number): Scratch {
     const s = this.scratch;
     if (s && s.tokens >= tokens && s.outRows >= outRows && s.scoreStride >= scoreStride) return s;
@@ -282,6 +271,6 @@ export class WebGPUModel {
   dispose(): void {
     if (this.scratch) this.disposeScratch(this.scratch);
     this.scratch = undefined;
-    for (const b of [this.stepBuffer, this.ropeBuffer, this.rowBuffer, ...this.noCache]) b.destroy();
+    for (const b of [this.stepBuffer, this.ropeBuffer, ...this.noCache]) b.destroy();
   }
 }

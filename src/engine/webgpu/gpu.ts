@@ -30,6 +30,7 @@ interface GPUPassLike {
 }
 interface GPUEncoderLike {
   beginComputePass(): GPUPassLike;
+  copyBufferToBuffer(src: GPUBufferLike, srcOffset: number, dst: GPUBufferLike, dstOffset: number, size: number): void;
   finish(): unknown;
 }
 interface GPUDeviceLike {
@@ -137,6 +138,16 @@ export class GpuRuntime {
     this.pass.setBindGroup(0, group);
     this.pass.dispatchWorkgroups(x, y, z);
     this.dispatches++;
+  }
+
+  /** Copies a tensor's bytes into another tensor at a byte offset, in order with tfjs's work and the fused passes. */
+  copyInto(dst: tf.TensorInfo, offsetBytes: number, src: tf.TensorInfo): void {
+    const from = this.bufferOf(src);
+    const to = this.bufferOf(dst);
+    this.flushTfjs();
+    const encoder = this.device.createCommandEncoder();
+    encoder.copyBufferToBuffer(from, 0, to, offsetBytes, 4 * src.shape.reduce((a, b) => a * b, 1));
+    this.device.queue.submit([encoder.finish()]);
   }
 
   submit(): void {

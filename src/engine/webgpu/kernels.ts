@@ -24,11 +24,12 @@ export const StepLayout = {
   /** Attention blocks per (token, head) in the partials buffer. */
   SCORE_STRIDE: 7,
   /**
-   * Per row b, at ROWS + 3b: tokens already in the row's cache, 1 if the row attends over a cache, 1 if it
-   * writes to one. Attention scans the cache's first min(E, tokens) entries: until a ring wraps, the rest are empty.
+   * Per row b, at ROWS + 4b: tokens already in the row's cache, 1 if the row attends over a cache, 1 if it
+   * writes to one, and its slot in the pooled cache. Attention scans the cache's first min(E, tokens)
+   * entries: until a ring wraps, the rest are empty.
    */
   ROWS: 8,
-  ROW_FIELDS: 3,
+  ROW_FIELDS: 4,
 } as const;
 
 /** f32 literal for WGSL (a JS number printed in full, with a decimal point). */
@@ -279,9 +280,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
 export const ATTENTION_BLOCK = 32;
 
 /**
- * Attention, first pass (flash-decoding): one row's tokens (dispatched per
- * row: each row has its own cache tensors), one workgroup per (block of 32
- * keys, token, KV head) covering the KV head's g query heads. It writes the
+ * Attention, first pass (flash-decoding): one workgroup per (block of 32
+ * keys, token of any row, KV head) covering the KV head's g query heads,
+ * reading the row's slot of the pooled cache. It writes the
  * block's unnormalized output, max and sum of exp per query head; the
  * combine pass merges the blocks. Keys are the row's cache entries, then
  * the call's own tokens.
@@ -299,11 +300,10 @@ export function attentionKernel(s: AttentionShape): string {
   const BLK = ATTENTION_BLOCK;
   const visible = (p: string) => (s.window > 0 ? `(${p} > q - ${s.window})` : 'true');
   return `${stepBinding}
-@group(0) @binding(1) var<storage, read> row: array<u32>;
-@group(0) @binding(2) var<storage, read> qkv: array<f32>;
-@group(0) @binding(3) var<storage, read_write> kc: array<f32>;
-@group(0) @binding(4) var<storage, read_write> vtc: array<f32>;
-@group(0) @binding(5) var<storage, read_write> part: array<f32>;
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(2) var<storage, read_write> kc: array<f32>;
+@group(0) @binding(3) var<storage, read_write> vtc: array<f32>;
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
 const HD = ${hd}u;
 const G = ${g}u;
 const E = ${s.entries}u;
@@ -320,16 +320,20 @@ var<workgroup> stat: array<f32, ${2 * g}>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let blk = wg.x;
-  let t = wg.y;
+  let n = wg.y;
   let h = wg.z;
   let i = lid.x;
-  let b = row[0];
   let T = step[${StepLayout.T}];
-  let start = step[${StepLayout.ROWS} + 3u * b];
-  let cached = select(0u, min(E, start), step[${StepLayout.ROWS} + 3u * b + 1u] != 0u);
-  let n = b * T + t;
+  let b = n / T;
+  let t = n % T;
+  let start = step[${StepLayout.ROWS} + 4u * b];
+  let cached = select(0u, min(E, start), step[${StepLayout.ROWS} + 4u * b + 1u] != 0u);
+  let slot = step[${StepLayout.ROWS} + 4u * b + 3u];
   let q = i32(start + t);
   let L = cached + T;
+  // Rows have different lengths; the grid covers the longest.
+  if (blk * BLK >= L) { return; }
+  let kv = slot * NKV + h;
   let NBS = step[${StepLayout.SCORE_STRIDE}];
   for (var j = i; j < G * HD; j += 256u) {
     qs[j] = qkv[n * QKVW + (h * G + j / HD) * HD + j % HD];
@@ -346,7 +350,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
       let s1 = i32(start) - 1;
       let pos = s1 - (((s1 - i32(j)) % i32(E)) + i32(E)) % i32(E);
       ok = pos >= 0 && ${visible('pos')};
-      kbase = (h * E + j) * HD;
+      kbase = (kv * E + j) * HD;
     } else {
       let u = j - cached;
       let pos = i32(start + u);
@@ -401,7 +405,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
       if (w != 0.0) {
         let jj = blk * BLK + x;
         if (jj < cached) {
-          acc += w * vtc[(h * HD + d) * E + jj];
+          acc += w * vtc[(kv * HD + d) * E + jj];
         } else {
           acc += w * qkv[(b * T + jj - cached) * QKVW + (NQ + NKV + h) * HD + d];
         }
@@ -416,11 +420,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   }
   // A decode step writes its token's key and value here (one dispatch fewer per row and layer). The entry it
   // takes, start mod E, holds position start - E, which no query of this step sees, so no workgroup reads it.
-  if (T == 1u && blk == 0u && step[${StepLayout.ROWS} + 3u * b + 2u] != 0u) {
+  if (T == 1u && blk == 0u && step[${StepLayout.ROWS} + 4u * b + 2u] != 0u) {
     let e = start % E;
     for (var d = i; d < HD; d += 256u) {
-      kc[(h * E + e) * HD + d] = qkv[n * QKVW + (NQ + h) * HD + d];
-      vtc[(h * HD + d) * E + e] = qkv[n * QKVW + (NQ + NKV + h) * HD + d];
+      kc[(kv * E + e) * HD + d] = qkv[n * QKVW + (NQ + h) * HD + d];
+      vtc[(kv * HD + d) * E + e] = qkv[n * QKVW + (NQ + NKV + h) * HD + d];
     }
   }
 }`;
@@ -443,8 +447,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   if (n >= step[${StepLayout.N}]) { return; }
   let T = step[${StepLayout.T}];
   let b = n / T;
-  let start = step[${StepLayout.ROWS} + 3u * b];
-  let cached = select(0u, min(E, start), step[${StepLayout.ROWS} + 3u * b + 1u] != 0u);
+  let start = step[${StepLayout.ROWS} + 4u * b];
+  let cached = select(0u, min(E, start), step[${StepLayout.ROWS} + 4u * b + 1u] != 0u);
   let blocks = (cached + T + ${ATTENTION_BLOCK - 1}u) / ${ATTENTION_BLOCK}u;
   let base = (n * NQ + hq) * step[${StepLayout.SCORE_STRIDE}];
   var M = -1e30;
@@ -474,23 +478,26 @@ export function kvWriteKernel(s: AttentionShape): string {
   const hd = s.headDim;
   const qkvWidth = (s.numHeads + 2 * s.numKvHeads) * hd;
   return `${stepBinding}
-@group(0) @binding(1) var<storage, read> row: array<u32>;
-@group(0) @binding(2) var<storage, read> qkv: array<f32>;
-@group(0) @binding(3) var<storage, read_write> kc: array<f32>;
-@group(0) @binding(4) var<storage, read_write> vtc: array<f32>;
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(2) var<storage, read_write> kc: array<f32>;
+@group(0) @binding(3) var<storage, read_write> vtc: array<f32>;
 const HD = ${hd}u;
 const E = ${s.entries}u;
+const NKV = ${s.numKvHeads}u;
 @compute @workgroup_size(${hd})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
-  let b = row[0];
-  let t = wg.x;
+  let n = wg.x;
   let h = wg.y;
   let d = lid.x;
   let T = step[${StepLayout.T}];
-  if (t + E < T) { return; }
-  let e = (step[${StepLayout.ROWS} + 3u * b] + t) % E;
-  let src = (b * T + t) * ${qkvWidth}u;
-  kc[(h * E + e) * HD + d] = qkv[src + (${s.numHeads}u + h) * HD + d];
-  vtc[(h * HD + d) * E + e] = qkv[src + (${s.numHeads + s.numKvHeads}u + h) * HD + d];
+  if (n >= step[${StepLayout.N}]) { return; }
+  let b = n / T;
+  let t = n % T;
+  if (t + E < T || step[${StepLayout.ROWS} + 4u * b + 2u] == 0u) { return; }
+  let e = (step[${StepLayout.ROWS} + 4u * b] + t) % E;
+  let kv = step[${StepLayout.ROWS} + 4u * b + 3u] * NKV + h;
+  let src = n * ${qkvWidth}u;
+  kc[(kv * E + e) * HD + d] = qkv[src + (${s.numHeads}u + h) * HD + d];
+  vtc[(kv * HD + d) * E + e] = qkv[src + (${s.numHeads + s.numKvHeads}u + h) * HD + d];
 }`;
 }
