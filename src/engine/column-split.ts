@@ -22,8 +22,6 @@ const REQUEST = 1;
 const DONE = 2;
 const EXIT = 3;
 const FAILED = 4;
-/** Polls of the hand-off word before a thread sleeps (on the order of 100 us). */
-const SPINS = 20000;
 
 /* The worker, as CommonJS source: it must run the same way from the TypeScript sources (tests) and from dist. */
 const WORKER_SOURCE = `
@@ -46,9 +44,6 @@ parentPort.on('message', async (m) => {
   for (const w of weights.values()) tf.tidy(() => tf.matMul(tf.zeros([1, w.shape[0]]), w)).dispose();
   parentPort.postMessage({ type: 'ready', bytes: tf.memory().numBytes });
   for (;;) {
-    // Requests come back to back within a forward pass: poll briefly before sleeping, since waking a
-    // sleeping thread costs more than most of the multiplications it is woken for.
-    for (let spin = 0; spin < ${SPINS} && Atomics.load(ctrl, 0) === ${IDLE}; spin++);
     Atomics.wait(ctrl, 0, ${IDLE});
     const state = Atomics.load(ctrl, 0);
     if (state === ${EXIT}) break;
@@ -151,7 +146,6 @@ export class ColumnSplit {
     Atomics.store(this.ctrl, 0, REQUEST);
     Atomics.notify(this.ctrl, 0);
     const mine = tf.matMul(x, local) as tf.Tensor2D;
-    for (let spin = 0; spin < SPINS && Atomics.load(this.ctrl, 0) === REQUEST; spin++);
     while (Atomics.load(this.ctrl, 0) === REQUEST) Atomics.wait(this.ctrl, 0, REQUEST);
     const state = Atomics.load(this.ctrl, 0);
     Atomics.store(this.ctrl, 0, IDLE);
