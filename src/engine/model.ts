@@ -51,6 +51,18 @@ export interface ForwardPass {
   dispose(): void;
 }
 
+/** Checks a forward call's rows and slots; returns B, T and each row's cached length (0 without a pool). */
+export function forwardShape(ids: number[][], opts: ForwardOptions): { B: number; T: number; starts: number[] } {
+  const B = ids.length;
+  const T = ids[0].length;
+  if (ids.some((r) => r.length !== T)) throw new Error('forward: every row must have the same number of tokens');
+  const { pool, slots } = opts;
+  if (pool && (!slots || slots.length !== B)) throw new Error('forward: one slot per row is required with a pool');
+  if (opts.allPositions && B !== 1) throw new Error('forward: allPositions needs a single row');
+  const starts = pool && slots ? slots.map((s) => pool.length(s)) : new Array<number>(B).fill(0);
+  return { B, T, starts };
+}
+
 export class GemmaModel implements ForwardPass {
   private readonly rotate: tf.Tensor2D;
   private readonly sqrtHidden: tf.Scalar;
@@ -79,12 +91,8 @@ export class GemmaModel implements ForwardPass {
 
   private run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
     const c = this.config;
-    const B = ids.length;
-    const T = ids[0].length;
-    if (ids.some((r) => r.length !== T)) throw new Error('forward: every row must have the same number of tokens');
+    const { B, T, starts } = forwardShape(ids, opts);
     const { pool, slots } = opts;
-    if (pool && (!slots || slots.length !== B)) throw new Error('forward: one slot per row is required with a pool');
-    const starts = slots && pool ? slots.map((s) => pool.length(s)) : new Array<number>(B).fill(0);
     // A decode step writes its token into the cache before attending, so it
     // attends over the slot tensors as they are; a prompt chunk attends over
     // the cache plus its own keys and is written afterwards.

@@ -13,7 +13,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../../model/hf-config.js';
 import type { KVPool, SlotWriter } from '../kv-pool.js';
-import type { ForwardOptions, PrefillOptions } from '../model.js';
+import { forwardShape, type ForwardOptions, type PrefillOptions } from '../model.js';
 import { ropeTables } from '../rope.js';
 import type { Weights } from '../weights.js';
 import { GpuRuntime, type Binding, type GPUBufferLike } from './gpu.js';
@@ -78,16 +78,11 @@ export class WebGPUModel {
 
   private run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
     const c = this.config;
-    const B = ids.length;
-    const T = ids[0].length;
-    if (ids.some((r) => r.length !== T)) throw new Error('forward: every row must have the same number of tokens');
+    const { B, T, starts } = forwardShape(ids, opts);
     const { pool, slots } = opts;
-    if (pool && (!slots || slots.length !== B)) throw new Error('forward: one slot per row is required with a pool');
-    if (opts.allPositions && B !== 1) throw new Error('forward: allPositions needs a single row');
     // Fails on overflow before anything is recorded.
     if (pool && slots) pool.planWrite(slots, T, 'global');
     const N = B * T;
-    const starts = slots && pool ? slots.map((s) => pool.length(s)) : new Array<number>(B).fill(0);
     const logits = !opts.noLogits;
     const outRows = opts.allPositions ? T : B;
     const cacheEntries = pool ? Math.max(pool.entries.global, pool.entries.sliding) : 0;
