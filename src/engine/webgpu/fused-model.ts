@@ -1,6 +1,6 @@
 /**
  * The forward pass on webgpu as fused WGSL programs (kernels.ts): per layer
- * a q/k/v matmul, q/k norm + rope, attention and the cache write per row, the
+ * a q/k/v matmul, q/k norm + rope, attention in two passes (with the cache write), the
  * output projection, a residual + norm, the gate/up matmul with gelu, the
  * down projection and another residual + norm. Same contract as GemmaModel
  * (model.ts): B rows of T tokens against the pool's caches, logits of the
@@ -24,7 +24,7 @@ interface Scratch {
   tokens: number;
   outRows: number;
   /** Attention blocks per (token, head). */
-  scoreStride: number;
+  blocks: number;
   x: tf.Tensor;
   xn: tf.Tensor;
   qkv: tf.Tensor;
@@ -32,7 +32,7 @@ interface Scratch {
   y: tf.Tensor;
   act: tf.Tensor;
   /** Attention partials: per (token, head, block) headDim outputs, max and sum. */
-  scores: tf.Tensor;
+  partials: tf.Tensor;
   final: tf.Tensor;
 }
 
@@ -98,7 +98,7 @@ export class WebGPUModel {
     step[StepLayout.OUT_STRIDE] = opts.allPositions ? 1 : T;
     step[StepLayout.OUT_OFFSET] = opts.allPositions ? 0 : T - 1;
     step[StepLayout.IDS_AT] = idsAt;
-    step[StepLayout.SCORE_STRIDE] = s.scoreStride;
+    step[StepLayout.BLOCKS] = s.blocks;
     starts.forEach((start, b) => {
       step[StepLayout.ROWS + StepLayout.ROW_FIELDS * b] = start;
       step[StepLayout.ROWS + StepLayout.ROW_FIELDS * b + 1] = pool && start > 0 ? 1 : 0;
@@ -172,13 +172,13 @@ export class WebGPUModel {
       const attend = g.pipeline(`attn:${type}:${shape.entries}`, () => attentionKernel(shape));
       const cache = pool?.pooled ? [buf(pool.pooled.k[l]), buf(pool.pooled.vT[l])] : this.noCache;
       const keys = Math.max(...starts.map((start) => (pool && start > 0 ? Math.min(shape.entries, start) : 0))) + T;
-      g.dispatch(attend, g.bindGroup(`attn:${l}`, attend, [step, buf(s.qkv), ...cache, buf(s.scores)]), Math.ceil(keys / ATTENTION_BLOCK), N, c.numKvHeads);
+      g.dispatch(attend, g.bindGroup(`attn:${l}`, attend, [step, buf(s.qkv), ...cache, buf(s.partials)]), Math.ceil(keys / ATTENTION_BLOCK), N, c.numKvHeads);
       if (pool && T > 1) {
         const write = g.pipeline(`kvw:${type}:${shape.entries}`, () => kvWriteKernel(shape));
         g.dispatch(write, g.bindGroup(`kvw:${l}`, write, [step, buf(s.qkv), ...cache]), N, c.numKvHeads);
       }
       const combine = g.pipeline(`comb:${type}:${shape.entries}`, () => attentionCombineKernel(shape));
-      g.dispatch(combine, g.bindGroup(`comb:${l}`, combine, [step, buf(s.scores), buf(s.attn)]), N, c.numHeads);
+      g.dispatch(combine, g.bindGroup(`comb:${l}`, combine, [step, buf(s.partials), buf(s.attn)]), N, c.numHeads);
 
       matmul('o', qDim, H, { kind: 'plain' }, s.attn, lw.o, s.y, l);
       g.dispatch(residual, g.bindGroup(`res:attn:${l}`, residual, [step, buf(s.y), buf(lw.postAttnNorm), buf(s.x), buf(s.xn)]), N);
@@ -233,34 +233,34 @@ export class WebGPUModel {
     return data;
   }
 
-  private ensureScratch(tokens: number, outRows: number, scoreStride: number): Scratch {
+  private ensureScratch(tokens: number, outRows: number, blocks: number): Scratch {
     const s = this.scratch;
-    if (s && s.tokens >= tokens && s.outRows >= outRows && s.scoreStride >= scoreStride) return s;
+    if (s && s.tokens >= tokens && s.outRows >= outRows && s.blocks >= blocks) return s;
     const c = this.config;
     const n = Math.max(tokens, s?.tokens ?? 0);
     const o = Math.max(outRows, s?.outRows ?? 0);
-    const ls = Math.max(scoreStride, s?.scoreStride ?? 0);
+    const ls = Math.max(blocks, s?.blocks ?? 0);
     if (s) this.disposeScratch(s);
     // Kept: a forward pass may run inside a caller's tf.tidy, which must not take the scratch with it.
     const t = (size: number) => tf.keep(this.gpu.emptyTensor([size]));
     this.scratch = {
       tokens: n,
       outRows: o,
-      scoreStride: ls,
+      blocks: ls,
       x: t(n * c.hiddenSize),
       xn: t(n * c.hiddenSize),
       qkv: t(n * this.qkvWidth),
       attn: t(n * c.numHeads * c.headDim),
       y: t(n * c.hiddenSize),
       act: t(n * c.intermediateSize),
-      scores: t(n * c.numHeads * ls * (c.headDim + 2)),
+      partials: t(n * c.numHeads * ls * (c.headDim + 2)),
       final: t(o * c.hiddenSize),
     };
     return this.scratch;
   }
 
   private disposeScratch(s: Scratch): void {
-    tf.dispose([s.x, s.xn, s.qkv, s.attn, s.y, s.act, s.scores, s.final]);
+    tf.dispose([s.x, s.xn, s.qkv, s.attn, s.y, s.act, s.partials, s.final]);
   }
 
   dispose(): void {

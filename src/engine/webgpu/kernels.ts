@@ -22,7 +22,7 @@ export const StepLayout = {
   /** Where the token ids start in `step`. */
   IDS_AT: 6,
   /** Attention blocks per (token, head) in the partials buffer. */
-  SCORE_STRIDE: 7,
+  BLOCKS: 7,
   /**
    * Per row b, at ROWS + 4b: tokens already in the row's cache, 1 if the row attends over a cache, 1 if it
    * writes to one, and its slot in the pooled cache. Attention scans the cache's first min(E, tokens)
@@ -334,7 +334,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   // Rows have different lengths; the grid covers the longest.
   if (blk * BLK >= L) { return; }
   let kv = slot * NKV + h;
-  let NBS = step[${StepLayout.SCORE_STRIDE}];
+  let NBS = step[${StepLayout.BLOCKS}];
   for (var j = i; j < G * HD; j += 256u) {
     qs[j] = qkv[n * QKVW + (h * G + j / HD) * HD + j % HD];
   }
@@ -418,7 +418,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
       part[at + HD + 1u] = stat[G + hh];
     }
   }
-  // A decode step writes its token's key and value here (one dispatch fewer per row and layer). The entry it
+  // A decode step writes its token's key and value here (one dispatch fewer per layer). The entry it
   // takes, start mod E, holds position start - E, which no query of this step sees, so no workgroup reads it.
   if (T == 1u && blk == 0u && step[${StepLayout.ROWS} + 4u * b + 2u] != 0u) {
     let e = start % E;
@@ -450,7 +450,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   let start = step[${StepLayout.ROWS} + 4u * b];
   let cached = select(0u, min(E, start), step[${StepLayout.ROWS} + 4u * b + 1u] != 0u);
   let blocks = (cached + T + ${ATTENTION_BLOCK - 1}u) / ${ATTENTION_BLOCK}u;
-  let base = (n * NQ + hq) * step[${StepLayout.SCORE_STRIDE}];
+  let base = (n * NQ + hq) * step[${StepLayout.BLOCKS}];
   var M = -1e30;
   for (var k = 0u; k < blocks; k++) { M = max(M, part[(base + k) * (HD + 2u) + HD]); }
   var acc = 0.0;
@@ -469,9 +469,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
 }
 
 /**
- * Writes one row's new keys and values into its cache after a prompt chunk's attention (a decode step's
- * attention writes its own): token t goes to entry
- * (start + t) mod E, K as [kvHeads, E, headDim] and V^T as [kvHeads, headDim, E].
+ * Writes a prompt chunk's new keys and values into each row's slot of the pooled cache, after its
+ * attention (a decode step's attention writes its own): token t goes to entry (start + t) mod E,
+ * K as [slots, kvHeads, E, headDim] and V^T as [slots, kvHeads, headDim, E].
  * Only the last E tokens of a long chunk land (older ones would be overwritten).
  */
 export function kvWriteKernel(s: AttentionShape): string {
