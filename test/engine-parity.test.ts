@@ -7,10 +7,10 @@ import { engineBackends } from './helpers/backends.js';
 
 const TOL = 1e-3;
 
-for (const { label, backend, threads } of engineBackends()) {
+for (const { label, backend, kernels, threads } of engineBackends()) {
   for (const name of MODELS) {
     t.test(`${name} on ${label}`, async (t) => {
-      const engine = await Engine.load({ modelDir: modelDir(name), backend, threads, slots: 2, cacheCapacity: 128 });
+      const engine = await Engine.load({ modelDir: modelDir(name), backend, kernels, threads, slots: 2, cacheCapacity: 128 });
       t.teardown(() => engine.dispose());
       const baseline = tf.memory().numTensors;
 

@@ -17,6 +17,7 @@ import { supportsInPlace } from './tensor-memory.js';
 import { GemmaModel, type ForwardPass } from './model.js';
 import { WebGPUModel } from './webgpu/fused-model.js';
 import { ColumnSplit } from './column-split.js';
+import { NativeKernels, nativeAddon } from './native-kernels.js';
 import { webgpuMemory } from './webgpu/adapter.js';
 import { disposeWeights, loadWeights, ModelTooLargeError, weightBytesNeeded } from './weights.js';
 
@@ -38,13 +39,22 @@ export interface EngineOptions {
   prefillChunk?: number;
   /** On webgpu: the fused WGSL programs (default) or the tfjs op graph that the other backends run. */
   webgpuKernels?: 'fused' | 'graph';
-  /** On wasm: threads for the linear weights (2 splits each by columns with a worker thread); default 1. */
+  /**
+   * On wasm and cpu: the linear layers on the native AVX/FMA kernels, or on
+   * tfjs's own matmuls; 'auto' takes the native kernels where they are built
+   * and the CPU runs them. Default 'tfjs'.
+   */
+  kernels?: KernelChoice;
+  /** On wasm and cpu: threads for the linear layers (native kernels: any number; tfjs on wasm: 2 splits each weight by columns with a worker thread); default 1. */
   threads?: number;
   /** On webgpu with the fused programs: the most bytes one embedding part may hold (default: the device's binding limit). */
   maxTensorBytes?: number;
 }
 
+export type KernelChoice = 'auto' | 'native' | 'tfjs';
+
 export interface MemoryReport {
+  /** Weight bytes in the backend and in the native kernels. */
   weightsBytes: number;
   kvCacheBytes: number;
   /** Backend bytes held by neither weights nor KV (activations, packed copies, scratch). */
@@ -74,6 +84,8 @@ export class Engine {
     readonly modelId: string,
     readonly modelDir: string,
     readonly topKCap: number,
+    /** What runs the linear layers, and why (for the start-up log). */
+    readonly linearKernels: string,
   ) {}
 
   /** Wall time of `load`, warm-up included. */
@@ -91,10 +103,13 @@ export class Engine {
     // Checkpoints without tokenizer files (the test fixtures) get the Gemma 3 tokenizer.
     const tokenizer = existsSync(join(dir, 'tokenizer.json')) ? await GemmaTokenizer.fromModelDir(dir) : await GemmaTokenizer.fromDefault();
     const store = await readSafetensors(dir);
-    const split = backend.name === 'wasm' && (opts.threads ?? 1) >= 2 ? columnSplitFor(config, opts.maxBatch ?? slots, opts.prefillChunk ?? 256) : undefined;
+    const threads = opts.threads ?? 1;
+    const linear = linearKernels(backend.name, opts.kernels ?? 'tfjs', threads);
+    const native = linear.native;
+    const split = !native && backend.name === 'wasm' && threads >= 2 ? columnSplitFor(config, opts.maxBatch ?? slots, opts.prefillChunk ?? 256) : undefined;
     let weights;
     try {
-      weights = await loadWeights(config, store, { maxTensorBytes: fused ? opts.maxTensorBytes ?? backendTensorLimit(backend.name)?.bytes : undefined, split });
+      weights = await loadWeights(config, store, { maxTensorBytes: fused ? opts.maxTensorBytes ?? backendTensorLimit(backend.name)?.bytes : undefined, split, native });
       await split?.start();
     } catch (err) {
       split?.dispose();
@@ -113,6 +128,7 @@ export class Engine {
       opts.modelId ?? (opts.modelDir ? basename(dir) : DEFAULT_MODEL_ID),
       dir,
       opts.topKCap ?? 64,
+      split ? `tfjs, split with a wasm worker thread (${linear.description})` : linear.description,
     );
     engine.warmUp();
     engine.loadMs = performance.now() - t0;
@@ -135,9 +151,9 @@ export class Engine {
 
   memory(): MemoryReport {
     const backendBytes = tf.memory().numBytes;
-    const weightsBytes = this.model.weights.bytes;
+    const { bytes, nativeBytes = 0 } = this.model.weights;
     const kvCacheBytes = this.pool.bytes();
-    const report: MemoryReport = { weightsBytes, kvCacheBytes, backendBytes, transientBytes: Math.max(0, backendBytes - weightsBytes - kvCacheBytes) };
+    const report: MemoryReport = { weightsBytes: bytes + nativeBytes, kvCacheBytes, backendBytes, transientBytes: Math.max(0, backendBytes - bytes - kvCacheBytes) };
     const device = this.backend.name === 'webgpu' ? webgpuMemory() : undefined;
     if (device) {
       report.deviceBytesInUse = device.inUse;
@@ -173,6 +189,16 @@ export class Engine {
     // On webgpu the device keeps Node from exiting; one engine per process is the rule there.
     releaseBackend();
   }
+}
+
+/** The native kernels for the linear layers where chosen and available; throws where 'native' was asked for and cannot run. */
+function linearKernels(backend: BackendName, choice: KernelChoice, threads: number): { native?: NativeKernels; description: string } {
+  if (backend !== 'wasm' && backend !== 'cpu') return { description: `${backend} backend` };
+  if (choice === 'tfjs') return { description: 'tfjs matmuls (asked for)' };
+  const { addon, reason } = nativeAddon();
+  if (addon) return { native: new NativeKernels(addon, threads), description: `native kernels: ${reason}, ${threads} thread(s)` };
+  if (choice === 'native') throw new Error(`the native CPU kernels cannot run: ${reason}`);
+  return { description: `tfjs matmuls (${reason})` };
 }
 
 /** The worker's hand-off buffer: the largest x and remote result of a decode step or prompt chunk (larger calls go in row blocks). */

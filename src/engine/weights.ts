@@ -11,6 +11,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { GemmaServeError } from '../errors.js';
 import type { ModelConfig } from '../model/hf-config.js';
 import type { ColumnSplit, RemoteColumns } from './column-split.js';
+import type { NativeKernels, NativeMatrix } from './native-kernels.js';
 
 /** What the weight loader needs from a safetensors reader. */
 export interface TensorSource {
@@ -20,26 +21,46 @@ export interface TensorSource {
   read(name: string): Promise<Float32Array>;
 }
 
+/** A linear weight as [in, out]: a tfjs tensor, or packed for the native CPU kernels. */
+export type Linear = tf.Tensor2D | NativeMatrix;
+
+export function isNative(w: tf.Tensor | NativeMatrix): w is NativeMatrix {
+  return !(w instanceof tf.Tensor);
+}
+
+/** The weight as a tfjs tensor (the webgpu programs bind tensors). */
+export function tensorOf(w: Linear): tf.Tensor2D {
+  if (isNative(w)) throw new Error('this weight is held by the native CPU kernels, not by a tfjs backend');
+  return w;
+}
+
 export interface LayerWeights {
   postAttnNorm: tf.Tensor1D;
   postFfwNorm: tf.Tensor1D;
+  /**
+   * The input and pre-feedforward norms, where they are not folded into the
+   * next projection's rows (the native kernels keep a bf16 checkpoint's
+   * values unscaled, so they stay 16-bit).
+   */
+  inputNorm?: tf.Tensor1D;
+  preFfwNorm?: tf.Tensor1D;
   /** [hidden, (heads + 2 * kvHeads) * headDim]: q, k, v columns side by side, rows scaled by the input norm. */
-  qkv: tf.Tensor2D;
+  qkv: Linear;
   /** [heads + kvHeads, headDim]: (1 + w) per head row; q rows carry the score scale. Gemma 3 only. */
   qkNorm?: tf.Tensor2D;
   /** [heads * headDim, hidden]. */
-  o: tf.Tensor2D;
+  o: Linear;
   /** [hidden, 2 * intermediate]: gate columns, then up columns, rows scaled by the pre-feedforward norm. */
-  gateUp: tf.Tensor2D;
+  gateUp: Linear;
   /** [intermediate, hidden]. */
-  down: tf.Tensor2D;
+  down: Linear;
   /** With a ColumnSplit: each projection above holds its first columns, the worker the rest. */
   remote?: Record<'qkv' | 'o' | 'gateUp' | 'down', RemoteColumns>;
 }
 
 export interface Weights {
   /** [hidden, vocab]: the tied embedding, transposed (the first of embedParts when it is split). */
-  embedT: tf.Tensor2D;
+  embedT: Linear;
   /**
    * The embedding as [hidden, count] tables of consecutive token ids from
    * `from`: one part, or several where one buffer cannot hold it (webgpu
@@ -50,6 +71,10 @@ export interface Weights {
   layers: LayerWeights[];
   /** Bytes held by all weight tensors (of this thread's backend). */
   bytes: number;
+  /** Bytes the native kernels hold (their packed weights). */
+  nativeBytes?: number;
+  /** The native CPU kernels, which hold every linear weight and the embedding when present. */
+  native?: NativeKernels;
   /** The worker thread holding the remote columns of every linear weight (wasm, two cores). */
   split?: ColumnSplit;
   /** With a split: the embedding's remote columns, and its [vocab, hidden] rows for lookups. */
@@ -145,6 +170,17 @@ function fuseTransposedArray(parts: Float32Array[], outs: number[], inDim: numbe
   return dst;
 }
 
+function concat(parts: Float32Array[]): Float32Array {
+  if (parts.length === 1) return parts[0];
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
 function fuseTransposed(parts: Float32Array[], outs: number[], inDim: number): tf.Tensor2D {
   return tf.tensor2d(fuseTransposedArray(parts, outs, inDim), [inDim, outs.reduce((a, b) => a + b, 0)]);
 }
@@ -173,7 +209,11 @@ export function embeddingPartSize(c: ModelConfig, maxBytes?: number): number {
  * Reads every tensor, converts it to the engine's layout and uploads it to
  * the backend. `maxTensorBytes` splits the embedding into parts no larger.
  */
-export async function loadWeights(c: ModelConfig, src: TensorSource, opts: { maxTensorBytes?: number; split?: ColumnSplit } = {}): Promise<Weights> {
+export async function loadWeights(
+  c: ModelConfig,
+  src: TensorSource,
+  opts: { maxTensorBytes?: number; split?: ColumnSplit; native?: NativeKernels } = {},
+): Promise<Weights> {
   const r = new Reader(src, textPrefix(src.names()));
   const H = c.hiddenSize;
   const hd = c.headDim;
@@ -186,10 +226,13 @@ export async function loadWeights(c: ModelConfig, src: TensorSource, opts: { max
     created.push(t);
     return t;
   };
-  const { split } = opts;
-  /** A fused [in, out] weight: whole, or split by columns with the worker. */
-  const linear = (parts: Float32Array[], outs: number[], inDim: number): { t: tf.Tensor2D; remote?: RemoteColumns } => {
+  const { split, native } = opts;
+  // The native kernels keep the checkpoint's values as they are (see LayerWeights.inputNorm).
+  const fold = !native;
+  /** A fused [in, out] weight from PyTorch [out_i, in] parts: whole, split by columns with the worker, or packed natively. */
+  const linear = (parts: Float32Array[], outs: number[], inDim: number): { t: Linear; remote?: RemoteColumns } => {
     const total = outs.reduce((a, b) => a + b, 0);
+    if (native) return { t: native.pack(concat(parts), inDim, total, true) };
     if (!split) return { t: keep(fuseTransposed(parts, outs, inDim)) };
     const { local, localCols, remote } = split.add(fuseTransposedArray(parts, outs, inDim), inDim, total);
     return { t: keep(tf.tensor2d(local, [inDim, localCols])), remote };
@@ -202,13 +245,14 @@ export async function loadWeights(c: ModelConfig, src: TensorSource, opts: { max
       // x * rms * w then @ W equals x * rms then @ (diag(w) W): one multiply fewer per norm.
       const inputNorm = onePlus(await r.get(`${p}input_layernorm.weight`, [H]));
       const preFfwNorm = onePlus(await r.get(`${p}pre_feedforward_layernorm.weight`, [H]));
-      const q = scaleInputs(await r.get(`${p}self_attn.q_proj.weight`, [qDim, H]), inputNorm);
+      const into = (m: Float32Array, w: Float32Array): Float32Array => (fold ? scaleInputs(m, w) : m);
+      const q = into(await r.get(`${p}self_attn.q_proj.weight`, [qDim, H]), inputNorm);
       // RMS-normalized queries (Gemma 3) lose any scale on Wq, so the score scale goes into q_norm there.
       if (!c.qkNorm) for (let j = 0; j < q.length; j++) q[j] *= scale;
-      const k = scaleInputs(await r.get(`${p}self_attn.k_proj.weight`, [kvDim, H]), inputNorm);
-      const v = scaleInputs(await r.get(`${p}self_attn.v_proj.weight`, [kvDim, H]), inputNorm);
-      const gate = scaleInputs(await r.get(`${p}mlp.gate_proj.weight`, [I, H]), preFfwNorm);
-      const up = scaleInputs(await r.get(`${p}mlp.up_proj.weight`, [I, H]), preFfwNorm);
+      const k = into(await r.get(`${p}self_attn.k_proj.weight`, [kvDim, H]), inputNorm);
+      const v = into(await r.get(`${p}self_attn.v_proj.weight`, [kvDim, H]), inputNorm);
+      const gate = into(await r.get(`${p}mlp.gate_proj.weight`, [I, H]), preFfwNorm);
+      const up = into(await r.get(`${p}mlp.up_proj.weight`, [I, H]), preFfwNorm);
       const qkv = linear([q, k, v], [qDim, kvDim, kvDim], H);
       const o = linear([await r.get(`${p}self_attn.o_proj.weight`, [H, qDim])], [H], qDim);
       const gateUp = linear([gate, up], [I, I], H);
@@ -221,6 +265,10 @@ export async function loadWeights(c: ModelConfig, src: TensorSource, opts: { max
         gateUp: gateUp.t,
         down: down.t,
       };
+      if (!fold) {
+        layer.inputNorm = keep(tf.tensor1d(inputNorm));
+        layer.preFfwNorm = keep(tf.tensor1d(preFfwNorm));
+      }
       if (qkv.remote && o.remote && gateUp.remote && down.remote) layer.remote = { qkv: qkv.remote, o: o.remote, gateUp: gateUp.remote, down: down.remote };
       if (c.qkNorm) {
         const qn = onePlus(await r.get(`${p}self_attn.q_norm.weight`, [hd]), scale);
@@ -234,10 +282,16 @@ export async function loadWeights(c: ModelConfig, src: TensorSource, opts: { max
     }
     const finalNorm = await norm('norm.weight');
     const embed = await r.get('embed_tokens.weight', [c.vocabSize, H]);
+    if (native) {
+      const embedT = native.pack(embed, H, c.vocabSize, true);
+      const nativeBytes = [embedT, ...layers.flatMap((l) => [l.qkv, l.o, l.gateUp, l.down])].reduce((sum, w) => sum + (isNative(w) ? w.bytes : 0), 0);
+      const bytes = created.reduce((sum, t) => sum + t.size * 4, 0);
+      return { embedT, embedParts: [], finalNorm, layers, bytes, nativeBytes, native };
+    }
     if (split) {
       const e = linear([embed], [c.vocabSize], H);
       const bytes = created.reduce((sum, t) => sum + t.size * 4, 0);
-      return { embedT: e.t, embedParts: [{ table: e.t, from: 0 }], finalNorm, layers, bytes, split, embedRemote: e.remote, embedRows: embed };
+      return { embedT: e.t, embedParts: [{ table: tensorOf(e.t), from: 0 }], finalNorm, layers, bytes, split, embedRemote: e.remote, embedRows: embed };
     }
     const part = embeddingPartSize(c, opts.maxTensorBytes);
     const embedParts: Weights['embedParts'] = [];
@@ -258,6 +312,7 @@ export function disposeWeights(w: Weights): void {
   w.finalNorm.dispose();
   w.split?.dispose();
   for (const l of w.layers) {
-    for (const t of [l.postAttnNorm, l.postFfwNorm, l.qkv, l.o, l.gateUp, l.down, l.qkNorm]) t?.dispose();
+    // Native matrices are freed with their handles.
+    for (const t of [l.postAttnNorm, l.postFfwNorm, l.inputNorm, l.preFfwNorm, l.qkv, l.o, l.gateUp, l.down, l.qkNorm]) if (t && !isNative(t)) t.dispose();
   }
 }

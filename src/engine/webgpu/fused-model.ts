@@ -15,7 +15,7 @@ import type { LayerType, ModelConfig } from '../../model/hf-config.js';
 import type { KVPool, SlotWriter } from '../kv-pool.js';
 import { forwardShape, type ForwardOptions, type PrefillOptions } from '../model.js';
 import { ropeTables } from '../rope.js';
-import type { Weights } from '../weights.js';
+import { tensorOf, type Weights } from '../weights.js';
 import { GpuRuntime, type Binding, type GPUBufferLike } from './gpu.js';
 import { ATTENTION_BLOCK, StepLayout, attentionCombineKernel, attentionKernel, embedKernel, matmulKernel, normKernel, qkRopeKernel, kvWriteKernel, residualKernel, type AttentionShape, type Epilogue } from './kernels.js';
 
@@ -163,7 +163,7 @@ export class WebGPUModel {
     w.layers.forEach((lw, l) => {
       const type = c.layerTypes[l];
       const shape = this.attentionShape(type, pool);
-      matmul('qkv', H, this.qkvWidth, { kind: 'plain' }, s.xn, lw.qkv, s.qkv, l);
+      matmul('qkv', H, this.qkvWidth, { kind: 'plain' }, s.xn, tensorOf(lw.qkv), s.qkv, l);
       const rope = g.pipeline(`rope:${type}`, () => qkRopeKernel(shape));
       const ropeBindings: Binding[] = [step, this.ropeBuffer, buf(s.qkv)];
       if (lw.qkNorm) ropeBindings.push(buf(lw.qkNorm));
@@ -180,10 +180,10 @@ export class WebGPUModel {
       const combine = g.pipeline(`comb:${type}:${shape.entries}`, () => attentionCombineKernel(shape));
       g.dispatch(combine, g.bindGroup(`comb:${l}`, combine, [step, buf(s.partials), buf(s.attn)]), N, c.numHeads);
 
-      matmul('o', qDim, H, { kind: 'plain' }, s.attn, lw.o, s.y, l);
+      matmul('o', qDim, H, { kind: 'plain' }, s.attn, tensorOf(lw.o), s.y, l);
       g.dispatch(residual, g.bindGroup(`res:attn:${l}`, residual, [step, buf(s.y), buf(lw.postAttnNorm), buf(s.x), buf(s.xn)]), N);
-      matmul('gateUp', H, 2 * I, { kind: 'geglu' }, s.xn, lw.gateUp, s.act, l);
-      matmul('down', I, H, { kind: 'plain' }, s.act, lw.down, s.y, l);
+      matmul('gateUp', H, 2 * I, { kind: 'geglu' }, s.xn, tensorOf(lw.gateUp), s.act, l);
+      matmul('down', I, H, { kind: 'plain' }, s.act, tensorOf(lw.down), s.y, l);
       g.dispatch(residual, g.bindGroup(`res:ffw:${l}`, residual, [step, buf(s.y), buf(lw.postFfwNorm), buf(s.x), buf(s.xn)]), N);
     });
 
