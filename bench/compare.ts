@@ -16,7 +16,7 @@
  * Options: --preset tiny|270m|1b (270m), --steps N decode steps (64),
  * --reps N timed runs per figure, the median is reported (3),
  * --parity-only, --out FILE (also write the JSON there).
- * Environment: BACKEND (auto), BENCH_PEER_DIR (scratch folder, default
+ * Environment: BACKEND (auto), CPU_KERNELS and CPU_THREADS (as the service), BENCH_PEER_DIR (scratch folder, default
  * <tmp>/gemma-serve-peer-llamacpp), BENCH_MODEL_DIR (see model-dir.ts).
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -36,7 +36,7 @@ import { loadModelConfig } from '../src/model/hf-config.js';
 import { parameterCount, PRESETS, type PresetName } from '../src/model/make-model.js';
 import { GemmaTokenizer, type ChatMessage } from '../src/model/tokenizer.js';
 import { startService } from '../src/service.js';
-import { benchModelDir, promptIds, wasmThreads } from './model-dir.js';
+import { benchModelDir, cpuOptions, promptIds } from './model-dir.js';
 import { convertToGguf } from './peers/gguf.js';
 import type { LlamaJob, LlamaResult } from './peers/llamacpp-child.js';
 
@@ -186,8 +186,11 @@ async function streamOnce(url: string, model: string, messages: ChatMessage[]): 
 }
 
 /** Threads our engine computes on: the wasm backend's own (1 under Node) plus the column-split worker. */
-async function engineThreads(backend: string, split: boolean): Promise<number | null> {
-  if (backend !== 'wasm') return null;
+/** Threads that run our linear layers: the native kernels' pool, or wasm plus its worker. */
+async function engineThreads(engine: Engine): Promise<number | null> {
+  const { native, split } = engine.model.weights;
+  if (native) return cpuOptions().threads;
+  if (engine.backend.name !== 'wasm') return null;
   return (await import('@tensorflow/tfjs-backend-wasm')).getThreadsCount() + (split ? 1 : 0);
 }
 
@@ -242,7 +245,7 @@ async function main(): Promise<void> {
 
   const engine = await phase('load', () => Engine.load({
     modelDir: dir, backend: (process.env.BACKEND as 'wasm' | undefined) ?? 'auto', slots: SLOTS, cacheCapacity: CAPACITY, maxBatch: SLOTS, prefillChunk: PREFILL_TOKENS,
-    threads: wasmThreads(),
+    ...cpuOptions(),
   }));
   const sampler = new Sampler(engine);
 
@@ -317,7 +320,7 @@ async function main(): Promise<void> {
       return { one, chunked };
     });
     const backend = engine.backend;
-    ourThreads = await engineThreads(backend.name, engine.model.weights.split !== undefined);
+    ourThreads = await engineThreads(engine);
     const loadMs = engine.loadMs;
     const weightsBytes = engine.memory().weightsBytes;
     engine.dispose();
@@ -364,7 +367,7 @@ async function main(): Promise<void> {
         ttft_http: http.map((r) => round(r.ttftMs, 1)) },
       llamacpp_f32: { prefill: llama.prefillMs.map((x) => round(x, 1)), decode_b1: llama.decodeB1Ms.map((x) => round(x, 1)), decode_b8: llama.decodeB8Ms.map((x) => round(x, 1)) },
     };
-    result.ours_setup = { backend: backend.name, backend_reason: backend.reason, threads: ourThreads, load_ms: Math.round(loadMs), weights_bytes: weightsBytes,
+    result.ours_setup = { backend: backend.name, backend_reason: backend.reason, linear: engine.linearKernels, threads: ourThreads, load_ms: Math.round(loadMs), weights_bytes: weightsBytes,
       slots: SLOTS, cache_capacity: CAPACITY, service_prefill_chunk: serviceChunk };
   } else {
     engine.dispose();

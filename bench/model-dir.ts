@@ -1,5 +1,5 @@
 /** The benchmark model: the `270m` preset (Gemma 3 270M's exact shape), written once and reused. */
-import { defaultWasmThreads } from '../config/index.js';
+import { loadConfig } from '../config/index.js';
 import { existsSync } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -22,7 +22,8 @@ export function promptIds(n: number, seed = 1): number[] {
   return [2, ...Array.from({ length: n - 1 }, () => ((s = (s * 1103515245 + 12345) % 2 ** 31) % 200000) + 1000)];
 }
 
-/** Threads for the wasm backend: WASM_THREADS, or the service's default. */
-export function wasmThreads(): number {
-  return Number(process.env.WASM_THREADS ?? defaultWasmThreads());
+/** The service's choice of linear kernels and threads (CPU_KERNELS, CPU_THREADS), for an engine a benchmark loads itself. */
+export function cpuOptions(): { kernels: 'auto' | 'native' | 'tfjs'; threads: number } {
+  const { cpuKernels, cpuThreads } = loadConfig(process.env).model;
+  return { kernels: cpuKernels, threads: cpuThreads };
 }

@@ -27,6 +27,8 @@ export class ConfigError extends GemmaServeError {
 
 export const BACKENDS = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 export type BackendChoice = (typeof BACKENDS)[number];
+export const CPU_KERNELS = ['auto', 'native', 'tfjs'] as const;
+export type CpuKernelChoice = (typeof CPU_KERNELS)[number];
 export const EVICTION_MODES = ['shift', 'recompute'] as const;
 export type EvictionMode = (typeof EVICTION_MODES)[number];
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -54,8 +56,10 @@ export interface Config {
     /** Name clients put in `model` and see in /v1/models. */
     id: string;
     backend: BackendChoice;
-    /** Threads for the wasm backend's linear weights (2: split by columns with a worker thread). */
-    wasmThreads: number;
+    /** On wasm and cpu: what runs the linear layers (native AVX/FMA kernels where built, or tfjs's matmuls). */
+    cpuKernels: CpuKernelChoice;
+    /** Threads for the linear layers on wasm and cpu (tfjs on wasm: 2 splits each weight by columns with a worker thread). */
+    cpuThreads: number;
   };
   /** Shapes of the KV pool and where session metadata lives (fixed at start). */
   cache: {
@@ -137,7 +141,8 @@ export function loadConfig(env: Env = process.env): Config {
       'a model id of 1-128 letters, digits or . _ : / - (set MODEL_ID when the directory name is not one)');
   }
   const backend = r.oneOf('BACKEND', BACKENDS, 'auto');
-  const wasmThreads = r.int('WASM_THREADS', defaultWasmThreads(), 1, 2);
+  const cpuKernels = r.oneOf('CPU_KERNELS', CPU_KERNELS, 'auto');
+  const cpuThreads = r.int('CPU_THREADS', defaultCpuThreads(), 1, 256);
 
   const slots = r.int('SLOTS', 8, 1, 4096);
   const capacity = r.int('CACHE_CAPACITY', 1024, 16, 1 << 20);
@@ -165,16 +170,16 @@ export function loadConfig(env: Env = process.env): Config {
 
   return {
     server: { host, port, apiKeys, bodyLimitBytes, shutdownGraceMs, logLevel },
-    model: { dir, id, backend, wasmThreads },
+    model: { dir, id, backend, cpuKernels, cpuThreads },
     cache: { slots, capacity, evictionMode, redisUrl, sessionTtlSeconds },
     scheduler: { maxBatchSize, maxQueue, prefillChunk },
     sampling: { topKCap, maxTokensLimit, defaultMaxTokens },
   };
 }
 
-/** Two wasm threads where the machine has two cores or more. */
-export function defaultWasmThreads(): number {
-  return Math.min(2, availableParallelism());
+/** One thread per core. */
+export function defaultCpuThreads(): number {
+  return availableParallelism();
 }
 
 function isRedisUrl(s: string): boolean {

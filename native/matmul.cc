@@ -6,7 +6,8 @@
 // it keeps up to 6 rows x 16 columns of sums in 12 registers. Decode (M = 1 to
 // 8) streams the weights once per step at memory speed; a prompt chunk reuses
 // each panel from cache for all of its rows.
-#include <node_api.h>
+#include "kernels.h"
+
 #include <immintrin.h>
 #include <omp.h>
 
@@ -15,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 
+namespace gemma {
 namespace {
 
 // Only the kernels use AVX and FMA; the rest of the module runs on any x86-64,
@@ -25,16 +27,6 @@ constexpr int NR = 16;        // columns per panel: two 8-float registers
 constexpr int MR = 6;         // rows per kernel call: 12 accumulators
 constexpr int ROW_BLOCK = 48; // rows of x kept hot in cache while the panels go by
 
-// A weight whose every value is a bfloat16 (a bf16 checkpoint, not rescaled)
-// is stored in 16 bits: the same values at half the bytes a step streams.
-struct Matrix {
-  int64_t rows;    // K
-  int64_t cols;    // N
-  int64_t panels;  // ceil(N / 16)
-  bool bf16;
-  void* data;      // panels * rows * 16 values (float or bf16 bits), 64-byte aligned
-  size_t bytes;
-};
 
 // Row k of a panel as 16 floats in two registers.
 KERNEL inline void loadRow(const float* panel, int64_t k, __m256& b0, __m256& b1) {
@@ -122,6 +114,8 @@ KERNEL void panelRows(int64_t r0, int64_t r1, const float* x, int64_t K, const P
   }
 }
 
+}  // namespace
+
 KERNEL void multiply(const Matrix& w, const float* x, int64_t M, float* y) {
   const int64_t K = w.rows;
   const int64_t N = w.cols;
@@ -194,97 +188,15 @@ void gatherColumns(const Matrix& w, const int32_t* ids, int64_t n, float scale, 
   }
 }
 
-// ---- Node-API glue ----
-
-bool check(napi_env env, napi_status s, const char* what) {
-  if (s == napi_ok) return true;
-  napi_throw_error(env, nullptr, what);
-  return false;
-}
-
-template <typename T>
-bool typedArray(napi_env env, napi_value v, napi_typedarray_type want, T** data, size_t* length) {
-  napi_typedarray_type type;
-  void* ptr;
-  napi_value buffer;
-  size_t offset;
-  if (napi_get_typedarray_info(env, v, &type, length, &ptr, &buffer, &offset) != napi_ok || type != want) {
-    napi_throw_type_error(env, nullptr, want == napi_float32_array ? "expected a Float32Array" : "expected an Int32Array");
-    return false;
-  }
-  *data = static_cast<T*>(ptr);
-  return true;
-}
-
-bool integer(napi_env env, napi_value v, int64_t* out) {
-  return check(env, napi_get_value_int64(env, v, out), "expected an integer");
-}
-
-bool boolean(napi_env env, napi_value v, bool* out) {
-  return check(env, napi_get_value_bool(env, v, out), "expected a boolean");
-}
-
-bool matrix(napi_env env, napi_value v, Matrix** out) {
-  void* handle;
-  if (!check(env, napi_get_value_external(env, v, &handle), "expected a packed matrix")) return false;
-  *out = static_cast<Matrix*>(handle);
-  return true;
-}
-
-void freeMatrix(napi_env env, void* data, void*) {
-  Matrix* m = static_cast<Matrix*>(data);
-  int64_t adjusted;
-  napi_adjust_external_memory(env, -static_cast<int64_t>(m->bytes), &adjusted);
-  std::free(m->data);
-  delete m;
-}
-
-// supported(): whether this CPU runs the kernels (AVX and FMA).
-napi_value Supported(napi_env env, napi_callback_info) {
-  __builtin_cpu_init();
-  napi_value out;
-  napi_get_boolean(env, __builtin_cpu_supports("avx") && __builtin_cpu_supports("fma"), &out);
-  return out;
-}
-
-// setThreads(n): the number of threads every later call uses.
-napi_value SetThreads(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
-  int64_t n;
-  if (argc < 1 || !integer(env, argv[0], &n)) return nullptr;
-  omp_set_num_threads(n < 1 ? 1 : static_cast<int>(n));
-  return nullptr;
-}
-
-// pack(w: Float32Array, K, N, transposed, allowBf16): W [K, N] in panels, as
-// an opaque handle. `transposed`: w holds W^T ([N, K], PyTorch's [out, in]).
-napi_value Pack(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
-  float* w;
-  size_t length;
-  int64_t K, N;
-  bool transposed, allowBf16;
-  if (argc < 5 || !typedArray(env, argv[0], napi_float32_array, &w, &length) || !integer(env, argv[1], &K) || !integer(env, argv[2], &N) ||
-      !boolean(env, argv[3], &transposed) || !boolean(env, argv[4], &allowBf16))
-    return nullptr;
-  if (K <= 0 || N <= 0 || static_cast<size_t>(K * N) != length) {
-    napi_throw_range_error(env, nullptr, "pack: K * N must equal the array's length");
-    return nullptr;
-  }
-  bool bf16 = allowBf16;
+Matrix* pack(const float* w, int64_t K, int64_t N, bool transposed, bool allowBf16) {
+  const size_t length = static_cast<size_t>(K * N);
   const uint32_t* bits = reinterpret_cast<const uint32_t*>(w);
+  bool bf16 = allowBf16;
   for (size_t i = 0; bf16 && i < length; i++) bf16 = (bits[i] & 0xffff) == 0;
   const int64_t panels = (N + NR - 1) / NR;
   const size_t bytes = static_cast<size_t>(panels * K * NR) * (bf16 ? 2 : 4);
   void* data = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-  if (!data) {
-    napi_throw_error(env, nullptr, "pack: out of memory");
-    return nullptr;
-  }
+  if (!data) return nullptr;
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < panels; p++) {
     for (int64_t k = 0; k < K; k++) {
@@ -297,113 +209,27 @@ napi_value Pack(napi_env env, napi_callback_info info) {
       }
     }
   }
-  Matrix* m = new Matrix{K, N, panels, bf16, data, bytes};
-  int64_t adjusted;
-  napi_adjust_external_memory(env, static_cast<int64_t>(bytes), &adjusted);
-  napi_value out;
-  if (!check(env, napi_create_external(env, m, freeMatrix, nullptr, &out), "pack: cannot create the handle")) {
-    freeMatrix(env, m, nullptr);
-    return nullptr;
+  return new Matrix{K, N, panels, bf16, data, bytes};
+}
+
+void release(Matrix* m) {
+  std::free(m->data);
+  delete m;
+}
+
+void rmsNorm(float* x, int64_t M, int64_t n, const float* w, float eps) {
+  for (int64_t r = 0; r < M; r++) {
+    float* row = x + r * n;
+    float sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += row[i] * row[i];
+    const float scale = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
+    for (int64_t i = 0; i < n; i++) row[i] = row[i] * scale * w[i];
   }
-  return out;
 }
 
-// describe(handle): { bytes, bf16 }.
-napi_value Describe(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
-  Matrix* w;
-  if (argc < 1 || !matrix(env, argv[0], &w)) return nullptr;
-  napi_value out, bytes, bf16;
-  napi_create_object(env, &out);
-  napi_create_double(env, static_cast<double>(w->bytes), &bytes);
-  napi_get_boolean(env, w->bf16, &bf16);
-  napi_set_named_property(env, out, "bytes", bytes);
-  napi_set_named_property(env, out, "bf16", bf16);
-  return out;
+bool cpuSupported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx") && __builtin_cpu_supports("fma");
 }
 
-// multiply(handle, x: Float32Array [M, K], M, y: Float32Array [M, N]).
-napi_value Multiply(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
-  Matrix* w;
-  float *x, *y;
-  size_t xl, yl;
-  int64_t M;
-  if (argc < 4 || !matrix(env, argv[0], &w) || !typedArray(env, argv[1], napi_float32_array, &x, &xl) || !integer(env, argv[2], &M) ||
-      !typedArray(env, argv[3], napi_float32_array, &y, &yl))
-    return nullptr;
-  if (M <= 0 || static_cast<size_t>(M * w->rows) > xl || static_cast<size_t>(M * w->cols) > yl) {
-    napi_throw_range_error(env, nullptr, "multiply: x or y is shorter than M times the matrix's sides");
-    return nullptr;
-  }
-  multiply(*w, x, M, y);
-  return nullptr;
-}
-
-// geglu(y: Float32Array [M, 2I], M, I, act: Float32Array [M, I]).
-napi_value Geglu(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
-  float *y, *act;
-  size_t yl, al;
-  int64_t M, I;
-  if (argc < 4 || !typedArray(env, argv[0], napi_float32_array, &y, &yl) || !integer(env, argv[1], &M) || !integer(env, argv[2], &I) ||
-      !typedArray(env, argv[3], napi_float32_array, &act, &al))
-    return nullptr;
-  if (M <= 0 || I <= 0 || static_cast<size_t>(M * 2 * I) > yl || static_cast<size_t>(M * I) > al) {
-    napi_throw_range_error(env, nullptr, "geglu: y or act is shorter than its shape");
-    return nullptr;
-  }
-  geglu(y, M, I, act);
-  return nullptr;
-}
-
-// gather(handle, ids: Int32Array, scale, out: Float32Array [ids, K]).
-napi_value Gather(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
-  Matrix* w;
-  int32_t* ids;
-  float* out;
-  size_t n, ol;
-  double scale;
-  if (argc < 4 || !matrix(env, argv[0], &w) || !typedArray(env, argv[1], napi_int32_array, &ids, &n) ||
-      !check(env, napi_get_value_double(env, argv[2], &scale), "expected a number") || !typedArray(env, argv[3], napi_float32_array, &out, &ol))
-    return nullptr;
-  if (static_cast<size_t>(n * w->rows) > ol) {
-    napi_throw_range_error(env, nullptr, "gather: out is shorter than ids times K");
-    return nullptr;
-  }
-  for (size_t i = 0; i < n; i++) {
-    if (ids[i] < 0 || ids[i] >= w->cols) {
-      napi_throw_range_error(env, nullptr, "gather: id out of range");
-      return nullptr;
-    }
-  }
-  gatherColumns(*w, ids, static_cast<int64_t>(n), static_cast<float>(scale), out);
-  return nullptr;
-}
-
-napi_value Init(napi_env env, napi_value exports) {
-  const napi_property_descriptor props[] = {
-      {"supported", nullptr, Supported, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"setThreads", nullptr, SetThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"pack", nullptr, Pack, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"describe", nullptr, Describe, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"multiply", nullptr, Multiply, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"geglu", nullptr, Geglu, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"gather", nullptr, Gather, nullptr, nullptr, nullptr, napi_default, nullptr},
-  };
-  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
-  return exports;
-}
-
-}  // namespace
-
-NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)
+}  // namespace gemma

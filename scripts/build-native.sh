@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the CPU matmul kernels (native/matmul.cc) into build/gemma_matmul.node.
+# Builds the CPU matmul kernels (native/*.cc) into build/gemma_cpu.node.
 # Needs g++ and Node's headers (they ship with Node: <prefix>/include/node).
 # Without them the engine keeps tfjs's own matmuls, and says so at start.
 set -u
@@ -10,9 +10,9 @@ if ! command -v g++ >/dev/null || [ ! -f "$headers/node_api.h" ]; then
   exit 0
 fi
 mkdir -p build
-if ! g++ -std=c++17 -O3 -fPIC -shared -fopenmp -Wall -DNODE_GYP_MODULE_NAME=gemma_matmul -I"$headers" native/matmul.cc -o build/gemma_matmul.node.tmp; then
+if ! g++ -std=c++17 -O3 -fPIC -shared -fopenmp -Wall -I"$headers" native/*.cc -o build/gemma_cpu.node.tmp; then
   echo "gemma-serve: native kernels failed to build; the engine uses tfjs matmuls" >&2
-  rm -f build/gemma_matmul.node.tmp
+  rm -f build/gemma_cpu.node.tmp
   exit 0
 fi
-mv build/gemma_matmul.node.tmp build/gemma_matmul.node
+mv build/gemma_cpu.node.tmp build/gemma_cpu.node

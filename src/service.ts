@@ -71,7 +71,8 @@ export async function startService(env: Record<string, string | undefined> = pro
       modelDir: config.model.dir,
       modelId: config.model.id,
       backend: config.model.backend,
-      threads: config.model.wasmThreads,
+      kernels: config.model.cpuKernels,
+      threads: config.model.cpuThreads,
       slots: config.cache.slots,
       cacheCapacity: config.cache.capacity,
       topKCap: config.sampling.topKCap,
@@ -85,7 +86,7 @@ export async function startService(env: Record<string, string | undefined> = pro
     throw err;
   }
   log.info(
-    { model: engine.modelId, dir: engine.modelDir, backend: engine.backend.name, reason: engine.backend.reason, loadMs: Math.round(engine.loadMs) },
+    { model: engine.modelId, dir: engine.modelDir, backend: engine.backend.name, reason: engine.backend.reason, linear: engine.linearKernels, loadMs: Math.round(engine.loadMs) },
     'model loaded',
   );
 

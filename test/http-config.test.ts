@@ -13,8 +13,10 @@ t.test('defaults', async (t) => {
   });
   t.equal(c.model.dir, undefined);
   t.equal(c.cache.redisUrl, undefined);
-  t.equal(c.model.wasmThreads, Math.min(2, availableParallelism()), 'two wasm threads where there are two cores');
-  t.equal(loadConfig({ WASM_THREADS: '1' }).model.wasmThreads, 1);
+  t.equal(c.model.cpuThreads, availableParallelism(), 'one thread per core');
+  t.equal(c.model.cpuKernels, 'auto');
+  t.equal(loadConfig({ CPU_THREADS: '1' }).model.cpuThreads, 1);
+  t.equal(loadConfig({ CPU_KERNELS: 'TFJS' }).model.cpuKernels, 'tfjs');
 });
 
 t.test('values, derived model id, empty means unset', async (t) => {
@@ -45,7 +47,8 @@ const bad: [Record<string, string>, string, RegExp][] = [
   [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL', /trace/],
   [{ MODEL_ID: 'has space' }, 'MODEL_ID', /model id/],
   [{ BODY_LIMIT_BYTES: '10' }, 'BODY_LIMIT_BYTES', /1024/],
-  [{ WASM_THREADS: '4' }, 'WASM_THREADS', /1 to 2/],
+  [{ CPU_THREADS: '0' }, 'CPU_THREADS', /1 to 256/],
+  [{ CPU_KERNELS: 'avx' }, 'CPU_KERNELS', /auto, native, tfjs/],
 ];
 
 t.test('bad values throw ConfigError naming the variable', async (t) => {

@@ -18,6 +18,7 @@ import { GemmaModel, type ForwardPass } from './model.js';
 import { WebGPUModel } from './webgpu/fused-model.js';
 import { ColumnSplit } from './column-split.js';
 import { NativeKernels, nativeAddon } from './native-kernels.js';
+import { NativeModel } from './native-model.js';
 import { webgpuMemory } from './webgpu/adapter.js';
 import { disposeWeights, loadWeights, ModelTooLargeError, weightBytesNeeded } from './weights.js';
 
@@ -117,7 +118,7 @@ export class Engine {
     } finally {
       await store.close();
     }
-    const model = fused ? new WebGPUModel(config, weights) : new GemmaModel(config, weights);
+    const model = fused ? new WebGPUModel(config, weights) : weights.native ? new NativeModel(config, weights) : new GemmaModel(config, weights);
     const pool = new KVPool(config, slots, capacity, supportsInPlace(backend.name), model instanceof WebGPUModel ? model.slotWriter() : undefined);
     const engine = new Engine(
       config,

@@ -4,13 +4,14 @@
  * pool, writes the new K/V into the pool, and returns logits for the last
  * position of each row only (the hidden state is sliced before the
  * unembedding), or for every position when asked (the `score` tool).
+ * With the native CPU kernels the same pass runs as NativeModel.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../model/hf-config.js';
 import type { KVPool, WritePlan } from './kv-pool.js';
 import { attendRow, softcap } from './attention.js';
 import { applyRope, ropeTables, rotateHalfMatrix } from './rope.js';
-import { isNative, type Linear, type LayerWeights, type Weights } from './weights.js';
+import { tensorOf, type LayerWeights, type Weights } from './weights.js';
 import type { RemoteColumns } from './column-split.js';
 
 const MASKED = -1e9;
@@ -130,7 +131,7 @@ export class GemmaModel implements ForwardPass {
         const rows = Array.from({ length: B }, (_, b) => b * T + T - 1);
         last = tf.gather(hidden, tf.tensor1d(rows, 'int32'));
       }
-      const logits = this.linear(this.rmsNorm(last, this.weights.finalNorm), this.weights.embedT, this.weights.embedRemote);
+      const logits = this.linear(this.rmsNorm(last, this.weights.finalNorm), tensorOf(this.weights.embedT), this.weights.embedRemote);
       return (c.finalLogitSoftcap ? softcap(logits, c.finalLogitSoftcap) : logits) as tf.Tensor2D;
     });
     hidden.dispose();
@@ -176,13 +177,12 @@ export class GemmaModel implements ForwardPass {
     });
   }
 
-  /** Embedding rows of `ids` times sqrt(hidden): a gather, a copy of the rows in JS (split weights), or the native kernels' lookup. */
+  /** Embedding rows of `ids` times sqrt(hidden): a gather, or (split weights) a copy of the rows in JS. */
   private embed(ids: number[]): tf.Tensor2D {
-    const { embedT, embedRows: rows, native } = this.weights;
+    const rows = this.weights.embedRows;
+    if (!rows) return tf.mul(tf.transpose(tf.gather(tensorOf(this.weights.embedT), tf.tensor1d(ids, 'int32'), 1)), this.sqrtHidden) as tf.Tensor2D;
     const H = this.config.hiddenSize;
     const scale = Math.fround(Math.sqrt(H));
-    if (native && isNative(embedT)) return native.columns(embedT, ids, scale);
-    if (!rows) return tf.mul(tf.transpose(tf.gather(embedT as tf.Tensor2D, tf.tensor1d(ids, 'int32'), 1)), this.sqrtHidden) as tf.Tensor2D;
     const x = new Float32Array(ids.length * H);
     ids.forEach((id, n) => {
       for (let i = 0; i < H; i++) x[n * H + i] = rows[id * H + i] * scale;
@@ -190,36 +190,24 @@ export class GemmaModel implements ForwardPass {
     return tf.tensor2d(x, [ids.length, H]);
   }
 
-  /** x @ W: by the native kernels, or by tfjs (with W's remote columns on the worker thread at the same time when the weights are split). */
-  private linear(x: tf.Tensor2D, w: Linear, remote?: RemoteColumns): tf.Tensor2D {
-    const { split, native } = this.weights;
-    if (isNative(w)) {
-      if (!native) throw new Error('a native weight without the native kernels');
-      return native.matMul(x, w);
-    }
+  /** x @ W, with W's remote columns multiplied on the worker thread at the same time when the weights are split. */
+  private linear(x: tf.Tensor2D, w: tf.Tensor2D, remote?: RemoteColumns): tf.Tensor2D {
+    const split = this.weights.split;
     return split && remote ? split.matMul(x, w, remote) : tf.matMul(x, w);
   }
 
-  /** The MLP's activation gelu_tanh(x Wg) * (x Wu), from the fused gate/up weight. */
-  private geglu(x: tf.Tensor2D, w: LayerWeights): tf.Tensor2D {
-    const { split, native } = this.weights;
-    if (native && isNative(w.gateUp)) return native.matMulGeglu(x, w.gateUp);
+  /** The gate and up projections; a split at the middle column already gives them apart. */
+  private gateUp(x: tf.Tensor2D, w: LayerWeights): { gate: tf.Tensor2D; up: tf.Tensor2D } {
     const I = this.config.intermediateSize;
-    let gate: tf.Tensor2D;
-    let up: tf.Tensor2D;
-    if (split && w.remote && !isNative(w.gateUp) && w.gateUp.shape[1] === I) {
-      // A split at the middle column already gives gate and up apart.
-      [gate, up] = split.matMulParts(x, w.gateUp, w.remote.gateUp);
-    } else {
-      const gu = this.linear(x, w.gateUp, w.remote?.gateUp);
-      const n = x.shape[0];
-      gate = tf.slice(gu, [0, 0], [n, I]);
-      up = tf.slice(gu, [0, I], [n, I]);
+    const split = this.weights.split;
+    const gateUp = tensorOf(w.gateUp);
+    if (split && w.remote && gateUp.shape[1] === I) {
+      const [gate, up] = split.matMulParts(x, gateUp, w.remote.gateUp);
+      return { gate, up };
     }
-    // gelu(tanh) written as x * sigmoid(2u): identical, fewer kernels.
-    const a = 2 * Math.sqrt(2 / Math.PI);
-    const inner = tf.mul(gate, tf.add(tf.mul(tf.square(gate), a * 0.044715), a));
-    return tf.mul(tf.mul(gate, tf.sigmoid(inner)), up);
+    const gu = this.linear(x, gateUp, w.remote?.gateUp);
+    const n = x.shape[0];
+    return { gate: tf.slice(gu, [0, 0], [n, I]), up: tf.slice(gu, [0, I], [n, I]) };
   }
 
   /** RMSNorm; without `w` its weight has been folded into the next projection. */
@@ -246,7 +234,7 @@ export class GemmaModel implements ForwardPass {
     const g = nq / nkv;
 
     // Attention: one fused q/k/v matmul; q and k are normed and rotated together.
-    const qkv = tf.reshape(this.linear(this.rmsNorm(x, w.inputNorm), w.qkv, w.remote?.qkv), [B * T, nq + 2 * nkv, hd]);
+    const qkv = tf.reshape(this.linear(this.rmsNorm(x), tensorOf(w.qkv), w.remote?.qkv), [B * T, nq + 2 * nkv, hd]);
     let qk = tf.slice(qkv, [0, 0, 0], [B * T, nq + nkv, hd]);
     const v = tf.slice(qkv, [0, nq + nkv, 0], [B * T, nkv, hd]);
     if (w.qkNorm) {
@@ -285,11 +273,14 @@ export class GemmaModel implements ForwardPass {
     if (pool && slots && !writeFirst) pool.write(l, k, vh, ctx.write as WritePlan);
     const out = B === 1 ? outs[0] : tf.concat(outs, 0);
     const attn = T === 1 ? tf.reshape(out, [B, nq * hd]) : tf.reshape(tf.transpose(tf.reshape(out, [B, nq, T, hd]), [0, 2, 1, 3]), [B * T, nq * hd]);
-    const h = tf.add(x, this.rmsNorm(this.linear(attn as tf.Tensor2D, w.o, w.remote?.o), w.postAttnNorm)) as tf.Tensor2D;
+    const h = tf.add(x, this.rmsNorm(this.linear(attn as tf.Tensor2D, tensorOf(w.o), w.remote?.o), w.postAttnNorm)) as tf.Tensor2D;
 
-    // MLP: one fused gate/up matmul.
-    const act = this.geglu(this.rmsNorm(h, w.preFfwNorm), w);
-    return tf.add(h, this.rmsNorm(this.linear(act as tf.Tensor2D, w.down, w.remote?.down), w.postFfwNorm)) as tf.Tensor2D;
+    // MLP: one fused gate/up matmul; gelu(tanh) written as x * sigmoid(2u) (identical, fewer kernels).
+    const { gate, up } = this.gateUp(this.rmsNorm(h), w);
+    const a = 2 * Math.sqrt(2 / Math.PI);
+    const inner = tf.mul(gate, tf.add(tf.mul(tf.square(gate), a * 0.044715), a));
+    const act = tf.mul(tf.mul(gate, tf.sigmoid(inner)), up);
+    return tf.add(h, this.rmsNorm(this.linear(act as tf.Tensor2D, tensorOf(w.down), w.remote?.down), w.postFfwNorm)) as tf.Tensor2D;
   }
 
   /** The first `n` entries of a slot's cache (all of them once its ring has wrapped). */

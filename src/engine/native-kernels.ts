@@ -1,17 +1,16 @@
 /**
- * The CPU matmul kernels of `native/matmul.cc` (AVX + FMA on OpenMP threads),
- * for the linear layers and the unembedding on the wasm and cpu backends.
+ * The CPU kernels of `native/` (AVX + FMA on OpenMP threads): packed
+ * matmuls, and a whole decoder layer per call (see native/layer.cc).
  * tfjs's wasm matmuls run 4-wide SIMD on one thread; these run 8-wide with
  * fused multiply-add on every core, and hold a weight whose values are all
  * bfloat16 (a bf16 checkpoint) in 16 bits, so a decode step streams half the
  * bytes for the same float32 arithmetic. `scripts/build-native.sh` builds
- * them at `npm ci`; without them the engine keeps tfjs's matmuls.
+ * them at `npm ci`; without them the engine keeps the tfjs graph.
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import * as tf from '@tensorflow/tfjs-core';
 
 /** The addon's functions (see native/matmul.cc). */
 interface Addon {
@@ -20,8 +19,46 @@ interface Addon {
   pack(w: Float32Array, K: number, N: number, transposed: boolean, allowBf16: boolean): object;
   describe(handle: object): { bytes: number; bf16: boolean };
   multiply(handle: object, x: Float32Array, M: number, y: Float32Array): void;
-  geglu(y: Float32Array, M: number, I: number, act: Float32Array): void;
   gather(handle: object, ids: Int32Array, scale: number, out: Float32Array): void;
+  layer(
+    shape: Float64Array,
+    matrices: object[],
+    norms: Array<Float32Array | null>,
+    x: Float32Array,
+    B: number,
+    T: number,
+    cos: Float32Array,
+    sin: Float32Array,
+    caches: Array<RowCache | null>,
+  ): void;
+  logits(x: Float32Array, M: number, norm: Float32Array, eps: number, embed: object, softcap: number, out: Float32Array): void;
+}
+
+/** One row's KV slot for a layer: K, V^T (views of the slot tensors), the entries' positions, the entry count, and the cached length. */
+export type RowCache = [k: Float32Array, vT: Float32Array, positions: Int32Array, entries: number, start: number];
+
+/** A decoder layer's shapes as the addon takes them. */
+export interface LayerShape {
+  hidden: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  intermediate: number;
+  eps: number;
+  /** 0: none. */
+  attnSoftcap: number;
+  /** Keys a query sees: positions > q - window. */
+  window: number;
+}
+
+/** A decoder layer's weights as the addon takes them. */
+export interface NativeLayer {
+  qkv: NativeMatrix;
+  o: NativeMatrix;
+  gateUp: NativeMatrix;
+  down: NativeMatrix;
+  /** Input, post-attention, pre-feedforward, post-feedforward norms ((1 + w) each), and the q/k norm rows or null. */
+  norms: [Float32Array, Float32Array, Float32Array, Float32Array, Float32Array | null];
 }
 
 /** A weight W [K, N] packed for the kernels. */
@@ -34,12 +71,12 @@ export interface NativeMatrix {
   readonly bytes: number;
 }
 
-/** Finds build/gemma_matmul.node above this file (the sources and dist/ alike). */
+/** Finds build/gemma_cpu.node above this file (the sources and dist/ alike). */
 function addonPath(): string | undefined {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (;;) {
     if (existsSync(join(dir, 'package.json'))) {
-      const file = join(dir, 'build', 'gemma_matmul.node');
+      const file = join(dir, 'build', 'gemma_cpu.node');
       return existsSync(file) ? file : undefined;
     }
     const up = dirname(dir);
@@ -54,12 +91,12 @@ let loaded: { addon?: Addon; reason: string } | undefined;
 export function nativeAddon(): { addon?: Addon; reason: string } {
   if (loaded) return loaded;
   const file = addonPath();
-  if (!file) return (loaded = { reason: 'build/gemma_matmul.node is not built (scripts/build-native.sh needs g++)' });
+  if (!file) return (loaded = { reason: 'build/gemma_cpu.node is not built (scripts/build-native.sh needs g++)' });
   try {
     const addon = createRequire(import.meta.url)(file) as Addon;
     loaded = addon.supported() ? { addon, reason: 'AVX and FMA kernels' } : { reason: 'this CPU lacks AVX or FMA' };
   } catch (err) {
-    loaded = { reason: `build/gemma_matmul.node failed to load: ${(err as Error).message}` };
+    loaded = { reason: `build/gemma_cpu.node failed to load: ${(err as Error).message}` };
   }
   return loaded;
 }
@@ -81,34 +118,30 @@ export class NativeKernels {
     return { handle, K, N, ...this.addon.describe(handle) };
   }
 
-  /** x [M, K] @ W: [M, N]. */
-  matMul(x: tf.Tensor2D, w: NativeMatrix): tf.Tensor2D {
-    const M = x.shape[0];
+  /** x [M, K] @ W, [M, N]. */
+  multiply(w: NativeMatrix, x: Float32Array, M: number): Float32Array {
     const y = new Float32Array(M * w.N);
-    this.addon.multiply(w.handle, this.input(x, w), M, y);
-    return tf.tensor2d(y, [M, w.N]);
-  }
-
-  /** Gemma's MLP activation on a fused [gate | up] weight: gelu_tanh(x @ Wg) * (x @ Wu), [M, N / 2]. */
-  matMulGeglu(x: tf.Tensor2D, w: NativeMatrix): tf.Tensor2D {
-    const M = x.shape[0];
-    const I = w.N / 2;
-    const y = new Float32Array(M * w.N);
-    this.addon.multiply(w.handle, this.input(x, w), M, y);
-    const act = new Float32Array(M * I);
-    this.addon.geglu(y, M, I, act);
-    return tf.tensor2d(act, [M, I]);
+    this.addon.multiply(w.handle, x, M, y);
+    return y;
   }
 
   /** Columns `ids` of W as rows [ids, K], times `scale` (the lookup in a tied embedding held as [hidden, vocab]). */
-  columns(w: NativeMatrix, ids: number[], scale: number): tf.Tensor2D {
+  columns(w: NativeMatrix, ids: number[], scale: number): Float32Array {
     const out = new Float32Array(ids.length * w.K);
     this.addon.gather(w.handle, Int32Array.from(ids), scale, out);
-    return tf.tensor2d(out, [ids.length, w.K]);
+    return out;
   }
 
-  private input(x: tf.Tensor2D, w: NativeMatrix): Float32Array {
-    if (x.shape[1] !== w.K) throw new Error(`matMul: x has ${x.shape[1]} columns, the weight ${w.K} rows`);
-    return x.dataSync() as Float32Array;
+  /** Runs one decoder layer on x ([B * T, hidden], in place), attending over and writing to `caches` (one per row). */
+  layer(s: LayerShape, w: NativeLayer, x: Float32Array, B: number, T: number, cos: Float32Array, sin: Float32Array, caches: Array<RowCache | null>): void {
+    const shape = Float64Array.of(s.hidden, s.heads, s.kvHeads, s.headDim, s.intermediate, s.eps, s.attnSoftcap, s.window);
+    this.addon.layer(shape, [w.qkv.handle, w.o.handle, w.gateUp.handle, w.down.handle], w.norms, x, B, T, cos, sin, caches);
+  }
+
+  /** Final norm, unembedding and soft-cap of x's M rows (normalized in place): logits [M, vocab]. */
+  logits(x: Float32Array, M: number, norm: Float32Array, eps: number, embed: NativeMatrix, softcap: number): Float32Array {
+    const out = new Float32Array(M * embed.N);
+    this.addon.logits(x, M, norm, eps, embed.handle, softcap, out);
+    return out;
   }
 }

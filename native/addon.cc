@@ -1,0 +1,310 @@
+// Node-API glue for the CPU kernels: argument checks and conversions only.
+#include <node_api.h>
+
+#include <cmath>
+#include <omp.h>
+#include <vector>
+
+#include "kernels.h"
+
+namespace {
+
+using gemma::Matrix;
+
+bool check(napi_env env, napi_status s, const char* what) {
+  if (s == napi_ok) return true;
+  napi_throw_error(env, nullptr, what);
+  return false;
+}
+
+template <typename T>
+bool typedArray(napi_env env, napi_value v, napi_typedarray_type want, T** data, size_t* length) {
+  napi_typedarray_type type;
+  void* ptr;
+  napi_value buffer;
+  size_t offset;
+  if (napi_get_typedarray_info(env, v, &type, length, &ptr, &buffer, &offset) != napi_ok || type != want) {
+    napi_throw_type_error(env, nullptr, want == napi_float32_array ? "expected a Float32Array" : "expected an Int32Array");
+    return false;
+  }
+  *data = static_cast<T*>(ptr);
+  return true;
+}
+
+bool integer(napi_env env, napi_value v, int64_t* out) {
+  return check(env, napi_get_value_int64(env, v, out), "expected an integer");
+}
+
+bool boolean(napi_env env, napi_value v, bool* out) {
+  return check(env, napi_get_value_bool(env, v, out), "expected a boolean");
+}
+
+bool matrix(napi_env env, napi_value v, Matrix** out) {
+  void* handle;
+  if (!check(env, napi_get_value_external(env, v, &handle), "expected a packed matrix")) return false;
+  *out = static_cast<Matrix*>(handle);
+  return true;
+}
+
+void freeMatrix(napi_env env, void* data, void*) {
+  Matrix* m = static_cast<Matrix*>(data);
+  int64_t adjusted;
+  napi_adjust_external_memory(env, -static_cast<int64_t>(m->bytes), &adjusted);
+  gemma::release(m);
+}
+
+// supported(): whether this CPU runs the kernels (AVX and FMA).
+napi_value Supported(napi_env env, napi_callback_info) {
+  napi_value out;
+  napi_get_boolean(env, gemma::cpuSupported(), &out);
+  return out;
+}
+
+// setThreads(n): the number of threads every later call uses.
+napi_value SetThreads(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  int64_t n;
+  if (argc < 1 || !integer(env, argv[0], &n)) return nullptr;
+  omp_set_num_threads(n < 1 ? 1 : static_cast<int>(n));
+  return nullptr;
+}
+
+// pack(w: Float32Array, K, N, transposed, allowBf16): W [K, N] in panels, as
+// an opaque handle. `transposed`: w holds W^T ([N, K], PyTorch's [out, in]).
+napi_value Pack(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  float* w;
+  size_t length;
+  int64_t K, N;
+  bool transposed, allowBf16;
+  if (argc < 5 || !typedArray(env, argv[0], napi_float32_array, &w, &length) || !integer(env, argv[1], &K) || !integer(env, argv[2], &N) ||
+      !boolean(env, argv[3], &transposed) || !boolean(env, argv[4], &allowBf16))
+    return nullptr;
+  if (K <= 0 || N <= 0 || static_cast<size_t>(K * N) != length) {
+    napi_throw_range_error(env, nullptr, "pack: K * N must equal the array's length");
+    return nullptr;
+  }
+  Matrix* m = gemma::pack(w, K, N, transposed, allowBf16);
+  if (!m) {
+    napi_throw_error(env, nullptr, "pack: out of memory");
+    return nullptr;
+  }
+  const size_t bytes = m->bytes;
+  int64_t adjusted;
+  napi_adjust_external_memory(env, static_cast<int64_t>(bytes), &adjusted);
+  napi_value out;
+  if (!check(env, napi_create_external(env, m, freeMatrix, nullptr, &out), "pack: cannot create the handle")) {
+    freeMatrix(env, m, nullptr);
+    return nullptr;
+  }
+  return out;
+}
+
+// describe(handle): { bytes, bf16 }.
+napi_value Describe(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  Matrix* w;
+  if (argc < 1 || !matrix(env, argv[0], &w)) return nullptr;
+  napi_value out, bytes, bf16;
+  napi_create_object(env, &out);
+  napi_create_double(env, static_cast<double>(w->bytes), &bytes);
+  napi_get_boolean(env, w->bf16, &bf16);
+  napi_set_named_property(env, out, "bytes", bytes);
+  napi_set_named_property(env, out, "bf16", bf16);
+  return out;
+}
+
+// multiply(handle, x: Float32Array [M, K], M, y: Float32Array [M, N]).
+napi_value Multiply(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  Matrix* w;
+  float *x, *y;
+  size_t xl, yl;
+  int64_t M;
+  if (argc < 4 || !matrix(env, argv[0], &w) || !typedArray(env, argv[1], napi_float32_array, &x, &xl) || !integer(env, argv[2], &M) ||
+      !typedArray(env, argv[3], napi_float32_array, &y, &yl))
+    return nullptr;
+  if (M <= 0 || static_cast<size_t>(M * w->rows) > xl || static_cast<size_t>(M * w->cols) > yl) {
+    napi_throw_range_error(env, nullptr, "multiply: x or y is shorter than M times the matrix's sides");
+    return nullptr;
+  }
+  gemma::multiply(*w, x, M, y);
+  return nullptr;
+}
+
+// gather(handle, ids: Int32Array, scale, out: Float32Array [ids, K]).
+napi_value Gather(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  Matrix* w;
+  int32_t* ids;
+  float* out;
+  size_t n, ol;
+  double scale;
+  if (argc < 4 || !matrix(env, argv[0], &w) || !typedArray(env, argv[1], napi_int32_array, &ids, &n) ||
+      !check(env, napi_get_value_double(env, argv[2], &scale), "expected a number") || !typedArray(env, argv[3], napi_float32_array, &out, &ol))
+    return nullptr;
+  if (static_cast<size_t>(n * w->rows) > ol) {
+    napi_throw_range_error(env, nullptr, "gather: out is shorter than ids times K");
+    return nullptr;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (ids[i] < 0 || ids[i] >= w->cols) {
+      napi_throw_range_error(env, nullptr, "gather: id out of range");
+      return nullptr;
+    }
+  }
+  gemma::gatherColumns(*w, ids, static_cast<int64_t>(n), static_cast<float>(scale), out);
+  return nullptr;
+}
+
+napi_value element(napi_env env, napi_value array, uint32_t i) {
+  napi_value v = nullptr;
+  napi_get_element(env, array, i, &v);
+  return v;
+}
+
+bool isNull(napi_env env, napi_value v) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  return t == napi_null || t == napi_undefined;
+}
+
+// layer(shape: Float64Array [hidden, heads, kvHeads, headDim, intermediate, eps, attnSoftcap, window],
+//       matrices: [qkv, o, gateUp, down], norms: [input, postAttn, preFfw, postFfw, qkNorm | null],
+//       x: Float32Array [B*T, hidden] (updated in place), B, T, cos, sin: Float32Array [B*T, headDim],
+//       caches: B x (null | [k, vT: Float32Array, positions: Int32Array, entries, start]))
+napi_value Layer(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value argv[9];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (argc < 9) {
+    napi_throw_type_error(env, nullptr, "layer: 9 arguments");
+    return nullptr;
+  }
+  napi_typedarray_type type;
+  size_t n;
+  void* data;
+  napi_value buffer;
+  size_t offset;
+  if (napi_get_typedarray_info(env, argv[0], &type, &n, &data, &buffer, &offset) != napi_ok || type != napi_float64_array || n < 8) {
+    napi_throw_type_error(env, nullptr, "layer: shape must be a Float64Array of 8");
+    return nullptr;
+  }
+  const double* d = static_cast<const double*>(data);
+  gemma::LayerShape s{static_cast<int64_t>(d[0]), static_cast<int64_t>(d[1]), static_cast<int64_t>(d[2]), static_cast<int64_t>(d[3]),
+                      static_cast<int64_t>(d[4]), static_cast<float>(d[5]), static_cast<float>(d[6]), static_cast<int64_t>(d[7])};
+  if (s.headDim > 1024 || s.headDim % 2 || s.kvHeads <= 0 || s.heads % s.kvHeads) {
+    napi_throw_range_error(env, nullptr, "layer: unsupported head shape");
+    return nullptr;
+  }
+  Matrix* m[4];
+  for (uint32_t i = 0; i < 4; i++)
+    if (!matrix(env, element(env, argv[1], i), &m[i])) return nullptr;
+  float* norms[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+  size_t len;
+  for (uint32_t i = 0; i < 5; i++) {
+    napi_value v = element(env, argv[2], i);
+    if (i == 4 && isNull(env, v)) break;
+    if (!typedArray(env, v, napi_float32_array, &norms[i], &len)) return nullptr;
+    if (len < static_cast<size_t>(i == 4 ? (s.heads + s.kvHeads) * s.headDim : s.hidden)) {
+      napi_throw_range_error(env, nullptr, "layer: a norm weight is too short");
+      return nullptr;
+    }
+  }
+  float *x, *cos, *sin;
+  size_t xl, cl, sl;
+  int64_t B, T;
+  if (!typedArray(env, argv[3], napi_float32_array, &x, &xl) || !integer(env, argv[4], &B) || !integer(env, argv[5], &T) ||
+      !typedArray(env, argv[6], napi_float32_array, &cos, &cl) || !typedArray(env, argv[7], napi_float32_array, &sin, &sl))
+    return nullptr;
+  const size_t M = static_cast<size_t>(B * T);
+  if (B <= 0 || T <= 0 || xl < M * s.hidden || cl < M * s.headDim || sl < M * s.headDim) {
+    napi_throw_range_error(env, nullptr, "layer: x, cos or sin is shorter than B * T rows");
+    return nullptr;
+  }
+  std::vector<gemma::RowCache> caches(static_cast<size_t>(B), gemma::RowCache{nullptr, nullptr, nullptr, 0, 0});
+  for (uint32_t b = 0; b < B; b++) {
+    napi_value c = element(env, argv[8], b);
+    if (!c || isNull(env, c)) continue;
+    gemma::RowCache& r = caches[b];
+    size_t kl, vl, pl;
+    int32_t* positions;
+    if (!typedArray(env, element(env, c, 0), napi_float32_array, &r.k, &kl) || !typedArray(env, element(env, c, 1), napi_float32_array, &r.vT, &vl) ||
+        !typedArray(env, element(env, c, 2), napi_int32_array, &positions, &pl) || !integer(env, element(env, c, 3), &r.entries) ||
+        !integer(env, element(env, c, 4), &r.start))
+      return nullptr;
+    r.positions = positions;
+    const size_t need = static_cast<size_t>(s.kvHeads * r.entries * s.headDim);
+    if (r.entries <= 0 || kl < need || vl < need || pl < static_cast<size_t>(r.entries) || r.start < 0) {
+      napi_throw_range_error(env, nullptr, "layer: a cache is shorter than its entries");
+      return nullptr;
+    }
+  }
+  const gemma::LayerWeights w{m[0], m[1], m[2], m[3], norms[0], norms[1], norms[2], norms[3], norms[4]};
+  const int64_t width = (s.heads + 2 * s.kvHeads) * s.headDim;
+  if (m[0]->rows != s.hidden || m[0]->cols != width || m[1]->rows != s.heads * s.headDim || m[1]->cols != s.hidden ||
+      m[2]->rows != s.hidden || m[2]->cols != 2 * s.intermediate || m[3]->rows != s.intermediate || m[3]->cols != s.hidden) {
+    napi_throw_range_error(env, nullptr, "layer: a weight's shape does not match the layer");
+    return nullptr;
+  }
+  gemma::decoderLayer(s, w, x, B, T, cos, sin, caches.data());
+  return nullptr;
+}
+
+// logits(x: Float32Array [M, hidden], M, norm: Float32Array [hidden], eps, embed, softcap (0: none), out: Float32Array [M, vocab]).
+// x is normalized in place.
+napi_value Logits(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  float *x, *norm, *out;
+  size_t xl, nl, ol;
+  int64_t M;
+  double eps, cap;
+  Matrix* w;
+  if (argc < 7 || !typedArray(env, argv[0], napi_float32_array, &x, &xl) || !integer(env, argv[1], &M) ||
+      !typedArray(env, argv[2], napi_float32_array, &norm, &nl) || !check(env, napi_get_value_double(env, argv[3], &eps), "expected a number") ||
+      !matrix(env, argv[4], &w) || !check(env, napi_get_value_double(env, argv[5], &cap), "expected a number") ||
+      !typedArray(env, argv[6], napi_float32_array, &out, &ol))
+    return nullptr;
+  if (M <= 0 || xl < static_cast<size_t>(M * w->rows) || nl < static_cast<size_t>(w->rows) || ol < static_cast<size_t>(M * w->cols)) {
+    napi_throw_range_error(env, nullptr, "logits: an array is shorter than its shape");
+    return nullptr;
+  }
+  gemma::rmsNorm(x, M, w->rows, norm, static_cast<float>(eps));
+  gemma::multiply(*w, x, M, out);
+  if (cap > 0) {
+    const float c = static_cast<float>(cap);
+    for (size_t i = 0; i < static_cast<size_t>(M * w->cols); i++) out[i] = std::tanh(out[i] / c) * c;
+  }
+  return nullptr;
+}
+
+napi_value Init(napi_env env, napi_value exports) {
+  const napi_property_descriptor props[] = {
+      {"supported", nullptr, Supported, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"setThreads", nullptr, SetThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"pack", nullptr, Pack, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"describe", nullptr, Describe, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"multiply", nullptr, Multiply, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"gather", nullptr, Gather, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"layer", nullptr, Layer, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"logits", nullptr, Logits, nullptr, nullptr, nullptr, napi_default, nullptr},
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  return exports;
+}
+
+}  // namespace
+
+NAPI_MODULE(gemma_cpu, Init)

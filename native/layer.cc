@@ -1,0 +1,173 @@
+// One Gemma decoder layer on the CPU, the same arithmetic as the tfjs graph
+// (src/engine/model.ts): norms, the fused q/k/v projection, q/k norm and
+// rope, attention over the rows' cached keys plus their own, the cache
+// write, the output projection, and the GeGLU MLP. A whole layer is one call,
+// so a decode step costs a few dozen crossings instead of ~900 tfjs kernels.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels.h"
+
+namespace gemma {
+namespace {
+
+#define KERNEL __attribute__((target("avx,fma")))
+
+KERNEL float dot(const float* a, const float* b, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_add_ps(acc0, acc1));
+  float sum = lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+  for (; i < n; i++) sum += a[i] * b[i];
+  return sum;
+}
+
+// out[0, n) += p * v[0, n)
+KERNEL void axpy(float p, const float* v, float* out, int64_t n) {
+  const __m256 s = _mm256_set1_ps(p);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_fmadd_ps(s, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
+  for (; i < n; i++) out[i] += p * v[i];
+}
+
+// rotate_half rope in place: x * cos + [-x2, x1] * sin.
+void rope(float* x, const float* cos, const float* sin, int64_t hd) {
+  const int64_t half = hd / 2;
+  for (int64_t i = 0; i < half; i++) {
+    const float a = x[i], b = x[half + i];
+    x[i] = a * cos[i] - b * sin[i];
+    x[half + i] = b * cos[half + i] + a * sin[half + i];
+  }
+}
+
+// Attention for every (row, query head, token): the visible cache entries,
+// then the row's own keys up to the token. Scores are already scaled (the
+// scale is folded into q's norm or Wq).
+KERNEL void attend(const LayerShape& s, const float* qkv, int64_t B, int64_t T, const RowCache* cache, float* out) {
+  const int64_t hd = s.headDim, nq = s.heads, nkv = s.kvHeads, g = nq / nkv;
+  const int64_t width = (nq + 2 * nkv) * hd;
+  int64_t maxKeys = T;
+  for (int64_t b = 0; b < B; b++)
+    if (cache[b].k) maxKeys = std::max(maxKeys, std::min(cache[b].entries, cache[b].start) + T);
+#pragma omp parallel
+  {
+    std::vector<float> scores(static_cast<size_t>(maxKeys));
+    std::vector<int32_t> entries(static_cast<size_t>(maxKeys));
+#pragma omp for collapse(3) schedule(dynamic, 4)
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t h = 0; h < nq; h++)
+        for (int64_t t = 0; t < T; t++) {
+          const int64_t kvh = h / g;
+          const RowCache& c = cache[b];
+          const int64_t q = (c.k ? c.start : 0) + t;  // the query's position
+          const float* query = qkv + (b * T + t) * width + h * hd;
+          int64_t n = 0;
+          float best = -INFINITY;
+          const int64_t filled = c.k ? std::min(c.entries, c.start) : 0;
+          for (int64_t e = 0; e < filled; e++) {
+            const int32_t p = c.positions[e];
+            if (p < 0 || p > q || p <= q - s.window) continue;
+            float v = dot(query, c.k + (kvh * c.entries + e) * hd, hd);
+            if (s.attnSoftcap > 0) v = std::tanh(v / s.attnSoftcap) * s.attnSoftcap;
+            scores[n] = v;
+            entries[n++] = static_cast<int32_t>(e);
+            best = std::max(best, v);
+          }
+          const int64_t cached = n;
+          const int64_t own0 = std::max<int64_t>(0, t - s.window + 1);
+          for (int64_t u = own0; u <= t; u++) {
+            float v = dot(query, qkv + (b * T + u) * width + (nq + kvh) * hd, hd);
+            if (s.attnSoftcap > 0) v = std::tanh(v / s.attnSoftcap) * s.attnSoftcap;
+            scores[n++] = v;
+            best = std::max(best, v);
+          }
+          float sum = 0;
+          for (int64_t i = 0; i < n; i++) sum += (scores[i] = std::exp(scores[i] - best));
+          const float inv = 1.0f / sum;
+          float* o = out + (b * T + t) * nq * hd + h * hd;
+          std::fill(o, o + hd, 0.0f);
+          if (cached > 0) {
+            // V^T rows are contiguous over entries: one gathered dot per output dim.
+            for (int64_t d = 0; d < hd; d++) {
+              const float* row = c.vT + (kvh * hd + d) * c.entries;
+              float acc = 0;
+              for (int64_t i = 0; i < cached; i++) acc += scores[i] * row[entries[i]];
+              o[d] = acc;
+            }
+          }
+          for (int64_t u = own0, i = cached; u <= t; u++, i++) axpy(scores[i], qkv + (b * T + u) * width + (nq + nkv + kvh) * hd, o, hd);
+          for (int64_t d = 0; d < hd; d++) o[d] *= inv;
+        }
+  }
+}
+
+// The rows' new keys and values into their slots (the last `entries` tokens of a row).
+void writeCache(const LayerShape& s, const float* qkv, int64_t B, int64_t T, const RowCache* cache) {
+  const int64_t hd = s.headDim, nq = s.heads, nkv = s.kvHeads;
+  const int64_t width = (nq + 2 * nkv) * hd;
+  for (int64_t b = 0; b < B; b++) {
+    const RowCache& c = cache[b];
+    if (!c.k) continue;
+    for (int64_t t = std::max<int64_t>(0, T - c.entries); t < T; t++) {
+      const int64_t e = (c.start + t) % c.entries;
+      const float* row = qkv + (b * T + t) * width;
+      for (int64_t h = 0; h < nkv; h++) {
+        std::memcpy(c.k + (h * c.entries + e) * hd, row + (nq + h) * hd, hd * sizeof(float));
+        const float* v = row + (nq + nkv + h) * hd;
+        for (int64_t d = 0; d < hd; d++) c.vT[(h * hd + d) * c.entries + e] = v[d];
+      }
+    }
+  }
+}
+
+// x += rmsNorm(y) * w, row by row.
+void addNormed(float* x, float* y, int64_t M, int64_t n, const float* w, float eps) {
+  rmsNorm(y, M, n, w, eps);
+  for (int64_t i = 0; i < M * n; i++) x[i] += y[i];
+}
+
+}  // namespace
+
+void decoderLayer(const LayerShape& s, const LayerWeights& w, float* x, int64_t B, int64_t T, const float* cos, const float* sin, const RowCache* cache) {
+  const int64_t M = B * T, H = s.hidden, hd = s.headDim, nq = s.heads, nkv = s.kvHeads, I = s.intermediate;
+  const int64_t width = (nq + 2 * nkv) * hd;
+  std::vector<float> xn(x, x + M * H);
+  rmsNorm(xn.data(), M, H, w.inputNorm, s.eps);
+  std::vector<float> qkv(static_cast<size_t>(M * width));
+  multiply(*w.qkv, xn.data(), M, qkv.data());
+  for (int64_t r = 0; r < M; r++) {
+    for (int64_t h = 0; h < nq + nkv; h++) {
+      float* v = qkv.data() + r * width + h * hd;
+      if (w.qkNorm) rmsNorm(v, 1, hd, w.qkNorm + h * hd, s.eps);
+      rope(v, cos + r * hd, sin + r * hd, hd);
+    }
+  }
+  std::vector<float> attn(static_cast<size_t>(M * nq * hd));
+  attend(s, qkv.data(), B, T, cache, attn.data());
+  writeCache(s, qkv.data(), B, T, cache);
+
+  std::vector<float> y(static_cast<size_t>(M * H));
+  multiply(*w.o, attn.data(), M, y.data());
+  addNormed(x, y.data(), M, H, w.postAttnNorm, s.eps);
+
+  std::memcpy(xn.data(), x, M * H * sizeof(float));
+  rmsNorm(xn.data(), M, H, w.preFfwNorm, s.eps);
+  std::vector<float> gu(static_cast<size_t>(M * 2 * I));
+  multiply(*w.gateUp, xn.data(), M, gu.data());
+  std::vector<float> act(static_cast<size_t>(M * I));
+  geglu(gu.data(), M, I, act.data());
+  multiply(*w.down, act.data(), M, y.data());
+  addNormed(x, y.data(), M, H, w.postFfwNorm, s.eps);
+}
+
+}  // namespace gemma
