@@ -42,6 +42,15 @@ COPY bench bench
 RUN npm run build \
  && npm prune --omit=dev --ignore-scripts --no-audit --no-fund \
  && rm -rf node_modules/@tensorflow/tfjs-node-gpu
+# The native CPU kernels (native/): g++ here, libgomp1 at run time. Where
+# either cannot be installed, the image runs tfjs's matmuls and the start-up
+# log says why ("linear").
+COPY native native
+COPY scripts/build-native.sh scripts/build-native.sh
+RUN mkdir -p build \
+ && { (apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*) \
+      || echo "gemma-serve: g++ could not be installed; the image runs without the native kernels" >&2; } \
+ && bash scripts/build-native.sh
 # The WebGPU packages (optional dependencies) stay only in the WITH_WEBGPU
 # image, with Dawn's build for this platform alone (the package ships five, ~130 MB).
 RUN if [ "$WITH_WEBGPU" = "true" ]; then \
@@ -60,7 +69,12 @@ WORKDIR /app
 COPY --from=build /app/package.json /app/package-lock.json ./
 COPY --from=build /app/node_modules node_modules
 COPY --from=build /app/dist dist
-RUN if [ "$WITH_GPU" = "true" ]; then \
+COPY --from=build /app/build build
+RUN if [ -f build/gemma_cpu.node ]; then \
+      { (apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*) \
+        || echo "gemma-serve: libgomp1 could not be installed; the image runs without the native kernels" >&2; }; \
+    fi \
+ && if [ "$WITH_GPU" = "true" ]; then \
       node /usr/local/lib/node_modules/npm/bin/npm-cli.js install --no-save --omit=dev --no-audit --no-fund @tensorflow/tfjs-node-gpu@4.22.0; \
     fi \
  && if [ "$WITH_WEBGPU" = "true" ]; then \

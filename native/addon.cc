@@ -290,6 +290,37 @@ napi_value Logits(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// reduce(logits: Float32Array [B, V], B, V, K, scales: Float32Array [B],
+//        values: Float32Array [B, K], ids: Int32Array [B, K], lse, scaledLse: Float64Array [B])
+napi_value Reduce(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value argv[9];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  float *logits, *scales, *values;
+  int32_t* ids;
+  double *lse, *scaled;
+  size_t ll, sl, vl, il, el, scl;
+  int64_t B, V, K;
+  if (argc < 9 || !typedArray(env, argv[0], napi_float32_array, &logits, &ll) || !integer(env, argv[1], &B) || !integer(env, argv[2], &V) ||
+      !integer(env, argv[3], &K) || !typedArray(env, argv[4], napi_float32_array, &scales, &sl) ||
+      !typedArray(env, argv[5], napi_float32_array, &values, &vl) || !typedArray(env, argv[6], napi_int32_array, &ids, &il) ||
+      !typedArray(env, argv[7], napi_float64_array, &lse, &el) || !typedArray(env, argv[8], napi_float64_array, &scaled, &scl))
+    return nullptr;
+  if (B <= 0 || V <= 0 || K <= 0 || K > V || ll < static_cast<size_t>(B * V) || sl < static_cast<size_t>(B) || vl < static_cast<size_t>(B * K) ||
+      il < static_cast<size_t>(B * K) || el < static_cast<size_t>(B) || scl < static_cast<size_t>(B)) {
+    napi_throw_range_error(env, nullptr, "reduce: an array is shorter than its shape, or K is not in 1..V");
+    return nullptr;
+  }
+  for (int64_t b = 0; b < B; b++) {
+    if (!(scales[b] > 0)) {
+      napi_throw_range_error(env, nullptr, "reduce: scales must be positive");
+      return nullptr;
+    }
+  }
+  gemma::reduceRows(logits, B, V, K, scales, values, ids, lse, scaled);
+  return nullptr;
+}
+
 napi_value Init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"supported", nullptr, Supported, nullptr, nullptr, nullptr, napi_default, nullptr},
@@ -300,6 +331,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"gather", nullptr, Gather, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"layer", nullptr, Layer, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"logits", nullptr, Logits, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"reduce", nullptr, Reduce, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

@@ -33,6 +33,10 @@ void gatherColumns(const Matrix& w, const int32_t* ids, int64_t n, float scale, 
 void rmsNorm(float* x, int64_t M, int64_t n, const float* w, float eps);
 bool cpuSupported();
 
+// Per row of logits [B, V]: the top K values and ids (largest first, ties to
+// the lower id) and the log-sum-exp of x and of x * scales[b].
+void reduceRows(const float* logits, int64_t B, int64_t V, int64_t K, const float* scales, float* values, int32_t* ids, double* lse, double* scaledLse);
+
 // One decoder layer's shapes (Gemma 2 and 3).
 struct LayerShape {
   int64_t hidden, heads, kvHeads, headDim, intermediate;

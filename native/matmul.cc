@@ -48,13 +48,17 @@ KERNEL inline void loadRow(const uint16_t* panel, int64_t k, __m256& b0, __m256&
 template <int M, int U, typename P>
 KERNEL void kernel(const float* a, int64_t lda, const P* panel, int64_t K, float* c, int64_t ldc, int64_t ncols) {
   __m256 acc[U][M][2];
+#pragma GCC unroll 8
   for (int u = 0; u < U; u++)
+#pragma GCC unroll 8
     for (int r = 0; r < M; r++) acc[u][r][0] = acc[u][r][1] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + U <= K; k += U) {
+#pragma GCC unroll 8
     for (int u = 0; u < U; u++) {
       __m256 b0, b1;
       loadRow(panel, k + u, b0, b1);
+#pragma GCC unroll 8
       for (int r = 0; r < M; r++) {
         const __m256 x = _mm256_broadcast_ss(a + r * lda + k + u);
         acc[u][r][0] = _mm256_fmadd_ps(x, b0, acc[u][r][0]);
@@ -65,17 +69,21 @@ KERNEL void kernel(const float* a, int64_t lda, const P* panel, int64_t K, float
   for (; k < K; k++) {
     __m256 b0, b1;
     loadRow(panel, k, b0, b1);
+#pragma GCC unroll 8
     for (int r = 0; r < M; r++) {
       const __m256 x = _mm256_broadcast_ss(a + r * lda + k);
       acc[0][r][0] = _mm256_fmadd_ps(x, b0, acc[0][r][0]);
       acc[0][r][1] = _mm256_fmadd_ps(x, b1, acc[0][r][1]);
     }
   }
+#pragma GCC unroll 8
   for (int u = 1; u < U; u++)
+#pragma GCC unroll 8
     for (int r = 0; r < M; r++) {
       acc[0][r][0] = _mm256_add_ps(acc[0][r][0], acc[u][r][0]);
       acc[0][r][1] = _mm256_add_ps(acc[0][r][1], acc[u][r][1]);
     }
+#pragma GCC unroll 8
   for (int r = 0; r < M; r++) {
     float* row = c + r * ldc;
     if (ncols == NR) {

@@ -43,7 +43,7 @@ export interface EngineOptions {
   /**
    * On wasm and cpu: the linear layers on the native AVX/FMA kernels, or on
    * tfjs's own matmuls; 'auto' takes the native kernels where they are built
-   * and the CPU runs them. Default 'tfjs'.
+   * and the CPU runs them (the default, as in the service).
    */
   kernels?: KernelChoice;
   /** On wasm and cpu: threads for the linear layers (native kernels: any number; tfjs on wasm: 2 splits each weight by columns with a worker thread); default 1. */
@@ -105,7 +105,7 @@ export class Engine {
     const tokenizer = existsSync(join(dir, 'tokenizer.json')) ? await GemmaTokenizer.fromModelDir(dir) : await GemmaTokenizer.fromDefault();
     const store = await readSafetensors(dir);
     const threads = opts.threads ?? 1;
-    const linear = linearKernels(backend.name, opts.kernels ?? 'tfjs', threads);
+    const linear = linearKernels(backend.name, opts.kernels ?? 'auto', threads);
     const native = linear.native;
     const split = !native && backend.name === 'wasm' && threads >= 2 ? columnSplitFor(config, opts.maxBatch ?? slots, opts.prefillChunk ?? 256) : undefined;
     let weights;

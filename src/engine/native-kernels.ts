@@ -32,6 +32,17 @@ interface Addon {
     caches: Array<RowCache | null>,
   ): void;
   logits(x: Float32Array, M: number, norm: Float32Array, eps: number, embed: object, softcap: number, out: Float32Array): void;
+  reduce(
+    logits: Float32Array,
+    B: number,
+    V: number,
+    K: number,
+    scales: Float32Array,
+    values: Float32Array,
+    ids: Int32Array,
+    lse: Float64Array,
+    scaledLse: Float64Array,
+  ): void;
 }
 
 /** One row's KV slot for a layer: K, V^T (views of the slot tensors), the entries' positions, the entry count, and the cached length. */
@@ -136,6 +147,19 @@ export class NativeKernels {
   layer(s: LayerShape, w: NativeLayer, x: Float32Array, B: number, T: number, cos: Float32Array, sin: Float32Array, caches: Array<RowCache | null>): void {
     const shape = Float64Array.of(s.hidden, s.heads, s.kvHeads, s.headDim, s.intermediate, s.eps, s.attnSoftcap, s.window);
     this.addon.layer(shape, [w.qkv.handle, w.o.handle, w.gateUp.handle, w.down.handle], w.norms, x, B, T, cos, sin, caches);
+  }
+
+  /**
+   * Per row of logits [B, V]: the top K (largest first, ties to the lower
+   * id), the log-sum-exp, and the log-sum-exp of the logits times the row's scale.
+   */
+  reduce(logits: Float32Array, B: number, V: number, K: number, scales: number[]): { values: Float32Array; ids: Int32Array; lse: Float64Array; scaledLse: Float64Array } {
+    const values = new Float32Array(B * K);
+    const ids = new Int32Array(B * K);
+    const lse = new Float64Array(B);
+    const scaledLse = new Float64Array(B);
+    this.addon.reduce(logits, B, V, K, Float32Array.from(scales), values, ids, lse, scaledLse);
+    return { values, ids, lse, scaledLse };
   }
 
   /** Final norm, unembedding and soft-cap of x's M rows (normalized in place): logits [M, vocab]. */

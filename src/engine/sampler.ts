@@ -119,7 +119,7 @@ export class Sampler {
     const logits = this.engine.model.prefill(chunk, { pool: this.engine.pool, slots: [seq.slot], noLogits: !last });
     seq.prefilled = end;
     if (!logits) return { done: false };
-    const [top] = await reduceLogits(logits, [this.rowInput(seq)]);
+    const [top] = await reduceLogits(logits, [this.rowInput(seq)], this.engine.model.weights.native);
     return { done: true, output: this.accept(seq, top) };
   }
 
@@ -134,7 +134,7 @@ export class Sampler {
       seqs.map((s) => [s.pending as number]),
       { pool: this.engine.pool, slots: seqs.map((s) => s.slot) },
     );
-    const tops = await reduceLogits(logits, seqs.map((s) => this.rowInput(s)));
+    const tops = await reduceLogits(logits, seqs.map((s) => this.rowInput(s)), this.engine.model.weights.native);
     return seqs.map((s, b) => this.accept(s, tops[b]));
   }
 

@@ -7,6 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { SamplingParams, TopK } from './types.js';
 import { FUSED_TOP_K_MAX, fusedTopK } from './webgpu/top-k.js';
+import type { NativeKernels } from './native-kernels.js';
 
 /** What the reduction needs to know about one row. */
 export interface RowLogitsInput {
@@ -61,11 +62,13 @@ function applyEdits(logits: tf.Tensor2D, rows: RowLogitsInput[]): tf.Tensor2D {
 
 /**
  * Reduces logits [B, V] to each row's top-K. Disposes `logits`. K is the
- * largest any row needs; every row gets its own `k` candidates back.
+ * largest any row needs; every row gets its own `k` candidates back. With
+ * the native CPU kernels the reduction runs there.
  */
-export async function reduceLogits(logits: tf.Tensor2D, rows: RowLogitsInput[]): Promise<TopK[]> {
+export async function reduceLogits(logits: tf.Tensor2D, rows: RowLogitsInput[], native?: NativeKernels): Promise<TopK[]> {
   const K = Math.max(1, ...rows.map((r) => r.k));
   if (tf.getBackend() === 'webgpu' && K <= FUSED_TOP_K_MAX) return reduceFused(logits, rows, K);
+  if (native && K <= logits.shape[1]) return reduceNative(logits, rows, K, native);
   const scaled = rows.some((r) => r.params.temperature !== 0 && r.params.temperature !== 1);
   const out = tf.tidy(() => {
     const edited = applyEdits(logits, rows);
@@ -96,4 +99,26 @@ async function reduceFused(logits: tf.Tensor2D, rows: RowLogitsInput[], K: numbe
   const scales = rows.map((r) => (r.params.temperature > 0 ? 1 / r.params.temperature : 1));
   const tops = await fusedTopK().reduce(logits, K, scales, list);
   return tops.map((t, b) => ({ ...t, ids: t.ids.slice(0, rows[b].k), logits: t.logits.slice(0, rows[b].k) }));
+}
+
+/** The same reduction on the native CPU kernels: the edits in JS (a handful of entries), the rest in one call. */
+function reduceNative(logits: tf.Tensor2D, rows: RowLogitsInput[], K: number, native: NativeKernels): TopK[] {
+  const [B, V] = logits.shape;
+  // Edited in place: the tensor is gone once its values are read.
+  const x = logits.dataSync() as Float32Array;
+  logits.dispose();
+  const e = edits(rows);
+  e.rep.forEach((rep, i) => {
+    const at = e.idx[2 * i] * V + e.idx[2 * i + 1];
+    const old = x[at];
+    x[at] = (old > 0 ? old / rep : old * rep) - e.sub[i] + e.add[i];
+  });
+  const scales = rows.map((r) => (r.params.temperature > 0 ? 1 / r.params.temperature : 1));
+  const out = native.reduce(x, B, V, K, scales);
+  return rows.map((r, b) => ({
+    ids: out.ids.slice(b * K, b * K + r.k),
+    logits: out.values.slice(b * K, b * K + r.k),
+    logsumexp: out.lse[b],
+    scaledLogsumexp: out.scaledLse[b],
+  }));
 }

@@ -1,0 +1,98 @@
+// The native CPU kernels against float64 references: packed matmuls (float32 and bf16 storage, every row tiling),
+// the embedding lookup, the decode step's reduction, and their argument checks.
+import t from 'tap';
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend } from '../src/engine/backend.js';
+import { NativeKernels, nativeAddon } from '../src/engine/native-kernels.js';
+import { createRng } from '../src/engine/rng.js';
+import { reduceLogits } from '../src/engine/top-k.js';
+import { expectedTopK, testRows } from './helpers/top-k-reference.js';
+
+const { addon, reason } = nativeAddon();
+if (!addon) throw new Error(`the native kernels are not available: ${reason}`);
+const kernels = new NativeKernels(addon, 2);
+const rng = createRng(5);
+const random = (n: number) => new Float32Array(n).map(() => rng.next() - 0.5);
+/** Values that bfloat16 holds exactly (as a bf16 checkpoint's). */
+const bf16Exact = (a: Float32Array) => {
+  const bits = new Uint32Array(a.buffer);
+  for (let i = 0; i < bits.length; i++) bits[i] &= 0xffff0000;
+  return a;
+};
+
+/** y = x W in float64, W given as [K, N] (or [N, K] when transposed). */
+function reference(w: Float32Array, K: number, N: number, transposed: boolean, x: Float32Array, M: number): Float64Array {
+  const y = new Float64Array(M * N);
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += x[m * K + k] * (transposed ? w[n * K + k] : w[k * N + n]);
+      y[m * N + n] = s;
+    }
+  return y;
+}
+
+t.test('matmul equals a float64 product for every storage, layout and row count', async (t) => {
+  // N = 37 ends in a partial panel; M covers the one-row kernel, 2 to 6 rows, uneven splits (7, 13) and row blocks past 48.
+  for (const [K, N] of [[40, 37], [64, 48]]) {
+    for (const storage of ['f32', 'bf16', 'bf16 refused'] as const) {
+      for (const transposed of [false, true]) {
+        const w = storage === 'f32' ? random(K * N) : bf16Exact(random(K * N));
+        const packed = kernels.pack(w, K, N, transposed, storage !== 'bf16 refused');
+        t.equal(packed.bf16, storage === 'bf16', `${storage}: held in ${storage === 'bf16' ? 16 : 32} bits`);
+        t.equal(packed.bytes, Math.ceil(N / 16) * 16 * K * (packed.bf16 ? 2 : 4), `${storage}: bytes in panels of 16 columns`);
+        for (const M of [1, 2, 5, 7, 8, 13, 100]) {
+          const x = random(M * K);
+          const y = kernels.multiply(packed, x, M);
+          const want = reference(w, K, N, transposed, x, M);
+          const worst = want.reduce((m, v, i) => Math.max(m, Math.abs(v - y[i])), 0);
+          t.ok(worst < 1e-5, `K=${K} N=${N} M=${M} ${storage}${transposed ? ' transposed' : ''}: worst error ${worst.toExponential(2)}`);
+        }
+      }
+    }
+  }
+});
+
+t.test('columns of a packed matrix are the rows of its transpose, scaled', async (t) => {
+  const K = 24;
+  const N = 50;
+  const wT = bf16Exact(random(N * K));
+  const packed = kernels.pack(wT, K, N, true);
+  const ids = [0, 49, 17, 17, 16];
+  const rows = kernels.columns(packed, ids, 2.5);
+  ids.forEach((id, i) => {
+    const want = Array.from(wT.subarray(id * K, (id + 1) * K), (v) => Math.fround(v * 2.5));
+    t.same(Array.from(rows.subarray(i * K, (i + 1) * K)), want, `id ${id}`);
+  });
+});
+
+t.test('the native reduction equals the reduction in JS', async (t) => {
+  await initBackend('wasm');
+  for (const V of [262144, 5000]) {
+    const B = 3;
+    const values = new Float32Array(B * V).map(() => (rng.next() - 0.5) * 20);
+    values[7] = values[9] = 50; // a tie in row 0: the lower id comes first
+    const rows = testRows(V);
+    const baseline = tf.memory().numTensors;
+    const got = await reduceLogits(tf.tensor2d(values, [B, V]), rows, kernels);
+    const want = expectedTopK(values, V, rows);
+    t.equal(tf.memory().numTensors, baseline, `V=${V}: the logits were disposed and nothing leaked`);
+    got.forEach((g, b) => {
+      t.same(Array.from(g.ids), want[b].ids, `V=${V} row ${b}: top-${rows[b].k} ids in order`);
+      t.ok(Array.from(g.logits).every((v, i) => Math.abs(v - want[b].logits[i]) < 1e-4), `V=${V} row ${b}: their logits`);
+      t.ok(Math.abs(g.logsumexp - want[b].lse) < 1e-4, `V=${V} row ${b}: log-sum-exp ${g.logsumexp} vs ${want[b].lse}`);
+      t.ok(Math.abs(g.scaledLogsumexp - want[b].scaled) < 1e-4, `V=${V} row ${b}: scaled log-sum-exp ${g.scaledLogsumexp} vs ${want[b].scaled}`);
+    });
+  }
+});
+
+t.test('bad arguments throw instead of reading or writing past an array', async (t) => {
+  const packed = kernels.pack(random(8 * 16), 8, 16, false);
+  t.throws(() => kernels.pack(random(10), 4, 4, false), /K \* N must equal/);
+  t.throws(() => addon.multiply(packed.handle, random(7), 1, new Float32Array(16)), /shorter/);
+  t.throws(() => addon.multiply(packed.handle, random(8), 1, new Float32Array(15)), /shorter/);
+  t.throws(() => addon.multiply({}, random(8), 1, new Float32Array(16)), /packed matrix/);
+  t.throws(() => addon.gather(packed.handle, Int32Array.of(16), 1, new Float32Array(8)), /out of range/);
+  t.throws(() => kernels.reduce(random(10), 1, 10, 11, [1]), /K is not in 1\.\.V/);
+  t.throws(() => kernels.reduce(random(10), 1, 10, 3, [0]), /positive/);
+});
