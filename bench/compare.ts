@@ -13,7 +13,9 @@
  * the project, and llama.cpp runs in a child process (peers/llamacpp-child.ts)
  * first; our side runs afterwards in this process.
  *
- * Options: --preset tiny|270m|1b (270m), --steps N decode steps (64),
+ * Options: --preset tiny|270m|1b (270m), --dtype BF16|F32 (the checkpoint's
+ * storage, BF16 as released checkpoints; llama.cpp gets float32 either way),
+ * --steps N decode steps (64),
  * --reps N timed runs per figure, the median is reported (3),
  * --parity-only, --out FILE (also write the JSON there).
  * Environment: BACKEND (auto), CPU_KERNELS and CPU_THREADS (as the service), BENCH_PEER_DIR (scratch folder, default
@@ -198,6 +200,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       preset: { type: 'string', default: '270m' },
+      dtype: { type: 'string', default: 'BF16' },
       steps: { type: 'string', default: '64' },
       reps: { type: 'string', default: '3' },
       'parity-only': { type: 'boolean', default: false },
@@ -220,7 +223,9 @@ async function main(): Promise<void> {
     return r;
   };
 
-  const dir = await phase('model', () => benchModelDir(preset));
+  const dtype = values.dtype as 'BF16' | 'F32';
+  if (dtype !== 'BF16' && dtype !== 'F32') throw new Error('--dtype must be BF16 or F32');
+  const dir = await phase('model', () => benchModelDir(preset, dtype));
   const cfg = await loadModelConfig(dir);
   const scratch = process.env.BENCH_PEER_DIR ?? join(process.env.GEMMA_SERVE_CACHE_DIR ?? tmpdir(), 'gemma-serve-peer-llamacpp');
   await mkdir(scratch, { recursive: true });
@@ -381,7 +386,7 @@ async function main(): Promise<void> {
     model: {
       preset, layers: cfg.numLayers, hidden: cfg.hiddenSize, heads: cfg.numHeads, kv_heads: cfg.numKvHeads, head_dim: cfg.headDim,
       intermediate: cfg.intermediateSize, vocab: cfg.vocabSize, sliding_window: cfg.slidingWindow, parameters: parameterCount(PRESETS[preset]),
-      weights: 'random (make-model), float32 on both sides',
+      weights: `random (make-model), ${dtype} checkpoint; float32 arithmetic on both sides, llama.cpp holds float32, ours holds the checkpoint's values (${dtype === 'BF16' ? 'in 16 bits' : 'in 32 bits'})`,
     },
     prompts: { prefill_tokens: PREFILL_TOKENS, decode_prompt_tokens: DECODE_PROMPT_TOKENS, decode_steps: steps, concurrent_sequences: SLOTS,
       reps, statistic: 'median of reps, after one warm-up run', sampling: 'greedy' },

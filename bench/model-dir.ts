@@ -5,13 +5,16 @@ import { rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeModel, type PresetName } from '../src/model/make-model.js';
+import type { WritableDType } from '../src/model/safetensors.js';
 
-export async function benchModelDir(preset: PresetName = '270m'): Promise<string> {
-  const dir = process.env.BENCH_MODEL_DIR ?? join(process.env.GEMMA_SERVE_CACHE_DIR ?? tmpdir(), `gemma-serve-bench-${preset}`);
+/** `dtype`: the checkpoint's storage, BF16 as released checkpoints, or F32 (values bfloat16 cannot hold). */
+export async function benchModelDir(preset: PresetName = '270m', dtype: WritableDType = 'BF16'): Promise<string> {
+  const name = `gemma-serve-bench-${preset}${dtype === 'BF16' ? '' : `-${dtype.toLowerCase()}`}`;
+  const dir = process.env.BENCH_MODEL_DIR ?? join(process.env.GEMMA_SERVE_CACHE_DIR ?? tmpdir(), name);
   if (existsSync(join(dir, 'config.json'))) return dir;
   const partial = `${dir}.partial-${process.pid}`;
   await rm(partial, { recursive: true, force: true });
-  await makeModel({ out: partial, preset });
+  await makeModel({ out: partial, preset, dtype });
   await rename(partial, dir);
   return dir;
 }

@@ -61,8 +61,8 @@ KERNEL void attend(const LayerShape& s, const float* qkv, int64_t B, int64_t T, 
     if (cache[b].k) maxKeys = std::max(maxKeys, std::min(cache[b].entries, cache[b].start) + T);
 #pragma omp parallel
   {
+    // Scores over the cached entries [0, filled) (masked ones get exp = 0), then the row's own keys.
     std::vector<float> scores(static_cast<size_t>(maxKeys));
-    std::vector<int32_t> entries(static_cast<size_t>(maxKeys));
 #pragma omp for collapse(3) schedule(dynamic, 4)
     for (int64_t b = 0; b < B; b++)
       for (int64_t h = 0; h < nq; h++)
@@ -71,41 +71,35 @@ KERNEL void attend(const LayerShape& s, const float* qkv, int64_t B, int64_t T, 
           const RowCache& c = cache[b];
           const int64_t q = (c.k ? c.start : 0) + t;  // the query's position
           const float* query = qkv + (b * T + t) * width + h * hd;
-          int64_t n = 0;
-          float best = -INFINITY;
           const int64_t filled = c.k ? std::min(c.entries, c.start) : 0;
+          float best = -INFINITY;
           for (int64_t e = 0; e < filled; e++) {
             const int32_t p = c.positions[e];
-            if (p < 0 || p > q || p <= q - s.window) continue;
+            if (p < 0 || p > q || p <= q - s.window) {
+              scores[e] = -INFINITY;
+              continue;
+            }
             float v = dot(query, c.k + (kvh * c.entries + e) * hd, hd);
             if (s.attnSoftcap > 0) v = std::tanh(v / s.attnSoftcap) * s.attnSoftcap;
-            scores[n] = v;
-            entries[n++] = static_cast<int32_t>(e);
+            scores[e] = v;
             best = std::max(best, v);
           }
-          const int64_t cached = n;
           const int64_t own0 = std::max<int64_t>(0, t - s.window + 1);
+          float* own = scores.data() + filled;
           for (int64_t u = own0; u <= t; u++) {
             float v = dot(query, qkv + (b * T + u) * width + (nq + kvh) * hd, hd);
             if (s.attnSoftcap > 0) v = std::tanh(v / s.attnSoftcap) * s.attnSoftcap;
-            scores[n++] = v;
+            own[u - own0] = v;
             best = std::max(best, v);
           }
+          const int64_t n = filled + t - own0 + 1;
           float sum = 0;
           for (int64_t i = 0; i < n; i++) sum += (scores[i] = std::exp(scores[i] - best));
           const float inv = 1.0f / sum;
           float* o = out + (b * T + t) * nq * hd + h * hd;
-          std::fill(o, o + hd, 0.0f);
-          if (cached > 0) {
-            // V^T rows are contiguous over entries: one gathered dot per output dim.
-            for (int64_t d = 0; d < hd; d++) {
-              const float* row = c.vT + (kvh * hd + d) * c.entries;
-              float acc = 0;
-              for (int64_t i = 0; i < cached; i++) acc += scores[i] * row[entries[i]];
-              o[d] = acc;
-            }
-          }
-          for (int64_t u = own0, i = cached; u <= t; u++, i++) axpy(scores[i], qkv + (b * T + u) * width + (nq + nkv + kvh) * hd, o, hd);
+          // V^T rows are contiguous over entries: one dot per output dim.
+          for (int64_t d = 0; d < hd; d++) o[d] = filled > 0 ? dot(scores.data(), c.vT + (kvh * hd + d) * c.entries, filled) : 0.0f;
+          for (int64_t u = own0; u <= t; u++) axpy(own[u - own0], qkv + (b * T + u) * width + (nq + nkv + kvh) * hd, o, hd);
           for (int64_t d = 0; d < hd; d++) o[d] *= inv;
         }
   }

@@ -45,8 +45,11 @@ KERNEL inline void loadRow(const uint16_t* panel, int64_t k, __m256& b0, __m256&
 
 // M rows of x against one panel. U independent accumulator sets hide the FMA
 // latency when there are too few rows to do it (U = 4 for one row).
+// `ahead` (or nullptr): the panel this thread reads next, `stride` bytes per
+// row of it, fetched into cache while this one is multiplied; streaming
+// weights from memory otherwise stalls at every panel's start.
 template <int M, int U, typename P>
-KERNEL void kernel(const float* a, int64_t lda, const P* panel, int64_t K, float* c, int64_t ldc, int64_t ncols) {
+KERNEL void kernel(const float* a, int64_t lda, const P* panel, int64_t K, float* c, int64_t ldc, int64_t ncols, const char* ahead, int64_t stride) {
   __m256 acc[U][M][2];
 #pragma GCC unroll 8
   for (int u = 0; u < U; u++)
@@ -56,6 +59,7 @@ KERNEL void kernel(const float* a, int64_t lda, const P* panel, int64_t K, float
   for (; k + U <= K; k += U) {
 #pragma GCC unroll 8
     for (int u = 0; u < U; u++) {
+      if (ahead) _mm_prefetch(ahead + (k + u) * stride, _MM_HINT_T0);
       __m256 b0, b1;
       loadRow(panel, k + u, b0, b1);
 #pragma GCC unroll 8
@@ -99,25 +103,26 @@ KERNEL void kernel(const float* a, int64_t lda, const P* panel, int64_t K, float
 }
 
 template <typename P>
-KERNEL void rows(int m, const float* a, int64_t lda, const P* panel, int64_t K, float* c, int64_t ldc, int64_t ncols) {
+KERNEL void rows(int m, const float* a, int64_t lda, const P* panel, int64_t K, float* c, int64_t ldc, int64_t ncols, const char* ahead, int64_t stride) {
   switch (m) {
-    case 1: return kernel<1, 4>(a, lda, panel, K, c, ldc, ncols);
-    case 2: return kernel<2, 2>(a, lda, panel, K, c, ldc, ncols);
-    case 3: return kernel<3, 1>(a, lda, panel, K, c, ldc, ncols);
-    case 4: return kernel<4, 1>(a, lda, panel, K, c, ldc, ncols);
-    case 5: return kernel<5, 1>(a, lda, panel, K, c, ldc, ncols);
-    default: return kernel<6, 1>(a, lda, panel, K, c, ldc, ncols);
+    case 1: return kernel<1, 4>(a, lda, panel, K, c, ldc, ncols, ahead, stride);
+    case 2: return kernel<2, 2>(a, lda, panel, K, c, ldc, ncols, ahead, stride);
+    case 3: return kernel<3, 1>(a, lda, panel, K, c, ldc, ncols, ahead, stride);
+    case 4: return kernel<4, 1>(a, lda, panel, K, c, ldc, ncols, ahead, stride);
+    case 5: return kernel<5, 1>(a, lda, panel, K, c, ldc, ncols, ahead, stride);
+    default: return kernel<6, 1>(a, lda, panel, K, c, ldc, ncols, ahead, stride);
   }
 }
 
 // Rows [r0, r1) against one panel, in kernel calls of at most 6 rows split
 // evenly (8 rows go as 4 + 4, not 6 + 2).
 template <typename P>
-KERNEL void panelRows(int64_t r0, int64_t r1, const float* x, int64_t K, const P* panel, float* y, int64_t N, int64_t col, int64_t ncols) {
+KERNEL void panelRows(int64_t r0, int64_t r1, const float* x, int64_t K, const P* panel, float* y, int64_t N, int64_t col, int64_t ncols,
+                      const char* ahead, int64_t stride) {
   const int64_t calls = (r1 - r0 + MR - 1) / MR;
   for (int64_t i = 0, r = r0; i < calls; i++) {
     const int64_t m = (r1 - r + (calls - i) - 1) / (calls - i);
-    rows(static_cast<int>(m), x + r * K, K, panel, K, y + r * N + col, N, ncols);
+    rows(static_cast<int>(m), x + r * K, K, panel, K, y + r * N + col, N, ncols, i == 0 ? ahead : nullptr, stride);
     r += m;
   }
 }
@@ -138,10 +143,12 @@ KERNEL void multiply(const Matrix& w, const float* x, int64_t M, float* y) {
       for (int64_t p = 0; p < w.panels; p++) {
         const int64_t col = p * NR;
         const int64_t ncols = N - col < NR ? N - col : NR;
+        const int64_t stride = NR * (w.bf16 ? 2 : 4);
+        const char* ahead = p + 1 < w.panels ? static_cast<const char*>(w.data) + (p + 1) * K * stride : nullptr;
         if (!w.bf16) {
-          panelRows(r0, r1, x, K, static_cast<const float*>(w.data) + p * K * NR, y, N, col, ncols);
+          panelRows(r0, r1, x, K, static_cast<const float*>(w.data) + p * K * NR, y, N, col, ncols, ahead, stride);
         } else if (!wide) {
-          panelRows(r0, r1, x, K, static_cast<const uint16_t*>(w.data) + p * K * NR, y, N, col, ncols);
+          panelRows(r0, r1, x, K, static_cast<const uint16_t*>(w.data) + p * K * NR, y, N, col, ncols, ahead, stride);
         } else {
           const uint16_t* src = static_cast<const uint16_t*>(w.data) + p * K * NR;
           for (int64_t k = 0; k < K; k++) {
@@ -150,7 +157,7 @@ KERNEL void multiply(const Matrix& w, const float* x, int64_t M, float* y) {
             _mm256_store_ps(wide + k * NR, b0);
             _mm256_store_ps(wide + k * NR + 8, b1);
           }
-          panelRows(r0, r1, x, K, wide, y, N, col, ncols);
+          panelRows(r0, r1, x, K, wide, y, N, col, ncols, ahead, stride);
         }
       }
     }
