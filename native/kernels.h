@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 
 namespace gemma {
 
@@ -18,6 +19,9 @@ struct Matrix {
   void* data;      // panels * rows * 16 values (float or bf16 bits), 64-byte aligned
   size_t bytes;
 };
+
+// A scratch buffer of at least `floats` floats, this thread's own, slot `which` (0-3): valid until the next call with that slot.
+float* scratch(size_t floats, int which = 0);
 
 // Packs w ([K, N] row-major, or [N, K] when transposed) into a new Matrix; nullptr when out of memory.
 Matrix* pack(const float* w, int64_t K, int64_t N, bool transposed, bool allowBf16);

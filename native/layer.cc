@@ -62,7 +62,7 @@ KERNEL void attend(const LayerShape& s, const float* qkv, int64_t B, int64_t T, 
 #pragma omp parallel
   {
     // Scores over the cached entries [0, filled) (masked ones get exp = 0), then the row's own keys.
-    std::vector<float> scores(static_cast<size_t>(maxKeys));
+    float* scores = scratch(static_cast<size_t>(maxKeys), 0);
 #pragma omp for collapse(3) schedule(dynamic, 4)
     for (int64_t b = 0; b < B; b++)
       for (int64_t h = 0; h < nq; h++)
@@ -85,7 +85,7 @@ KERNEL void attend(const LayerShape& s, const float* qkv, int64_t B, int64_t T, 
             best = std::max(best, v);
           }
           const int64_t own0 = std::max<int64_t>(0, t - s.window + 1);
-          float* own = scores.data() + filled;
+          float* own = scores + filled;
           for (int64_t u = own0; u <= t; u++) {
             float v = dot(query, qkv + (b * T + u) * width + (nq + kvh) * hd, hd);
             if (s.attnSoftcap > 0) v = std::tanh(v / s.attnSoftcap) * s.attnSoftcap;
@@ -98,7 +98,7 @@ KERNEL void attend(const LayerShape& s, const float* qkv, int64_t B, int64_t T, 
           const float inv = 1.0f / sum;
           float* o = out + (b * T + t) * nq * hd + h * hd;
           // V^T rows are contiguous over entries: one dot per output dim.
-          for (int64_t d = 0; d < hd; d++) o[d] = filled > 0 ? dot(scores.data(), c.vT + (kvh * hd + d) * c.entries, filled) : 0.0f;
+          for (int64_t d = 0; d < hd; d++) o[d] = filled > 0 ? dot(scores, c.vT + (kvh * hd + d) * c.entries, filled) : 0.0f;
           for (int64_t u = own0; u <= t; u++) axpy(own[u - own0], qkv + (b * T + u) * width + (nq + nkv + kvh) * hd, o, hd);
           for (int64_t d = 0; d < hd; d++) o[d] *= inv;
         }
@@ -135,33 +135,37 @@ void addNormed(float* x, float* y, int64_t M, int64_t n, const float* w, float e
 void decoderLayer(const LayerShape& s, const LayerWeights& w, float* x, int64_t B, int64_t T, const float* cos, const float* sin, const RowCache* cache) {
   const int64_t M = B * T, H = s.hidden, hd = s.headDim, nq = s.heads, nkv = s.kvHeads, I = s.intermediate;
   const int64_t width = (nq + 2 * nkv) * hd;
-  std::vector<float> xn(x, x + M * H);
-  rmsNorm(xn.data(), M, H, w.inputNorm, s.eps);
-  std::vector<float> qkv(static_cast<size_t>(M * width));
-  multiply(*w.qkv, xn.data(), M, qkv.data());
+  // The calling thread's scratch (slots 1-3; slot 0 is the matmul's and attention's), reused across calls.
+  float* xn = scratch(static_cast<size_t>(M * std::max(H, nq * hd)) + static_cast<size_t>(M * H), 1);
+  float* y = xn + M * std::max(H, nq * hd);
+  float* qkv = scratch(static_cast<size_t>(M * width), 2);
+  float* wide = scratch(static_cast<size_t>(M * 3 * I), 3);  // gate/up, then the activation after them
+  float* gu = wide;
+  float* act = wide + M * 2 * I;
+
+  std::memcpy(xn, x, M * H * sizeof(float));
+  rmsNorm(xn, M, H, w.inputNorm, s.eps);
+  multiply(*w.qkv, xn, M, qkv);
   for (int64_t r = 0; r < M; r++) {
     for (int64_t h = 0; h < nq + nkv; h++) {
-      float* v = qkv.data() + r * width + h * hd;
+      float* v = qkv + r * width + h * hd;
       if (w.qkNorm) rmsNorm(v, 1, hd, w.qkNorm + h * hd, s.eps);
       rope(v, cos + r * hd, sin + r * hd, hd);
     }
   }
-  std::vector<float> attn(static_cast<size_t>(M * nq * hd));
-  attend(s, qkv.data(), B, T, cache, attn.data());
-  writeCache(s, qkv.data(), B, T, cache);
+  float* attn = xn;  // the normed input is spent
+  attend(s, qkv, B, T, cache, attn);
+  writeCache(s, qkv, B, T, cache);
 
-  std::vector<float> y(static_cast<size_t>(M * H));
-  multiply(*w.o, attn.data(), M, y.data());
-  addNormed(x, y.data(), M, H, w.postAttnNorm, s.eps);
+  multiply(*w.o, attn, M, y);
+  addNormed(x, y, M, H, w.postAttnNorm, s.eps);
 
-  std::memcpy(xn.data(), x, M * H * sizeof(float));
-  rmsNorm(xn.data(), M, H, w.preFfwNorm, s.eps);
-  std::vector<float> gu(static_cast<size_t>(M * 2 * I));
-  multiply(*w.gateUp, xn.data(), M, gu.data());
-  std::vector<float> act(static_cast<size_t>(M * I));
-  geglu(gu.data(), M, I, act.data());
-  multiply(*w.down, act.data(), M, y.data());
-  addNormed(x, y.data(), M, H, w.postFfwNorm, s.eps);
+  std::memcpy(xn, x, M * H * sizeof(float));
+  rmsNorm(xn, M, H, w.preFfwNorm, s.eps);
+  multiply(*w.gateUp, xn, M, gu);
+  geglu(gu, M, I, act);
+  multiply(*w.down, act, M, y);
+  addNormed(x, y, M, H, w.postFfwNorm, s.eps);
 }
 
 }  // namespace gemma

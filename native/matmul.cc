@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 namespace gemma {
 namespace {
@@ -129,17 +130,38 @@ KERNEL void panelRows(int64_t r0, int64_t r1, const float* x, int64_t K, const P
 
 }  // namespace
 
+float* scratch(size_t floats, int which) {
+  // Kept per thread and never shrunk: freeing large blocks unmaps pages, and
+  // every unmap interrupts the other threads to flush their TLBs.
+  struct Buffer {
+    float* data = nullptr;
+    size_t size = 0;
+    ~Buffer() { ::operator delete(data, std::align_val_t(64)); }
+  };
+  thread_local Buffer buffers[4];
+  Buffer& b = buffers[which];
+  if (b.size < floats) {
+    ::operator delete(b.data, std::align_val_t(64));
+    b.data = static_cast<float*>(::operator new(floats * sizeof(float), std::align_val_t(64)));
+    b.size = floats;
+  }
+  return b.data;
+}
+
 KERNEL void multiply(const Matrix& w, const float* x, int64_t M, float* y) {
   const int64_t K = w.rows;
   const int64_t N = w.cols;
+  // Panels are handed out in chunks as threads ask for them: a thread the OS
+  // has descheduled (GC, the event loop) leaves its share to the others
+  // instead of holding the whole step up.
+  const int64_t chunk = w.panels / (8 * omp_get_max_threads()) > 1 ? w.panels / (8 * omp_get_max_threads()) : 1;
 #pragma omp parallel
   {
     // A prompt chunk widens a bf16 panel once per row block, not once per 6 rows.
-    float* wide = nullptr;
-    if (w.bf16 && M > MR) wide = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(K) * NR * sizeof(float)));
+    float* wide = w.bf16 && M > MR ? scratch(static_cast<size_t>(K) * NR) : nullptr;
     for (int64_t r0 = 0; r0 < M; r0 += ROW_BLOCK) {
       const int64_t r1 = r0 + ROW_BLOCK < M ? r0 + ROW_BLOCK : M;
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, chunk) nowait
       for (int64_t p = 0; p < w.panels; p++) {
         const int64_t col = p * NR;
         const int64_t ncols = N - col < NR ? N - col : NR;
@@ -161,7 +183,6 @@ KERNEL void multiply(const Matrix& w, const float* x, int64_t M, float* y) {
         }
       }
     }
-    std::free(wide);
   }
 }
 

@@ -5,7 +5,7 @@
  */
 import { existsSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { totalmem } from 'node:os';
+import { availableParallelism, totalmem } from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadModelConfig, type ModelConfig } from '../model/hf-config.js';
 import { defaultModelDir } from '../model/make-model.js';
@@ -46,7 +46,10 @@ export interface EngineOptions {
    * and the CPU runs them (the default, as in the service).
    */
   kernels?: KernelChoice;
-  /** On wasm and cpu: threads for the linear layers (native kernels: any number; tfjs on wasm: 2 splits each weight by columns with a worker thread); default 1. */
+  /**
+   * On wasm and cpu: threads for the native kernels (default: one per core),
+   * or with tfjs on wasm, 2 to split each linear weight by columns with a worker thread (default 1).
+   */
   threads?: number;
   /** On webgpu with the fused programs: the most bytes one embedding part may hold (default: the device's binding limit). */
   maxTensorBytes?: number;
@@ -104,10 +107,9 @@ export class Engine {
     // Checkpoints without tokenizer files (the test fixtures) get the Gemma 3 tokenizer.
     const tokenizer = existsSync(join(dir, 'tokenizer.json')) ? await GemmaTokenizer.fromModelDir(dir) : await GemmaTokenizer.fromDefault();
     const store = await readSafetensors(dir);
-    const threads = opts.threads ?? 1;
-    const linear = linearKernels(backend.name, opts.kernels ?? 'auto', threads);
+    const linear = linearKernels(backend.name, opts.kernels ?? 'auto', opts.threads ?? availableParallelism());
     const native = linear.native;
-    const split = !native && backend.name === 'wasm' && threads >= 2 ? columnSplitFor(config, opts.maxBatch ?? slots, opts.prefillChunk ?? 256) : undefined;
+    const split = !native && backend.name === 'wasm' && (opts.threads ?? 1) >= 2 ? columnSplitFor(config, opts.maxBatch ?? slots, opts.prefillChunk ?? 256) : undefined;
     let weights;
     try {
       weights = await loadWeights(config, store, { maxTensorBytes: fused ? opts.maxTensorBytes ?? backendTensorLimit(backend.name)?.bytes : undefined, split, native });
