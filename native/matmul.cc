@@ -9,6 +9,7 @@
 #include "kernels.h"
 
 #include <immintrin.h>
+#include <sys/mman.h>
 #include <omp.h>
 
 #include <cstdint>
@@ -231,8 +232,14 @@ Matrix* pack(const float* w, int64_t K, int64_t N, bool transposed, bool allowBf
   for (size_t i = 0; bf16 && i < length; i++) bf16 = (bits[i] & 0xffff) == 0;
   const int64_t panels = (N + NR - 1) / NR;
   const size_t bytes = static_cast<size_t>(panels * K * NR) * (bf16 ? 2 : 4);
-  void* data = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  // Large weights go on 2 MiB pages where the kernel offers them: a decode
+  // step streams every page, and 4 KiB pages cost a TLB miss each.
+  const size_t huge = size_t{2} << 20;
+  const size_t align = bytes >= huge ? huge : 64;
+  const size_t size = (bytes + align - 1) / align * align;
+  void* data = std::aligned_alloc(align, size);
   if (!data) return nullptr;
+  if (align == huge) madvise(data, size, MADV_HUGEPAGE);
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < panels; p++) {
     for (int64_t k = 0; k < K; k++) {

@@ -163,8 +163,7 @@ export class NativeKernels {
   }
 
   /** Final norm, unembedding and soft-cap of x's M rows (normalized in place): logits [M, vocab]. */
-  logits(x: Float32Array, M: number, norm: Float32Array, eps: number, embed: NativeMatrix, softcap: number): Float32Array {
-    const out = new Float32Array(M * embed.N);
+  logits(x: Float32Array, M: number, norm: Float32Array, eps: number, embed: NativeMatrix, softcap: number, out: Float32Array = new Float32Array(M * embed.N)): Float32Array {
     this.addon.logits(x, M, norm, eps, embed.handle, softcap, out);
     return out;
   }

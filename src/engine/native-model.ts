@@ -20,6 +20,8 @@ export class NativeModel implements ForwardPass {
   private readonly layers: NativeLayer[];
   private readonly finalNorm: Float32Array;
   private readonly shapes: Record<LayerType, LayerShape>;
+  /** The logits' host buffer, reused on wasm (its tensors copy their values into the module's heap). */
+  private logitsBuffer = new Float32Array(0);
 
   constructor(
     readonly config: ModelConfig,
@@ -104,7 +106,14 @@ export class NativeModel implements ForwardPass {
       rows = new Float32Array(B * H);
       for (let b = 0; b < B; b++) rows.set(x.subarray((b * T + T - 1) * H, (b * T + T) * H), b * H);
     }
-    const logits = this.kernels.logits(rows, M, this.finalNorm, c.rmsNormEps, this.embed, c.finalLogitSoftcap ?? 0);
+    // A fresh 8 MB array per decode step is garbage the collector keeps busy with; wasm copies it anyway.
+    const size = M * c.vocabSize;
+    let out: Float32Array | undefined;
+    if (tf.getBackend() === 'wasm') {
+      if (this.logitsBuffer.length < size) this.logitsBuffer = new Float32Array(size);
+      out = this.logitsBuffer.subarray(0, size);
+    }
+    const logits = this.kernels.logits(rows, M, this.finalNorm, c.rmsNormEps, this.embed, c.finalLogitSoftcap ?? 0, out);
     return tf.tensor2d(logits, [M, c.vocabSize]);
   }
 

@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { SamplingParams, TopK } from './types.js';
 import { FUSED_TOP_K_MAX, fusedTopK } from './webgpu/top-k.js';
 import type { NativeKernels } from './native-kernels.js';
+import { memoryOf } from './tensor-memory.js';
 
 /** What the reduction needs to know about one row. */
 export interface RowLogitsInput {
@@ -104,9 +105,8 @@ async function reduceFused(logits: tf.Tensor2D, rows: RowLogitsInput[], K: numbe
 /** The same reduction on the native CPU kernels: the edits in JS (a handful of entries), the rest in one call. */
 function reduceNative(logits: tf.Tensor2D, rows: RowLogitsInput[], K: number, native: NativeKernels): TopK[] {
   const [B, V] = logits.shape;
-  // Edited in place: the tensor is gone once its values are read.
-  const x = logits.dataSync() as Float32Array;
-  logits.dispose();
+  // The tensor's own memory, edited in place (it is disposed right after); no tfjs allocation may happen in between.
+  const x = memoryOf(logits);
   const e = edits(rows);
   e.rep.forEach((rep, i) => {
     const at = e.idx[2 * i] * V + e.idx[2 * i + 1];
@@ -115,6 +115,7 @@ function reduceNative(logits: tf.Tensor2D, rows: RowLogitsInput[], K: number, na
   });
   const scales = rows.map((r) => (r.params.temperature > 0 ? 1 / r.params.temperature : 1));
   const out = native.reduce(x, B, V, K, scales);
+  logits.dispose();
   return rows.map((r, b) => ({
     ids: out.ids.slice(b * K, b * K + r.k),
     logits: out.values.slice(b * K, b * K + r.k),
