@@ -59,6 +59,9 @@ async function main(): Promise<void> {
       prefill_512_tps: Math.round((512 * 1000) / prefillMs),
       decode_tps: { b1: round(decode.b1), b4: round(decode.b4), b8_aggregate: round(decode.b8) },
       peak_backend_bytes: Math.max(prefillPeak, decodePeak),
+      // The native kernels' weights and scratch live outside the backend: the process's resident set shows them.
+      linear: engine.linearKernels,
+      rss_bytes: process.memoryUsage().rss,
       weights_bytes: mem.weightsBytes,
       kv_cache_bytes: mem.kvCacheBytes,
       steps: STEPS,
