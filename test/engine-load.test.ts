@@ -83,8 +83,13 @@ t.test('errors name the file, tensor or value at fault', async (t) => {
   const huge = await copyModel('gemma2-tiny', 'huge');
   await editConfig(huge, (c) => ({ ...c, hidden_size: 8192, intermediate_size: 32768, num_hidden_layers: 40, vocab_size: 256000 }));
   await t.rejects(
-    Engine.load({ modelDir: huge, backend: 'wasm' }),
+    Engine.load({ modelDir: huge, backend: 'wasm', kernels: 'tfjs' }),
     /needs about [\d.]+ GiB on the wasm backend .* but the backend holds 3\.84 GiB/,
     'a model too large for wasm is refused before loading, with both figures',
+  );
+  await t.rejects(
+    Engine.load({ modelDir: huge, backend: 'wasm', kernels: 'native' }),
+    /weights need up to [\d.]+ GiB of host memory for the native CPU kernels .* but the machine has [\d.]+ GiB/,
+    'with the native kernels the weights are checked against host memory instead',
   );
 });

@@ -20,7 +20,7 @@ import { ColumnSplit } from './column-split.js';
 import { NativeKernels, nativeAddon } from './native-kernels.js';
 import { NativeModel } from './native-model.js';
 import { webgpuMemory } from './webgpu/adapter.js';
-import { disposeWeights, loadWeights, ModelTooLargeError, weightBytesNeeded } from './weights.js';
+import { disposeWeights, loadWeights, ModelTooLargeError, parameterCount, weightBytesNeeded } from './weights.js';
 
 export interface EngineOptions {
   /** Hugging Face model directory; absent means the embedded default model. */
@@ -103,12 +103,12 @@ export class Engine {
     const slots = opts.slots ?? 4;
     const capacity = opts.cacheCapacity ?? 1024;
     const fused = backend.name === 'webgpu' && opts.webgpuKernels !== 'graph';
-    checkMemory(config, backend.name, slots, capacity, opts.maxBatch ?? slots, opts.prefillChunk ?? 256, fused);
+    const linear = linearKernels(backend.name, opts.kernels ?? 'auto', opts.threads ?? availableParallelism());
+    const native = linear.native;
+    checkMemory(config, backend.name, slots, capacity, opts.maxBatch ?? slots, opts.prefillChunk ?? 256, fused, native !== undefined);
     // Checkpoints without tokenizer files (the test fixtures) get the Gemma 3 tokenizer.
     const tokenizer = existsSync(join(dir, 'tokenizer.json')) ? await GemmaTokenizer.fromModelDir(dir) : await GemmaTokenizer.fromDefault();
     const store = await readSafetensors(dir);
-    const linear = linearKernels(backend.name, opts.kernels ?? 'auto', opts.threads ?? availableParallelism());
-    const native = linear.native;
     const split = !native && backend.name === 'wasm' && (opts.threads ?? 1) >= 2 ? columnSplitFor(config, opts.maxBatch ?? slots, opts.prefillChunk ?? 256) : undefined;
     let weights;
     try {
@@ -213,18 +213,35 @@ function columnSplitFor(c: ModelConfig, maxBatch: number, chunk: number): Column
 }
 
 /** Fails before loading, with the figures, when the model and caches cannot fit the backend. */
-function checkMemory(c: ModelConfig, backend: BackendName, slots: number, capacity: number, maxBatch: number, chunk: number, embeddingSplits: boolean): void {
+function checkMemory(
+  c: ModelConfig,
+  backend: BackendName,
+  slots: number,
+  capacity: number,
+  maxBatch: number,
+  chunk: number,
+  embeddingSplits: boolean,
+  nativeWeights: boolean,
+): void {
   checkTensorLimit(c, backend, backendTensorLimit(backend), embeddingSplits);
+  const gib = (n: number) => `${(n / 1024 ** 3).toFixed(2)} GiB`;
+  const p = parameterCount(c);
+  if (nativeWeights && 4 * (p.embedding + p.linear) > totalmem()) {
+    throw new ModelTooLargeError(
+      `the model's weights need up to ${gib(4 * (p.embedding + p.linear))} of host memory for the native CPU kernels (half that for a bf16 checkpoint) ` +
+        `but the machine has ${gib(totalmem())}; use a smaller model`,
+    );
+  }
   const limit = backendMemoryLimit(backend, totalmem());
   if (limit === undefined) return;
-  const weights = weightBytesNeeded(c, backend);
+  // The native kernels hold the linear weights and the embedding outside the backend (the wasm heap).
+  const weights = nativeWeights ? 4 * p.norms : weightBytesNeeded(c, backend);
   const sliding = Math.min(capacity, c.slidingWindow + SLIDING_SLACK);
   const perSlot = c.layerTypes.reduce((s, t) => s + (t === 'global' ? capacity : sliding), 0) * c.numKvHeads * c.headDim * 8;
   const kv = perSlot * slots;
   const transient = 4 * (maxBatch * c.vocabSize * 3 + chunk * (4 * c.intermediateSize + 8 * c.hiddenSize) + c.numHeads * chunk * (capacity + chunk) * 2);
   const need = weights + kv + transient;
   if (need > limit) {
-    const gib = (n: number) => `${(n / 1024 ** 3).toFixed(2)} GiB`;
     throw new ModelTooLargeError(
       `the model needs about ${gib(need)} on the ${backend} backend (weights ${gib(weights)}, KV cache ${gib(kv)} for ${slots} slots of ${capacity}, ` +
         `activations ${gib(transient)}) but the backend holds ${gib(limit)}; use a smaller model, fewer slots (SLOTS) or a smaller CACHE_CAPACITY`,
