@@ -47,8 +47,12 @@ RUN npm run build \
 # log says why ("linear").
 COPY native native
 COPY scripts/build-native.sh scripts/build-native.sh
+# Node-API is ABI-stable: where this Node ships no headers, Debian's libnode-dev has them.
 RUN mkdir -p build \
- && { (apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*) \
+ && headers="$(node -p "require('node:path').resolve(process.execPath, '../../include/node')")" \
+ && { (apt-get update \
+       && apt-get install -y --no-install-recommends g++ $([ -f "$headers/node_api.h" ] || echo libnode-dev) \
+       && rm -rf /var/lib/apt/lists/*) \
       || echo "gemma-serve: g++ could not be installed; the image runs without the native kernels" >&2; } \
  && bash scripts/build-native.sh
 # The WebGPU packages (optional dependencies) stay only in the WITH_WEBGPU

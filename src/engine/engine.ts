@@ -131,7 +131,7 @@ export class Engine {
       opts.modelId ?? (opts.modelDir ? basename(dir) : DEFAULT_MODEL_ID),
       dir,
       opts.topKCap ?? 64,
-      split ? `tfjs, split with a wasm worker thread (${linear.description})` : linear.description,
+      split ? `${linear.description}, linear weights split with a wasm worker thread` : linear.description,
     );
     engine.warmUp();
     engine.loadMs = performance.now() - t0;
@@ -194,14 +194,14 @@ export class Engine {
   }
 }
 
-/** The native kernels for the linear layers where chosen and available; throws where 'native' was asked for and cannot run. */
+/** The native kernels where chosen and available, and a line for the start-up log; throws where 'native' was asked for and cannot run. */
 function linearKernels(backend: BackendName, choice: KernelChoice, threads: number): { native?: NativeKernels; description: string } {
   if (backend !== 'wasm' && backend !== 'cpu') return { description: `${backend} backend` };
-  if (choice === 'tfjs') return { description: 'tfjs matmuls (asked for)' };
+  if (choice === 'tfjs') return { description: 'tfjs graph (CPU_KERNELS=tfjs)' };
   const { addon, reason } = nativeAddon();
   if (addon) return { native: new NativeKernels(addon, threads), description: `native kernels: ${reason}, ${threads} thread(s)` };
   if (choice === 'native') throw new Error(`the native CPU kernels cannot run: ${reason}`);
-  return { description: `tfjs matmuls (${reason})` };
+  return { description: `tfjs graph (no native kernels: ${reason})` };
 }
 
 /** The worker's hand-off buffer: the largest x and remote result of a decode step or prompt chunk (larger calls go in row blocks). */

@@ -68,6 +68,10 @@ for _ in $(seq 1 60); do
 done
 [ "$health" = healthy ] || { log "health status is '$health'"; docker inspect --format '{{json .State.Health}}' "$APP" >&2; exit 1; }
 
+log "checking that the image runs the native CPU kernels"
+loaded=$(compose logs gemma-serve 2>/dev/null | grep '"model loaded"' | tail -1)
+printf '%s\n' "$loaded" | grep -q '"linear":"native kernels' || { log "the container does not run the native kernels: ${loaded:-no 'model loaded' line}"; exit 1; }
+
 log "stopping the service (SIGTERM)"
 compose stop gemma-serve >/dev/null
 code=$(docker inspect --format '{{.State.ExitCode}}' "$APP")
