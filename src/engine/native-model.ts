@@ -107,9 +107,10 @@ export class NativeModel implements ForwardPass {
       for (let b = 0; b < B; b++) rows.set(x.subarray((b * T + T - 1) * H, (b * T + T) * H), b * H);
     }
     // A fresh 8 MB array per decode step is garbage the collector keeps busy with; wasm copies it anyway.
+    // All-position logits (score) are rare and can be huge: those get their own array.
     const size = M * c.vocabSize;
     let out: Float32Array | undefined;
-    if (tf.getBackend() === 'wasm') {
+    if (tf.getBackend() === 'wasm' && !opts.allPositions) {
       if (this.logitsBuffer.length < size) this.logitsBuffer = new Float32Array(size);
       out = this.logitsBuffer.subarray(0, size);
     }
