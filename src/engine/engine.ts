@@ -47,7 +47,8 @@ export interface EngineOptions {
    */
   kernels?: KernelChoice;
   /**
-   * On wasm and cpu: threads for the native kernels (default: one per core),
+   * On wasm and cpu: threads for the native kernels (default: one per core;
+   * process-wide, the last engine loaded sets it),
    * or with tfjs on wasm, 2 to split each linear weight by columns with a worker thread (default 1).
    */
   threads?: number;
