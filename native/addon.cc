@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <omp.h>
+#include <string>
 #include <vector>
 
 #include "kernels.h"
@@ -29,6 +30,17 @@ bool typedArray(napi_env env, napi_value v, napi_typedarray_type want, T** data,
   }
   *data = static_cast<T*>(ptr);
   return true;
+}
+
+// The call's first N arguments into argv; throws (and returns false) when fewer were passed.
+template <size_t N>
+bool args(napi_env env, napi_callback_info info, napi_value (&argv)[N], const char* name) {
+  size_t argc = N;
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (argc >= N) return true;
+  const std::string message = std::string(name) + ": expected " + std::to_string(N) + " arguments";
+  napi_throw_type_error(env, nullptr, message.c_str());
+  return false;
 }
 
 bool integer(napi_env env, napi_value v, int64_t* out) {
@@ -62,11 +74,10 @@ napi_value Supported(napi_env env, napi_callback_info) {
 
 // setThreads(n): the number of threads every later call uses.
 napi_value SetThreads(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (!args(env, info, argv, "setThreads")) return nullptr;
   int64_t n;
-  if (argc < 1 || !integer(env, argv[0], &n)) return nullptr;
+  if (!integer(env, argv[0], &n)) return nullptr;
   omp_set_num_threads(n < 1 ? 1 : static_cast<int>(n));
   return nullptr;
 }
@@ -74,14 +85,13 @@ napi_value SetThreads(napi_env env, napi_callback_info info) {
 // pack(w: Float32Array, K, N, transposed, allowBf16): W [K, N] in panels, as
 // an opaque handle. `transposed`: w holds W^T ([N, K], PyTorch's [out, in]).
 napi_value Pack(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (!args(env, info, argv, "pack")) return nullptr;
   float* w;
   size_t length;
   int64_t K, N;
   bool transposed, allowBf16;
-  if (argc < 5 || !typedArray(env, argv[0], napi_float32_array, &w, &length) || !integer(env, argv[1], &K) || !integer(env, argv[2], &N) ||
+  if (!typedArray(env, argv[0], napi_float32_array, &w, &length) || !integer(env, argv[1], &K) || !integer(env, argv[2], &N) ||
       !boolean(env, argv[3], &transposed) || !boolean(env, argv[4], &allowBf16))
     return nullptr;
   if (K <= 0 || N <= 0 || static_cast<size_t>(K * N) != length) {
@@ -106,11 +116,10 @@ napi_value Pack(napi_env env, napi_callback_info info) {
 
 // describe(handle): { bytes, bf16 }.
 napi_value Describe(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (!args(env, info, argv, "describe")) return nullptr;
   Matrix* w;
-  if (argc < 1 || !matrix(env, argv[0], &w)) return nullptr;
+  if (!matrix(env, argv[0], &w)) return nullptr;
   napi_value out, bytes, bf16;
   napi_create_object(env, &out);
   napi_create_double(env, static_cast<double>(w->bytes), &bytes);
@@ -122,14 +131,13 @@ napi_value Describe(napi_env env, napi_callback_info info) {
 
 // multiply(handle, x: Float32Array [M, K], M, y: Float32Array [M, N]).
 napi_value Multiply(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (!args(env, info, argv, "multiply")) return nullptr;
   Matrix* w;
   float *x, *y;
   size_t xl, yl;
   int64_t M;
-  if (argc < 4 || !matrix(env, argv[0], &w) || !typedArray(env, argv[1], napi_float32_array, &x, &xl) || !integer(env, argv[2], &M) ||
+  if (!matrix(env, argv[0], &w) || !typedArray(env, argv[1], napi_float32_array, &x, &xl) || !integer(env, argv[2], &M) ||
       !typedArray(env, argv[3], napi_float32_array, &y, &yl))
     return nullptr;
   if (M <= 0 || static_cast<size_t>(M * w->rows) > xl || static_cast<size_t>(M * w->cols) > yl) {
@@ -142,15 +150,14 @@ napi_value Multiply(napi_env env, napi_callback_info info) {
 
 // gather(handle, ids: Int32Array, scale, out: Float32Array [ids, K]).
 napi_value Gather(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (!args(env, info, argv, "gather")) return nullptr;
   Matrix* w;
   int32_t* ids;
   float* out;
   size_t n, ol;
   double scale;
-  if (argc < 4 || !matrix(env, argv[0], &w) || !typedArray(env, argv[1], napi_int32_array, &ids, &n) ||
+  if (!matrix(env, argv[0], &w) || !typedArray(env, argv[1], napi_int32_array, &ids, &n) ||
       !check(env, napi_get_value_double(env, argv[2], &scale), "expected a number") || !typedArray(env, argv[3], napi_float32_array, &out, &ol))
     return nullptr;
   if (static_cast<size_t>(n * w->rows) > ol) {
@@ -184,13 +191,8 @@ bool isNull(napi_env env, napi_value v) {
 //       x: Float32Array [B*T, hidden] (updated in place), B, T, cos, sin: Float32Array [B*T, headDim],
 //       caches: B x (null | [k, vT: Float32Array, positions: Int32Array, entries, start]))
 napi_value Layer(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
   napi_value argv[9];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
-  if (argc < 9) {
-    napi_throw_type_error(env, nullptr, "layer: 9 arguments");
-    return nullptr;
-  }
+  if (!args(env, info, argv, "layer")) return nullptr;
   napi_typedarray_type type;
   size_t n;
   void* data;
@@ -264,15 +266,14 @@ napi_value Layer(napi_env env, napi_callback_info info) {
 // logits(x: Float32Array [M, hidden], M, norm: Float32Array [hidden], eps, embed, softcap (0: none), out: Float32Array [M, vocab]).
 // x is normalized in place.
 napi_value Logits(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
   napi_value argv[7];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (!args(env, info, argv, "logits")) return nullptr;
   float *x, *norm, *out;
   size_t xl, nl, ol;
   int64_t M;
   double eps, cap;
   Matrix* w;
-  if (argc < 7 || !typedArray(env, argv[0], napi_float32_array, &x, &xl) || !integer(env, argv[1], &M) ||
+  if (!typedArray(env, argv[0], napi_float32_array, &x, &xl) || !integer(env, argv[1], &M) ||
       !typedArray(env, argv[2], napi_float32_array, &norm, &nl) || !check(env, napi_get_value_double(env, argv[3], &eps), "expected a number") ||
       !matrix(env, argv[4], &w) || !check(env, napi_get_value_double(env, argv[5], &cap), "expected a number") ||
       !typedArray(env, argv[6], napi_float32_array, &out, &ol))
@@ -293,15 +294,14 @@ napi_value Logits(napi_env env, napi_callback_info info) {
 // reduce(logits: Float32Array [B, V], B, V, K, scales: Float32Array [B],
 //        values: Float32Array [B, K], ids: Int32Array [B, K], lse, scaledLse: Float64Array [B])
 napi_value Reduce(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
   napi_value argv[9];
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (!args(env, info, argv, "reduce")) return nullptr;
   float *logits, *scales, *values;
   int32_t* ids;
   double *lse, *scaled;
   size_t ll, sl, vl, il, el, scl;
   int64_t B, V, K;
-  if (argc < 9 || !typedArray(env, argv[0], napi_float32_array, &logits, &ll) || !integer(env, argv[1], &B) || !integer(env, argv[2], &V) ||
+  if (!typedArray(env, argv[0], napi_float32_array, &logits, &ll) || !integer(env, argv[1], &B) || !integer(env, argv[2], &V) ||
       !integer(env, argv[3], &K) || !typedArray(env, argv[4], napi_float32_array, &scales, &sl) ||
       !typedArray(env, argv[5], napi_float32_array, &values, &vl) || !typedArray(env, argv[6], napi_int32_array, &ids, &il) ||
       !typedArray(env, argv[7], napi_float64_array, &lse, &el) || !typedArray(env, argv[8], napi_float64_array, &scaled, &scl))

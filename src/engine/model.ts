@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../model/hf-config.js';
 import type { KVPool, WritePlan } from './kv-pool.js';
 import { attendRow, softcap } from './attention.js';
-import { applyRope, ropeTables, rotateHalfMatrix } from './rope.js';
+import { applyRope, callPositions, ropeTables, rotateHalfMatrix } from './rope.js';
 import { tensorOf, type LayerWeights, type Weights } from './weights.js';
 import type { RemoteColumns } from './column-split.js';
 
@@ -141,10 +141,7 @@ export class GemmaModel implements ForwardPass {
   /** Rope tables for the call's positions, for one layer type. */
   private ropeContext(type: LayerType, starts: number[], T: number): { cos: tf.Tensor; sin: tf.Tensor } {
     const c = this.config;
-    const positions = new Float32Array(starts.length * T);
-    starts.forEach((s, b) => {
-      for (let t = 0; t < T; t++) positions[b * T + t] = s + t;
-    });
+    const positions = callPositions(starts, T);
     const { cos, sin } = ropeTables(positions, c.headDim, c.rope[type]);
     return { cos: tf.tensor(cos, [starts.length * T, 1, c.headDim]), sin: tf.tensor(sin, [starts.length * T, 1, c.headDim]) };
   }

@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../model/hf-config.js';
 import { forwardShape, type ForwardOptions, type ForwardPass, type PrefillOptions } from './model.js';
 import type { LayerShape, NativeKernels, NativeLayer, NativeMatrix, RowCache } from './native-kernels.js';
-import { ropeTables } from './rope.js';
+import { callPositions, ropeTables } from './rope.js';
 import { memoryOf } from './tensor-memory.js';
 import { isNative, type Linear, type Weights } from './weights.js';
 
@@ -76,10 +76,7 @@ export class NativeModel implements ForwardPass {
     // Fails with CacheOverflowError before anything is written.
     if (pool && slots) for (const type of ['global', 'sliding'] as const) pool.planWrite(slots, T, type);
 
-    const positions = new Float32Array(B * T);
-    starts.forEach((s, b) => {
-      for (let t = 0; t < T; t++) positions[b * T + t] = s + t;
-    });
+    const positions = callPositions(starts, T);
     const rope = {
       global: ropeTables(positions, c.headDim, c.rope.global),
       sliding: ropeTables(positions, c.headDim, c.rope.sliding),

@@ -15,6 +15,15 @@ export function inverseFrequencies(headDim: number, rope: RopeSettings): Float64
   return inv;
 }
 
+/** The positions of a forward call's rows: row b's T new tokens follow its `starts[b]` cached ones. */
+export function callPositions(starts: number[], T: number): Float32Array {
+  const positions = new Float32Array(starts.length * T);
+  starts.forEach((s, b) => {
+    for (let t = 0; t < T; t++) positions[b * T + t] = s + t;
+  });
+  return positions;
+}
+
 /** cos and sin tables, one row of `headDim` per position (positions may be negative: a rotation back). */
 export function ropeTables(positions: ArrayLike<number>, headDim: number, rope: RopeSettings): { cos: Float32Array; sin: Float32Array } {
   const inv = inverseFrequencies(headDim, rope);

@@ -14,7 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../../model/hf-config.js';
 import type { KVPool, SlotWriter } from '../kv-pool.js';
 import { forwardShape, type ForwardOptions, type PrefillOptions } from '../model.js';
-import { ropeTables } from '../rope.js';
+import { callPositions, ropeTables } from '../rope.js';
 import { tensorOf, type Weights } from '../weights.js';
 import { GpuRuntime, type Binding, type GPUBufferLike } from './gpu.js';
 import { ATTENTION_BLOCK, StepLayout, attentionCombineKernel, attentionKernel, embedKernel, matmulKernel, normKernel, qkRopeKernel, kvWriteKernel, residualKernel, type AttentionShape, type Epilogue } from './kernels.js';
@@ -220,10 +220,7 @@ export class WebGPUModel {
     const c = this.config;
     const hd = c.headDim;
     const N = starts.length * T;
-    const positions = new Float32Array(N);
-    starts.forEach((s, b) => {
-      for (let t = 0; t < T; t++) positions[b * T + t] = s + t;
-    });
+    const positions = callPositions(starts, T);
     const data = new Float32Array(4 * N * hd);
     (['global', 'sliding'] as const).forEach((type, i) => {
       const { cos, sin } = ropeTables(positions, hd, c.rope[type]);
