@@ -44,6 +44,8 @@ export interface Config {
     port: number;
     /** Accepted bearer tokens; empty means no authentication. */
     apiKeys: string[];
+    /** With API keys set: /metrics needs a key too (it is public by default, as in vLLM). */
+    metricsAuth: boolean;
     bodyLimitBytes: number;
     /** How long SIGTERM waits for running requests before cancelling them. */
     shutdownGraceMs: number;
@@ -80,6 +82,19 @@ export interface Config {
     /** Prompt tokens prefilled per scheduler step, interleaved with decode steps. */
     prefillChunk: number;
   };
+  /** Bounds on what one request may send; each is checked before any work is done. */
+  limits: {
+    /** Deepest nesting of arrays and objects in a JSON body. */
+    jsonDepth: number;
+    /** Messages in one chat request. */
+    messages: number;
+    /** Characters of text in one message. */
+    messageChars: number;
+    /** Entries in `logit_bias`. */
+    logitBias: number;
+    /** Entries in `stop`. */
+    stopStrings: number;
+  };
   /** Per-request limits and defaults. */
   sampling: {
     /** Largest K taken from the device per step (bounds top_k and top_logprobs). */
@@ -112,6 +127,15 @@ class EnvReader {
     const n = Number(v);
     if (!Number.isSafeInteger(n) || n < min || n > max) throw new ConfigError(name, v, allowed);
     return n;
+  }
+
+  bool(name: string, dflt: boolean): boolean {
+    const v = this.raw(name);
+    if (v === undefined) return dflt;
+    const lower = v.toLowerCase();
+    if (['true', '1', 'yes', 'on'].includes(lower)) return true;
+    if (['false', '0', 'no', 'off'].includes(lower)) return false;
+    throw new ConfigError(name, v, 'true or false');
   }
 
   oneOf<T extends string>(name: string, allowed: readonly T[], dflt: T): T {
@@ -164,15 +188,25 @@ export function loadConfig(env: Env = process.env): Config {
     ' (at most MAX_TOKENS_LIMIT)');
 
   const apiKeys = (r.raw('API_KEYS') ?? '').split(',').map((k) => k.trim()).filter((k) => k !== '');
+  const metricsAuth = r.bool('METRICS_AUTH', false);
   const bodyLimitBytes = r.int('BODY_LIMIT_BYTES', 1 << 20, 1024, 1 << 30);
+
+  const limits = {
+    jsonDepth: r.int('MAX_JSON_DEPTH', 32, 4, 1000),
+    messages: r.int('MAX_MESSAGES', 1024, 1, 1 << 20),
+    messageChars: r.int('MAX_MESSAGE_CHARS', 1 << 20, 1, 1 << 30),
+    logitBias: r.int('MAX_LOGIT_BIAS', 300, 0, 1 << 20),
+    stopStrings: r.int('MAX_STOP_STRINGS', 16, 0, 1024),
+  };
   const shutdownGraceMs = r.int('SHUTDOWN_GRACE_MS', 10000, 0, 3_600_000);
   const logLevel = r.oneOf('LOG_LEVEL', LOG_LEVELS, 'info');
 
   return {
-    server: { host, port, apiKeys, bodyLimitBytes, shutdownGraceMs, logLevel },
+    server: { host, port, apiKeys, metricsAuth, bodyLimitBytes, shutdownGraceMs, logLevel },
     model: { dir, id, backend, cpuKernels, cpuThreads },
     cache: { slots, capacity, evictionMode, redisUrl, sessionTtlSeconds },
     scheduler: { maxBatchSize, maxQueue, prefillChunk },
+    limits,
     sampling: { topKCap, maxTokensLimit, defaultMaxTokens },
   };
 }
@@ -204,6 +238,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
     model: { ...config.model, dir: config.model.dir ?? '(embedded default model)' },
     cache: { ...config.cache, redisUrl: redisUrl ?? '(in-memory session store)' },
     scheduler: { ...config.scheduler },
+    limits: { ...config.limits },
     sampling: { ...config.sampling },
   };
 }

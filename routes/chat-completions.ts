@@ -8,8 +8,10 @@
 import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import { QUOTE_MAX_CHARS } from '../src/errors.js';
 import { toErrorReply } from '../src/http/error-handler.js';
 import { InvalidSessionIdError, ModelNotFoundError } from '../src/http/errors.js';
+import { SESSION_NAME_PATTERN } from '../src/protocol/chat-schemas.js';
 import { readyScheduler } from '../src/http/service.js';
 import type { ChatCompletionRequest, ErrorBody } from '../src/protocol/chat-types.js';
 import { checkChatRequest } from '../src/protocol/check.js';
@@ -20,16 +22,20 @@ import { ChatObserver } from './chat-observer.js';
 import { sseFrames } from './chat-sse.js';
 import { errorResponses } from './schema-helpers.js';
 
-const SESSION_ID_RE = /^[\x21-\x7e]{1,256}$/;
+const SESSION_NAME_RE = new RegExp(SESSION_NAME_PATTERN);
 
-/** The session a request names: the x-session-id header, else the `user` field. */
+/**
+ * The session a request names: the x-session-id header, else OpenAI's
+ * `prompt_cache_key` (validated by the schema). `user` is an end-user label
+ * as OpenAI means it, not a conversation.
+ */
 function sessionIdOf(req: FastifyRequest, body: ChatCompletionRequest): string | undefined {
   const header = req.headers['x-session-id'];
   if (header !== undefined) {
-    if (typeof header !== 'string' || !SESSION_ID_RE.test(header)) throw new InvalidSessionIdError();
+    if (typeof header !== 'string' || !SESSION_NAME_RE.test(header)) throw new InvalidSessionIdError();
     return header;
   }
-  return body.user;
+  return body.prompt_cache_key ?? undefined;
 }
 
 /** An AbortController aborted when the client closes the connection before the response finished. */
@@ -50,7 +56,13 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
       body: { $ref: 'ChatCompletionRequest#' },
       headers: {
         type: 'object',
-        properties: { 'x-session-id': { type: 'string', description: 'Names the conversation whose KV cache to use.' } },
+        properties: {
+          'x-session-id': {
+            type: 'string',
+            pattern: SESSION_NAME_PATTERN,
+            description: 'Names the conversation whose KV cache to use (takes precedence over prompt_cache_key); sessions belong to the API key that made them.',
+          },
+        },
       },
       response: {
         200: {
@@ -71,12 +83,14 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
       maxN: config.scheduler.maxBatchSize,
       topKCap: config.sampling.topKCap,
       vocabSize: service.model?.vocabSize,
+      messageChars: config.limits.messageChars,
     });
     // 2. The one model this server serves.
     if (body.model !== config.model.id) throw new ModelNotFoundError(body.model, config.model.id);
     const sessionId = sessionIdOf(req, body);
     // Header-named sessions are already bound to the request logger (see buildApp).
     if (sessionId !== undefined && req.headers['x-session-id'] === undefined) req.log = req.log.child({ sessionId });
+    if (body.user !== undefined) req.log = req.log.child({ user: body.user.slice(0, QUOTE_MAX_CHARS) });
     // 3. Loaded and not draining.
     const scheduler = readyScheduler(service);
 
@@ -85,6 +99,7 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
     const stream = scheduler.submit({
       requestId: req.id,
       ...(sessionId === undefined ? {} : { sessionId }),
+      namespace: req.namespace,
       messages: toChatTurns(body.messages),
       params: toSamplingParams(body, { maxTokens: config.sampling.defaultMaxTokens, ...service.model?.samplingDefaults }),
       n,

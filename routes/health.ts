@@ -12,6 +12,7 @@ export const healthRoute: FastifyPluginAsync = async (app) => {
       },
     },
     logLevel: 'warn', // probes every few seconds would drown the request log
+    config: { access: 'public' },
   }, async (_req, reply) => {
     const ready = service.phase === 'ready' && service.scheduler !== undefined;
     return reply.code(ready ? 200 : 503).send({ status: ready ? 'ok' : service.phase, model: config.model.id });

@@ -9,6 +9,7 @@ export const metricsRoute: FastifyPluginAsync = async (app) => {
       response: { 200: { description: 'Metrics.', content: { 'text/plain': { schema: { type: 'string' } } } } },
     },
     logLevel: 'warn',
+    config: { access: 'metrics' },
   }, async (_req, reply) => {
     const { contentType, body } = await metrics.scrape();
     return reply.type(contentType).send(body);

@@ -32,3 +32,21 @@ export class InvalidValueError extends GemmaServeError {
     super(message, { status: 400, param, code });
   }
 }
+
+/** Longest slice of a client's value that a message or log line repeats. */
+export const QUOTE_MAX_CHARS = 64;
+
+/**
+ * A client's value as an error message or log line may show it: strings and
+ * scalars as JSON cut to a short prefix, containers by kind and size only, so
+ * a 900 kB field or a deeply nested one is never echoed whole (nor stringified).
+ */
+export function quote(v: unknown): string {
+  if (typeof v === 'string') {
+    if (v.length <= QUOTE_MAX_CHARS) return JSON.stringify(v);
+    return `${JSON.stringify(v.slice(0, QUOTE_MAX_CHARS))}… (${v.length} characters)`;
+  }
+  if (Array.isArray(v)) return `an array of ${v.length} items`;
+  if (v !== null && typeof v === 'object') return 'an object';
+  return String(v);
+}

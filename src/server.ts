@@ -12,11 +12,13 @@ import { healthRoute } from '../routes/health.js';
 import { metricsRoute } from '../routes/metrics.js';
 import { modelsRoute } from '../routes/models.js';
 import { sessionsRoute } from '../routes/sessions.js';
+import { QUOTE_MAX_CHARS } from './errors.js';
 import { authPlugin } from './http/auth.js';
-import { errorHandlerPlugin } from './http/error-handler.js';
+import { jsonBodyPlugin } from './http/body-parser.js';
+import { clientErrorHandler, errorHandlerPlugin, frameworkErrors } from './http/error-handler.js';
 import { contextPlugin, type ServiceState } from './http/service.js';
 import type { Metrics } from './metrics.js';
-import { CHAT_SCHEMAS } from './protocol/chat-schemas.js';
+import { chatSchemas, type ProtocolLimits } from './protocol/chat-schemas.js';
 import { COMMON_SCHEMAS } from './protocol/common-schemas.js';
 
 export interface BuildAppOptions {
@@ -31,9 +33,18 @@ export interface BuildAppOptions {
 }
 
 /** Every schema shared by `$ref`, in dependency order (also the components of openapi.yaml). */
-export const SHARED_SCHEMAS = [...COMMON_SCHEMAS, ...CHAT_SCHEMAS];
+export const sharedSchemas = (limits: ProtocolLimits) => [...COMMON_SCHEMAS, ...chatSchemas(limits)];
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,64}$/;
+
+/** Request logs show a short prefix of the URL: it is the client's text. */
+const logSerializers = {
+  req: (req: { method?: string; url?: string; ip?: string }) => ({
+    method: req.method,
+    url: req.url !== undefined && req.url.length > 256 ? `${req.url.slice(0, 256)}…` : req.url,
+    remoteAddress: req.ip,
+  }),
+};
 
 export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> {
   const { config, service, metrics } = opts;
@@ -41,9 +52,13 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
     ...(opts.logger === false
       ? { logger: false }
       : opts.logger !== undefined
-        ? { loggerInstance: opts.logger }
-        : { logger: { level: config.server.logLevel } }),
+        ? { loggerInstance: opts.logger.child({}, { serializers: logSerializers }) }
+        : { logger: { level: config.server.logLevel, serializers: logSerializers } }),
     bodyLimit: config.server.bodyLimitBytes,
+    // Longer than any session id or model name (256), so those reach their routes; past it, 414.
+    routerOptions: { maxParamLength: 300 },
+    frameworkErrors,
+    clientErrorHandler,
     // A caller's x-request-id is kept when it is sane, so logs join up across services.
     requestIdHeader: false,
     genReqId: (req) => {
@@ -53,7 +68,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
     // Request logs name the session when the client names it in a header.
     childLoggerFactory: (logger, bindings, childOpts, rawReq) => {
       const sid = rawReq.headers['x-session-id'];
-      return logger.child(typeof sid === 'string' ? { ...bindings, sessionId: sid.slice(0, 256) } : bindings, childOpts);
+      return logger.child(typeof sid === 'string' ? { ...bindings, sessionId: sid.slice(0, QUOTE_MAX_CHARS) } : bindings, childOpts);
     },
     ajv: {
       // OpenAI rejects "10" for an integer and unknown fields; Fastify's defaults would coerce and strip them.
@@ -63,9 +78,10 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
 
   if (opts.onRoute !== undefined) app.addHook('onRoute', opts.onRoute);
   await app.register(contextPlugin, { config, service, metrics });
-  for (const s of SHARED_SCHEMAS) app.addSchema(s);
+  for (const s of sharedSchemas(config.limits)) app.addSchema(s);
   await app.register(errorHandlerPlugin, { bodyLimit: config.server.bodyLimitBytes });
-  await app.register(authPlugin, { apiKeys: config.server.apiKeys });
+  await app.register(jsonBodyPlugin, { maxDepth: config.limits.jsonDepth });
+  await app.register(authPlugin, { apiKeys: config.server.apiKeys, metricsAuth: config.server.metricsAuth });
 
   app.addHook('onRequest', async (req, reply) => {
     void reply.header('x-request-id', req.id);

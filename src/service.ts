@@ -100,7 +100,12 @@ export async function startService(env: Record<string, string | undefined> = pro
   const scheduler = new BatchScheduler(
     engine,
     turns,
-    { maxBatch: config.scheduler.maxBatchSize, maxQueue: config.scheduler.maxQueue, prefillChunk: config.scheduler.prefillChunk },
+    {
+      maxBatch: config.scheduler.maxBatchSize,
+      maxQueue: config.scheduler.maxQueue,
+      prefillChunk: config.scheduler.prefillChunk,
+      requestLimits: { maxStopStrings: config.limits.stopStrings, maxLogitBias: config.limits.logitBias },
+    },
     { step: (rows) => metrics.observeStep(rows) },
   );
   metrics.modelInfo.set({ model: engine.modelId, backend: engine.backend.name }, 1);

@@ -1,6 +1,7 @@
 import t from 'tap';
 import { Redis } from 'ioredis';
 import {
+  OPEN_NAMESPACE,
   appendTokens,
   computeReuse,
   MemorySessionStore,
@@ -127,7 +128,7 @@ t.test('automatic matching of clients that resend the whole history', async (t) 
   const pB = firstPrompt([10, 11, 12]); // same first question, another conversation
   const rB = [600, 601];
   for (const [id, p, r] of [['A', pA, rA], ['B', pB, rB]] as const) {
-    t.equal(await slots.matchPrefix(p), undefined, 'a first prompt matches nothing');
+    t.equal(await slots.matchPrefix(p, OPEN_NAMESPACE), undefined, 'a first prompt matches nothing');
     await slots.acquire(id);
     await slots.update(id, afterTurn(id, [...p], [...r]));
     slots.release(id);
@@ -135,20 +136,20 @@ t.test('automatic matching of clients that resend the whole history', async (t) 
 
   const nextA = resend(pA, rA, [20, 21]);
   const nextB = resend(pB, rB, [30]);
-  t.equal(await slots.matchPrefix(nextA), 'A', "A's resent history matches A");
-  t.equal(await slots.matchPrefix(nextB), 'B', "B's resent history matches B, not A");
-  t.equal(await slots.matchPrefix(resend(firstPrompt([99]), rA, [20])), undefined, 'another conversation matches nothing');
-  t.equal(await slots.matchPrefix(pA), undefined, 'a repeated first prompt does not take over A');
+  t.equal(await slots.matchPrefix(nextA, OPEN_NAMESPACE), 'A', "A's resent history matches A");
+  t.equal(await slots.matchPrefix(nextB, OPEN_NAMESPACE), 'B', "B's resent history matches B, not A");
+  t.equal(await slots.matchPrefix(resend(firstPrompt([99]), rA, [20]), OPEN_NAMESPACE), undefined, 'another conversation matches nothing');
+  t.equal(await slots.matchPrefix(pA, OPEN_NAMESPACE), undefined, 'a repeated first prompt does not take over A');
 
   const trimmed = [...pA, ...rA.slice(0, -1), EOT, NL, ...userTurn([20]), ...genPrompt];
-  t.equal(await slots.matchPrefix(trimmed), 'A', 'a reply the template trimmed at its end still matches');
+  t.equal(await slots.matchPrefix(trimmed, OPEN_NAMESPACE), 'A', 'a reply the template trimmed at its end still matches');
 
   const reuse = computeReuse(slots.metaOf('A')!, nextA)!;
   t.equal(reuse.reuse, pA.length + rA.length, 'all of A is reusable');
   t.same(reuse.suffix, nextA.slice(pA.length + rA.length), 'only the new suffix is prefilled');
 
   await slots.acquire('B');
-  t.equal(await slots.matchPrefix(nextB), undefined, 'busy sessions are not matched');
+  t.equal(await slots.matchPrefix(nextB, OPEN_NAMESPACE), undefined, 'busy sessions are not matched');
   slots.release('B');
 
   // A loses its slot; its history still matches through the store, and it comes back restored.
@@ -157,7 +158,7 @@ t.test('automatic matching of clients that resend the whole history', async (t) 
   await slots.acquire('D');
   slots.release('D');
   t.notOk(slots.isCached('A'));
-  t.equal(await slots.matchPrefix(nextA), 'A');
+  t.equal(await slots.matchPrefix(nextA, OPEN_NAMESPACE), 'A');
   t.equal((await slots.acquire('A')).state, 'restored');
   slots.release('A');
 
@@ -167,15 +168,15 @@ t.test('automatic matching of clients that resend the whole history', async (t) 
   await slots.acquire('L');
   await slots.update('L', afterTurn('L', pL, rL));
   slots.release('L');
-  t.equal(await slots.matchPrefix(resend(pL, rL, [1])), 'L');
-  t.equal(await slots.matchPrefix(resend(pL, [...rL.slice(0, 10), 5, 5], [1])), undefined, 'diverging early: no match');
+  t.equal(await slots.matchPrefix(resend(pL, rL, [1]), OPEN_NAMESPACE), 'L');
+  t.equal(await slots.matchPrefix(resend(pL, [...rL.slice(0, 10), 5, 5], [1]), OPEN_NAMESPACE), undefined, 'diverging early: no match');
 
   // Another process sharing the store matches and restores it too.
   const other = new SlotManager({ slots: 1, store, model: 'm' });
-  t.equal(await other.matchPrefix(nextB), 'B');
+  t.equal(await other.matchPrefix(nextB, OPEN_NAMESPACE), 'B');
   const got = await other.acquire('B');
   t.equal(got.state, 'restored');
   t.same(computeReuse(got.meta!, nextB)?.suffix, nextB.slice(pB.length + rB.length));
   const otherModel = new SlotManager({ slots: 1, store, model: 'another-model' });
-  t.equal(await otherModel.matchPrefix(nextB), undefined, 'never across models');
+  t.equal(await otherModel.matchPrefix(nextB, OPEN_NAMESPACE), undefined, 'never across models');
 });

@@ -4,6 +4,7 @@ import { once } from 'node:events';
 import { Redis } from 'ioredis';
 import pino from 'pino';
 import {
+  OPEN_NAMESPACE,
   appendTokens,
   createSessionMeta,
   MemorySessionStore,
@@ -47,17 +48,17 @@ t.test('memory store: roundtrip, TTL, LRU bound, prefix index', async (t) => {
   t.same(await store.get('a'), a);
   t.not(await store.get('a'), a, 'returns copies');
   t.ok(a.matchKey);
-  t.same(await store.findByPrefix([a.matchKey!]), ['a']);
+  t.same(await store.findByPrefix(OPEN_NAMESPACE, [a.matchKey!]), ['a']);
   now = 11_000;
   t.equal(await store.get('a'), undefined, 'expired');
-  t.same(await store.findByPrefix([a.matchKey!]), []);
+  t.same(await store.findByPrefix(OPEN_NAMESPACE, [a.matchKey!]), []);
   await store.put(meta('a'));
   await store.put(meta('b'));
   await store.put(meta('c'));
   t.equal(store.size, 2);
   t.equal(await store.get('a'), undefined, 'least recently written goes first');
   await store.delete('b');
-  t.same(await store.findByPrefix([a.matchKey!]), ['c']);
+  t.same(await store.findByPrefix(OPEN_NAMESPACE, [a.matchKey!]), ['c']);
 });
 
 t.test('redis store: roundtrip, key layout, TTL, delete', async (t) => {
@@ -79,11 +80,11 @@ t.test('redis store: roundtrip, key layout, TTL, delete', async (t) => {
   t.same(JSON.parse((await raw.get(key))!), a, 'JSON under <prefix>session:<id>');
   const ttl = await raw.ttl(key);
   t.ok(ttl > 100 && ttl <= 120, `TTL set (${ttl}s)`);
-  const idx = `${PREFIX}prefix:${a.matchKey}`;
-  t.same(await raw.smembers(idx), ['conv-a'], 'indexed under <prefix>prefix:<matchKey>');
+  const idx = `${PREFIX}prefix:${OPEN_NAMESPACE}:${a.matchKey}`;
+  t.same(await raw.smembers(idx), ['conv-a'], 'indexed under <prefix>prefix:<namespace>:<matchKey>');
   const idxTtl = await raw.ttl(idx);
   t.ok(idxTtl > 100 && idxTtl <= 120, 'index TTL set');
-  t.same(await store.findByPrefix(['0-0000000000000000', a.matchKey!]), ['conv-a']);
+  t.same(await store.findByPrefix(OPEN_NAMESPACE, ['0-0000000000000000', a.matchKey!]), ['conv-a']);
   await store.delete('conv-a');
   t.equal(await raw.exists(key), 0);
   t.same(await raw.smembers(idx), []);
@@ -103,7 +104,7 @@ t.test('resilient store: Redis unreachable, every request still answered quickly
   const a = meta('down-a');
   await store.put(a);
   t.same(await store.get('down-a'), a);
-  t.same(await store.findByPrefix([a.matchKey!]), ['down-a']);
+  t.same(await store.findByPrefix(OPEN_NAMESPACE, [a.matchKey!]), ['down-a']);
   await store.put(meta('down-b'));
   await store.delete('down-b');
   t.equal(await store.get('down-b'), undefined);
@@ -199,7 +200,7 @@ t.test('resilient store: Redis stops mid-conversation, comes back, metadata writ
   t.ok(restored, 'metadata written again after Redis returned');
   t.same(JSON.parse((await check.get(`${PREFIX}session:live-a`))!), a2, 'the newest version');
   t.equal(a2.matchKey, b.matchKey);
-  t.same((await check.smembers(`${PREFIX}prefix:${b.matchKey}`)).sort(), ['live-a', 'live-b'], 'prefix index rebuilt');
+  t.same((await check.smembers(`${PREFIX}prefix:${OPEN_NAMESPACE}:${b.matchKey}`)).sort(), ['live-a', 'live-b'], 'prefix index rebuilt');
   t.ok(await until(async () => !store.degraded && store.pending === 0, 2000), 'healthy, nothing pending');
   t.ok(lines.some((l) => l.level === 'info' && /back/.test(l.msg ?? '')), 'recovery logged');
   t.same(await store.get('live-b'), b, 'read from Redis again');

@@ -32,7 +32,7 @@ t.test('non-streamed completion: shape, n, logprobs, request conversion', async 
   t.teardown(() => app.close());
   const res = await app.inject({
     method: 'POST', url: '/v1/chat/completions',
-    payload: { ...chat, n: 2, logprobs: true, top_logprobs: 1, max_tokens: 7, temperature: 0, stop: 'x', seed: 3, user: 'u-1' },
+    payload: { ...chat, n: 2, logprobs: true, top_logprobs: 1, max_tokens: 7, temperature: 0, stop: 'x', seed: 3, user: 'u-1', prompt_cache_key: 'conv-1' },
   });
   t.equal(res.statusCode, 200);
   const body = res.json();
@@ -49,7 +49,8 @@ t.test('non-streamed completion: shape, n, logprobs, request conversion', async 
   });
   const req = sched.requests[0]!;
   t.equal(req.n, 2);
-  t.equal(req.sessionId, 'u-1', 'user names the session without a header');
+  t.equal(req.sessionId, 'conv-1', 'prompt_cache_key names the session without a header; user is a label only');
+  t.equal(req.namespace, 'open', 'without API keys every session is in the open namespace');
   t.same(req.messages, [{ role: 'user', content: 'Hi' }]);
   t.match(req.params, { maxTokens: 7, temperature: 0, stop: ['x'], seed: 3, logprobs: true, topLogprobs: 1 });
 });

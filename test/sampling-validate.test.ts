@@ -10,7 +10,7 @@ import {
 import { InvalidValueError } from '../src/errors.js';
 import { DEFAULT_SAMPLING, type SamplingParams } from '../src/engine/types.js';
 
-const limits: SamplingLimits = { vocabSize: 1000, maxTokensLimit: 4096, topKCap: 64 };
+const limits: SamplingLimits = { vocabSize: 1000, maxTokensLimit: 4096, topKCap: 64, maxStopStrings: 4, maxLogitBias: 3 };
 const params = (p: Partial<SamplingParams>): SamplingParams => ({ ...DEFAULT_SAMPLING, ...p });
 
 function rejects(t: Test, p: Partial<SamplingParams>, param: string, cls: Function, range?: string): void {
@@ -85,6 +85,7 @@ t.test('cross-field and structured checks', async (t) => {
   rejects(t, { logitBias: { 3: Number.NaN } }, 'logit_bias', LogitBiasError);
   rejects(t, { stop: ['a', 'b', 'c', 'd', 'e'] }, 'stop', StopSequenceError, 'at most 4');
   rejects(t, { stop: ['ok', ''] }, 'stop', StopSequenceError, 'non-empty');
+  rejects(t, { logitBias: { 1: 1, 2: 1, 3: 1, 4: 1 } }, 'logit_bias', LogitBiasError, 'at most 3 entries');
 });
 
 t.test('top_logprobs is also bounded by a small top-K cap', async (t) => {

@@ -49,6 +49,9 @@ export {
 } from './session-store.js';
 export { ResilientSessionStore, type ResilientSessionStoreOptions, type StoreOp } from './resilient-store.js';
 
+// Namespaces (which credential a session belongs to)
+export { OPEN_NAMESPACE, scopedId, nameOf, namespaceOf } from './namespace.js';
+
 // Slots
 export {
   SlotManager,

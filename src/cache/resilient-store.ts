@@ -102,10 +102,10 @@ export class ResilientSessionStore implements SessionStore {
     }
   }
 
-  async findByPrefix(keys: string[]): Promise<string[]> {
-    const local = await this.memory.findByPrefix(keys);
+  async findByPrefix(namespace: string, keys: string[]): Promise<string[]> {
+    const local = await this.memory.findByPrefix(namespace, keys);
     try {
-      const remote = await this.redis.findByPrefix(keys);
+      const remote = await this.redis.findByPrefix(namespace, keys);
       this.up();
       return [...new Set([...local, ...remote])].filter((id) => !this.deleted.has(id));
     } catch (err) {

@@ -6,17 +6,20 @@
  *
  * Redis key layout (`<prefix>` defaults to `gemma-serve:`), every key with the
  * configured TTL, refreshed on each write:
- *   <prefix>session:<id>        string: the SessionMeta as JSON
- *   <prefix>prefix:<matchKey>   set of session ids whose history contains that
- *                               turn-start prefix (`<length>-<hash>`), for
- *                               matching clients that resend the whole history;
- *                               members are candidates only and always verified
+ *   <prefix>session:<id>                   string: the SessionMeta as JSON (ids are
+ *                                          `<namespace>/<name>`, see namespace.ts)
+ *   <prefix>prefix:<namespace>:<matchKey>  set of that namespace's session ids whose
+ *                                          history contains that turn-start prefix
+ *                                          (`<length>-<hash>`), for matching clients
+ *                                          that resend the whole history; members are
+ *                                          candidates only and always verified
  *
  * ResilientSessionStore (resilient-store.ts) keeps the service answering when
  * Redis is unreachable.
  */
 import { Redis, type RedisOptions } from 'ioredis';
 import { GemmaServeError } from '../errors.js';
+import { namespaceOf } from './namespace.js';
 import { isSessionMeta, type SessionMeta } from './session-meta.js';
 
 export interface SessionStore {
@@ -24,8 +27,8 @@ export interface SessionStore {
   /** Writes (replaces) a session's metadata and indexes its `matchKey`. */
   put(meta: SessionMeta): Promise<void>;
   delete(id: string): Promise<void>;
-  /** Ids of sessions indexed under any of these prefix keys (candidates; verify them). */
-  findByPrefix(keys: string[]): Promise<string[]>;
+  /** Ids of the namespace's sessions indexed under any of these prefix keys (candidates; verify them). */
+  findByPrefix(namespace: string, keys: string[]): Promise<string[]>;
   close(): Promise<void>;
 }
 
@@ -44,6 +47,9 @@ export class SessionStoreError extends GemmaServeError {
     });
   }
 }
+
+/** The prefix index is per namespace: matching never crosses credentials. */
+const indexKey = (namespace: string, matchKey: string): string => `${namespace}:${matchKey}`;
 
 /** In-process store: a TTL'd LRU map plus the prefix index. */
 export class MemorySessionStore implements SessionStore {
@@ -86,8 +92,9 @@ export class MemorySessionStore implements SessionStore {
     this.deleteSync(meta.id); // re-insert so Map order is least recently written first
     this.entries.set(meta.id, { meta: structuredClone(meta), expiresAt: this.now() + this.ttlMs });
     if (meta.matchKey !== undefined) {
-      let set = this.index.get(meta.matchKey);
-      if (!set) this.index.set(meta.matchKey, (set = new Set()));
+      const key = indexKey(namespaceOf(meta.id), meta.matchKey);
+      let set = this.index.get(key);
+      if (!set) this.index.set(key, (set = new Set()));
       set.add(meta.id);
     }
     while (this.entries.size > this.maxEntries) this.deleteSync(this.entries.keys().next().value!);
@@ -101,7 +108,7 @@ export class MemorySessionStore implements SessionStore {
     const e = this.entries.get(id);
     if (!e) return;
     this.entries.delete(id);
-    const key = e.meta.matchKey;
+    const key = e.meta.matchKey === undefined ? undefined : indexKey(namespaceOf(id), e.meta.matchKey);
     const set = key === undefined ? undefined : this.index.get(key);
     if (set) {
       set.delete(id);
@@ -109,9 +116,9 @@ export class MemorySessionStore implements SessionStore {
     }
   }
 
-  async findByPrefix(keys: string[]): Promise<string[]> {
+  async findByPrefix(namespace: string, keys: string[]): Promise<string[]> {
     const out = new Set<string>();
-    for (const k of keys) for (const id of this.index.get(k) ?? []) out.add(id);
+    for (const k of keys) for (const id of this.index.get(indexKey(namespace, k)) ?? []) out.add(id);
     return [...out];
   }
 
@@ -192,8 +199,8 @@ export class RedisSessionStore implements SessionStore {
     return `${this.keyPrefix}session:${id}`;
   }
 
-  prefixIndexKey(matchKey: string): string {
-    return `${this.keyPrefix}prefix:${matchKey}`;
+  prefixIndexKey(namespace: string, matchKey: string): string {
+    return `${this.keyPrefix}prefix:${indexKey(namespace, matchKey)}`;
   }
 
   /** Resolves once connected, or rejects after `timeoutMs`. */
@@ -224,7 +231,7 @@ export class RedisSessionStore implements SessionStore {
     if (opts.onlyIfAbsent) m.set(this.sessionKey(meta.id), JSON.stringify(meta), 'EX', this.ttlSeconds, 'NX');
     else m.set(this.sessionKey(meta.id), JSON.stringify(meta), 'EX', this.ttlSeconds);
     if (meta.matchKey !== undefined) {
-      const k = this.prefixIndexKey(meta.matchKey);
+      const k = this.prefixIndexKey(namespaceOf(meta.id), meta.matchKey);
       m.sadd(k, meta.id).expire(k, this.ttlSeconds);
     }
     await this.exec('put', m);
@@ -233,14 +240,14 @@ export class RedisSessionStore implements SessionStore {
   async delete(id: string): Promise<void> {
     const meta = await this.get(id);
     const m = this.client.multi().del(this.sessionKey(id));
-    if (meta?.matchKey !== undefined) m.srem(this.prefixIndexKey(meta.matchKey), id);
+    if (meta?.matchKey !== undefined) m.srem(this.prefixIndexKey(namespaceOf(id), meta.matchKey), id);
     await this.exec('delete', m);
   }
 
-  async findByPrefix(keys: string[]): Promise<string[]> {
+  async findByPrefix(namespace: string, keys: string[]): Promise<string[]> {
     if (keys.length === 0) return [];
     const p = this.client.pipeline();
-    for (const k of keys) p.smembers(this.prefixIndexKey(k));
+    for (const k of keys) p.smembers(this.prefixIndexKey(namespace, k));
     const results = await this.exec('findByPrefix', p);
     const out = new Set<string>();
     for (const r of results) for (const id of r as string[]) out.add(id);

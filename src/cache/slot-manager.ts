@@ -11,6 +11,7 @@
  * waits that long for a release first (FIFO).
  */
 import { GemmaServeError } from '../errors.js';
+import { namespaceOf } from './namespace.js';
 import { cacheLength, computeReuse, promptPrefixKeys, type SessionMeta } from './session-meta.js';
 import type { CacheLogger, SessionStore } from './session-store.js';
 
@@ -209,27 +210,32 @@ export class SlotManager {
     return slot === undefined ? undefined : this.slots[slot]!.meta;
   }
 
+  /** The session's metadata, from its slot or from the store. */
+  async lookup(sessionId: string): Promise<SessionMeta | undefined> {
+    return this.metaOf(sessionId) ?? (await this.safely('get', () => this.store.get(sessionId))) ?? undefined;
+  }
+
   /**
    * The session, cached or stored, that this prompt continues: the prompt is
    * longer than the session's history, agrees with it up to the session's
    * last turn start (found by prefix hash) and into its last reply, and
    * reuses all of its cache but at most `matchSlack` trailing tokens. So a
    * conversation that merely starts like another one never takes it over.
-   * Busy sessions are skipped. Among candidates the most reusable wins,
-   * cached ones (no rebuild) before stored ones.
+   * Busy sessions and other namespaces' sessions are skipped. Among
+   * candidates the most reusable wins, cached ones (no rebuild) before
+   * stored ones.
    */
-  /** The session's metadata, from its slot or from the store. */
-  async lookup(sessionId: string): Promise<SessionMeta | undefined> {
-    return this.metaOf(sessionId) ?? (await this.safely('get', () => this.store.get(sessionId))) ?? undefined;
-  }
-
-  async matchPrefix(promptIds: ArrayLike<number>): Promise<string | undefined> {
+  async matchPrefix(promptIds: ArrayLike<number>, namespace: string): Promise<string | undefined> {
     const keys = promptPrefixKeys(promptIds);
     if (keys.length === 0) return undefined;
     const keySet = new Set(keys);
     const candidates = new Set<string>();
-    for (const s of this.slots) if (s.sessionId && s.meta?.matchKey && keySet.has(s.meta.matchKey)) candidates.add(s.sessionId);
-    for (const id of (await this.safely('findByPrefix', () => this.store.findByPrefix(keys))) ?? []) candidates.add(id);
+    for (const s of this.slots) {
+      if (s.sessionId && namespaceOf(s.sessionId) === namespace && s.meta?.matchKey && keySet.has(s.meta.matchKey)) candidates.add(s.sessionId);
+    }
+    for (const id of (await this.safely('findByPrefix', () => this.store.findByPrefix(namespace, keys))) ?? []) {
+      if (namespaceOf(id) === namespace) candidates.add(id);
+    }
 
     let best: { id: string; score: number } | undefined;
     for (const id of candidates) {

@@ -13,7 +13,7 @@
 import { IncrementalDetokenizer } from './detok.js';
 import type { Engine } from './engine.js';
 import { createRng, type Rng } from './rng.js';
-import { pickToken, requiredK, tokenLogprob, validateSamplingParams } from './sampling.js';
+import { pickToken, requiredK, tokenLogprob, validateSamplingParams, type SamplingLimits } from './sampling.js';
 import { StopMatcher } from './stop.js';
 import { reduceLogits, type RowLogitsInput } from './top-k.js';
 import type { FinishReason, SamplingParams, TokenLogprob, TopK } from './types.js';
@@ -90,17 +90,26 @@ export class Sequence {
   }
 }
 
+/** Request limits the sampler enforces besides the engine's own (the service passes its configured ones). */
+export type RequestLimits = Pick<SamplingLimits, 'maxStopStrings' | 'maxLogitBias'>;
+
 export class Sampler {
   constructor(
     readonly engine: Engine,
     private readonly makeRoom: MakeRoom = () => {},
+    private readonly limits: RequestLimits = {},
   ) {}
 
   /** Registers a sequence; its cache is cut back to the reused prefix. */
   add(init: SequenceInit): Sequence {
     if (init.promptIds.length === 0) throw new Error('a prompt needs at least one token');
     // The engine API checks what it is given; the HTTP layer checks earlier, with the server's own limits.
-    validateSamplingParams(init.params, { vocabSize: this.engine.config.vocabSize, maxTokensLimit: Number.MAX_SAFE_INTEGER, topKCap: this.engine.topKCap });
+    validateSamplingParams(init.params, {
+      ...this.limits,
+      vocabSize: this.engine.config.vocabSize,
+      maxTokensLimit: Number.MAX_SAFE_INTEGER,
+      topKCap: this.engine.topKCap,
+    });
     const seq = new Sequence(init, this.engine);
     const pool = this.engine.pool;
     if (pool.length(seq.slot) !== seq.cachedTokens) {

@@ -2,7 +2,7 @@
  * Errors for sampling parameters that fail validation. `param` is always the
  * OpenAI request field name, so the HTTP layer can report it as is.
  */
-import { GemmaServeError, InvalidValueError } from '../errors.js';
+import { GemmaServeError, InvalidValueError, quote } from '../errors.js';
 
 /** Base of every sampling-parameter error. */
 export class InvalidSamplingParamError extends InvalidValueError {
@@ -40,12 +40,7 @@ export class StopSequenceError extends InvalidSamplingParamError {
 }
 
 function formatValue(v: unknown): string {
-  if (typeof v === 'number' || typeof v === 'boolean' || v === undefined || v === null) return String(v);
-  try {
-    return JSON.stringify(v);
-  } catch {
-    return String(v);
-  }
+  return quote(v);
 }
 
 /** The device returned no candidates for a row: a bug upstream of sampling, not a caller error. */

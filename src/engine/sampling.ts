@@ -10,6 +10,7 @@
  */
 import type { SamplingParams, TokenLogprob, TopK, TopLogprob } from './types.js';
 import type { Rng } from './rng.js';
+import { quote } from '../errors.js';
 import {
   LogitBiasError,
   NoCandidatesError,
@@ -20,8 +21,6 @@ import {
 
 /** Most alternatives a request may ask for per position (OpenAI's limit). */
 export const MAX_TOP_LOGPROBS = 20;
-/** Most stop strings per request (OpenAI's limit). */
-export const MAX_STOP_STRINGS = 4;
 /** Logprob reported for impossible tokens (-inf is not JSON); OpenAI uses the same floor. */
 export const LOGPROB_FLOOR = -9999;
 /** Slack on the top_p and min_p comparisons: candidate logits are float32. */
@@ -177,6 +176,10 @@ export interface SamplingLimits {
   maxTokensLimit: number;
   /** The engine's top-K cap: the largest top_k (and top_logprobs) it can serve. */
   topKCap: number;
+  /** Most `stop` strings (MAX_STOP_STRINGS); each costs a text match per generated token. Absent: no limit. */
+  maxStopStrings?: number;
+  /** Most `logit_bias` entries (MAX_LOGIT_BIAS); each is applied to every step's logits. Absent: no limit. */
+  maxLogitBias?: number;
 }
 
 function checkRange(param: string, v: number, lo: number, hi: number, loOpen = false, allowed?: string): void {
@@ -210,22 +213,26 @@ export function validateSamplingParams(p: SamplingParams, limits: SamplingLimits
   if (p.topLogprobs > 0 && !p.logprobs) throw new TopLogprobsWithoutLogprobsError(p.topLogprobs);
   checkInt('max_tokens', p.maxTokens, 1, limits.maxTokensLimit);
 
+  const biased = Object.keys(p.logitBias).length;
+  if (limits.maxLogitBias !== undefined && biased > limits.maxLogitBias) {
+    throw new LogitBiasError(`accepts at most ${limits.maxLogitBias} entries (MAX_LOGIT_BIAS); got ${biased}.`);
+  }
   for (const [key, bias] of Object.entries(p.logitBias)) {
     const id = Number(key);
     if (!/^\d+$/.test(key) || !Number.isInteger(id) || id >= limits.vocabSize) {
-      throw new LogitBiasError(`keys must be token ids, integers in [0, ${limits.vocabSize}); got ${JSON.stringify(key)}.`);
+      throw new LogitBiasError(`keys must be token ids, integers in [0, ${limits.vocabSize}); got ${quote(key)}.`);
     }
     if (typeof bias !== 'number' || !(bias >= -100 && bias <= 100)) {
       throw new LogitBiasError(`values must be numbers in [-100, 100]; token ${key} has ${String(bias)}.`);
     }
   }
 
-  if (p.stop.length > MAX_STOP_STRINGS) {
-    throw new StopSequenceError(`accepts at most ${MAX_STOP_STRINGS} strings; got ${p.stop.length}.`);
+  if (limits.maxStopStrings !== undefined && p.stop.length > limits.maxStopStrings) {
+    throw new StopSequenceError(`accepts at most ${limits.maxStopStrings} strings (MAX_STOP_STRINGS); got ${p.stop.length}.`);
   }
   p.stop.forEach((s, i) => {
     if (typeof s !== 'string' || s.length === 0) {
-      throw new StopSequenceError(`entries must be non-empty strings; entry ${i} is ${JSON.stringify(s)}.`);
+      throw new StopSequenceError(`entries must be non-empty strings; entry ${i} is ${quote(s)}.`);
     }
   });
   p.stopTokenIds.forEach((id) => checkInt('stop_token_ids', id, 0, limits.vocabSize - 1));

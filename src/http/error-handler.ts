@@ -5,11 +5,21 @@
  * Streams that already sent headers report errors in-band instead (see
  * routes/chat-sse.ts), using `toErrorBody` from here.
  */
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import fp from 'fastify-plugin';
-import type { FastifyError, FastifyRequest } from 'fastify';
-import { GemmaServeError } from '../errors.js';
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, HTTPMethods } from 'fastify';
+import { GemmaServeError, quote } from '../errors.js';
 import type { ErrorBody } from '../protocol/chat-types.js';
-import { BodyTooLargeError, InvalidJsonError, RouteNotFoundError, UnsupportedMediaTypeError } from './errors.js';
+import {
+  BadUrlError,
+  BodyTooLargeError,
+  InvalidJsonError,
+  MethodNotAllowedError,
+  RouteNotFoundError,
+  UnsupportedMediaTypeError,
+  UriTooLongError,
+} from './errors.js';
 import { translateValidation } from './validation.js';
 
 /** Fastify's own errors that are the client's fault, mapped to named errors. */
@@ -21,17 +31,20 @@ function fromFastify(err: FastifyError, req: FastifyRequest, bodyLimit: number):
   }
   switch (err.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE': return new BodyTooLargeError(bodyLimit);
-    case 'FST_ERR_CTP_INVALID_JSON_BODY': return new InvalidJsonError(err.message);
+    case 'FST_ERR_CTP_INVALID_JSON_BODY': return new InvalidJsonError(clip(err.message));
     case 'FST_ERR_CTP_EMPTY_JSON_BODY': return new InvalidJsonError('the body is empty');
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE': return new UnsupportedMediaTypeError(req.headers['content-type']);
     default: break;
   }
   // JSON.parse failures surface as SyntaxError with statusCode 400.
-  if (err instanceof SyntaxError && err.statusCode === 400) return new InvalidJsonError(err.message);
+  if (err instanceof SyntaxError && err.statusCode === 400) return new InvalidJsonError(clip(err.message));
   const status = err.statusCode ?? 500;
-  if (status >= 400 && status < 500) return new GemmaServeError(err.message, { status, code: err.code ?? null });
+  if (status >= 400 && status < 500) return new GemmaServeError(clip(err.message), { status, code: err.code ?? null });
   return undefined;
 }
+
+/** A parser's or framework's message may quote the client's input: keep a short prefix. */
+const clip = (message: string): string => (message.length <= 200 ? message : `${message.slice(0, 200)}…`);
 
 export interface ErrorReply {
   status: number;
@@ -68,9 +81,51 @@ export const errorHandlerPlugin = fp<{ bodyLimit: number }>(async (app, opts) =>
     if (r.status >= 500) req.log.error({ err }, 'request failed');
     else req.log.info({ status: r.status, code: r.body.error.code, param: r.body.error.param }, r.body.error.message);
     if (r.retryAfter !== undefined) void reply.header('retry-after', String(r.retryAfter));
+    if (err instanceof MethodNotAllowedError) void reply.header('allow', err.allow.join(', '));
     return reply.code(r.status).type('application/json; charset=utf-8').send(r.body);
   });
   app.setNotFoundHandler(async (req) => {
+    const allow = allowedMethods(app, req.url);
+    if (allow.length > 0) throw new MethodNotAllowedError(req.method, req.url, allow);
     throw new RouteNotFoundError(req.method, req.url);
   });
 }, { name: 'gemma-error-handler' });
+
+const METHODS: HTTPMethods[] = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'];
+
+/** Methods some route serves at this URL (for 405 and its Allow header). */
+function allowedMethods(app: FastifyInstance, url: string): string[] {
+  const path = url.split('?')[0]!;
+  return METHODS.filter((method) => app.findRoute({ method, url: path }) !== null);
+}
+
+/**
+ * Fastify's `frameworkErrors`: URLs the router cannot take (a bad
+ * percent-escape, a path segment over maxParamLength), answered in OpenAI's
+ * shape like every other error.
+ */
+export function frameworkErrors(err: FastifyError, req: FastifyRequest, reply: FastifyReply): void {
+  const e = err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? new UriTooLongError() : new BadUrlError(req.raw.url ?? '');
+  req.log.info({ status: e.status, code: e.code }, e.message);
+  void reply.code(e.status).type('application/json; charset=utf-8').send(toErrorBody(e));
+}
+
+/**
+ * Node's `clientError`: requests the HTTP parser rejects before Fastify sees
+ * them (headers or request line too large: 431; anything malformed: 400;
+ * a request timeout: 408). Written straight to the socket, in OpenAI's shape.
+ */
+export function clientErrorHandler(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, code, message] = err.code === 'HPE_HEADER_OVERFLOW'
+    ? [431, 'headers_too_large', 'The request line and headers are larger than this server accepts. Send shorter headers and URL.']
+    : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? [408, 'request_timeout', 'The request took too long to arrive.']
+      : [400, 'malformed_request', `The HTTP request could not be parsed (${quote(err.code ?? 'unknown')}).`];
+  const body = JSON.stringify({ error: { message, type: 'invalid_request_error', param: null, code } });
+  if (socket.writable) {
+    socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n`
+      + `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  }
+  socket.destroy();
+}

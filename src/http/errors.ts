@@ -1,5 +1,5 @@
 /** Errors raised by the HTTP layer itself; each maps to one status in the error handler. */
-import { GemmaServeError, InvalidValueError } from '../errors.js';
+import { GemmaServeError, InvalidValueError, quote } from '../errors.js';
 
 /** A request failed JSON-schema validation; the message names the field. */
 export class SchemaValidationError extends InvalidValueError {}
@@ -13,7 +13,7 @@ export class InvalidJsonError extends InvalidValueError {
 
 export class UnsupportedMediaTypeError extends GemmaServeError {
   constructor(contentType: string | undefined) {
-    super(`Unsupported Content-Type ${JSON.stringify(contentType ?? '')}: send application/json.`, { status: 415, code: 'unsupported_media_type' });
+    super(`Unsupported Content-Type ${quote(contentType ?? '')}: send application/json.`, { status: 415, code: 'unsupported_media_type' });
   }
 }
 
@@ -40,7 +40,7 @@ export class UnauthorizedError extends GemmaServeError {
 
 export class ModelNotFoundError extends GemmaServeError {
   constructor(model: string, served: string) {
-    super(`The model \`${model}\` does not exist. This server serves \`${served}\` (GET /v1/models lists it).`, {
+    super(`The model ${quote(model)} does not exist. This server serves \`${served}\` (GET /v1/models lists it).`, {
       status: 404,
       param: 'model',
       code: 'model_not_found',
@@ -50,7 +50,7 @@ export class ModelNotFoundError extends GemmaServeError {
 
 export class SessionNotFoundError extends GemmaServeError {
   constructor(id: string) {
-    super(`No session with id ${JSON.stringify(id)}: it never existed, was deleted, or expired (SESSION_TTL_SECONDS).`, {
+    super(`No session with id ${quote(id)} for this API key: it never existed, was deleted, or expired (SESSION_TTL_SECONDS).`, {
       status: 404,
       param: 'id',
       code: 'session_not_found',
@@ -60,14 +60,14 @@ export class SessionNotFoundError extends GemmaServeError {
 
 export class RouteNotFoundError extends GemmaServeError {
   constructor(method: string, url: string) {
-    super(`Invalid URL (${method} ${url}).`, { status: 404, code: 'unknown_url' });
+    super(`Invalid URL (${method} ${quote(url)}).`, { status: 404, code: 'unknown_url' });
   }
 }
 
 /** x-session-id is not a usable session id. */
 export class InvalidSessionIdError extends InvalidValueError {
   constructor() {
-    super("Invalid 'x-session-id' header: use 1-256 printable ASCII characters without spaces.", 'x-session-id');
+    super("Invalid 'x-session-id' header: use 1-256 letters, digits or . _ : @ + = ~ -, starting with a letter or digit.", 'x-session-id', 'invalid_session_id');
   }
 }
 
@@ -87,5 +87,38 @@ export class ModelLoadingError extends GemmaServeError {
 export class ModelUnavailableError extends GemmaServeError {
   constructor() {
     super('The model failed to load; see the server log.', { status: 503, type: 'server_error', code: 'model_unavailable' });
+  }
+}
+
+/** A JSON body nested deeper than MAX_JSON_DEPTH (refused before it is parsed). */
+export class JsonTooDeepError extends InvalidValueError {
+  constructor(limit: number) {
+    super(`The JSON body is nested more than ${limit} levels deep (MAX_JSON_DEPTH). Flatten the request.`, null, 'json_too_deep');
+  }
+}
+
+/** The path exists, but not for this method. */
+export class MethodNotAllowedError extends GemmaServeError {
+  readonly allow: string[];
+  constructor(method: string, url: string, allow: string[]) {
+    super(`Method ${quote(method)} is not allowed on ${quote(url)}; use ${allow.join(' or ')}.`, { status: 405, code: 'method_not_allowed' });
+    this.allow = allow;
+  }
+}
+
+/** A path segment (a session id, a model name) longer than the router accepts. */
+export class UriTooLongError extends GemmaServeError {
+  constructor() {
+    super('The request URL has a path segment that is too long. Session ids and model names are at most 256 characters.', {
+      status: 414,
+      code: 'uri_too_long',
+    });
+  }
+}
+
+/** The URL does not decode (a malformed percent-escape). */
+export class BadUrlError extends InvalidValueError {
+  constructor(url: string) {
+    super(`The request URL ${quote(url)} is malformed (an invalid percent-escape).`, null, 'invalid_url');
   }
 }

@@ -7,7 +7,7 @@
 import type { RouteOptions } from 'fastify';
 import { loadConfig } from '../../config/index.js';
 import { Metrics } from '../metrics.js';
-import { SHARED_SCHEMAS, buildApp } from '../server.js';
+import { buildApp, sharedSchemas } from '../server.js';
 import { toYaml } from './yaml.js';
 
 type Obj = Record<string, unknown>;
@@ -56,16 +56,17 @@ function operation(route: RouteOptions): Obj {
     ...(params.length === 0 ? {} : { parameters: params }),
     ...(s.body === undefined ? {} : { requestBody: { required: true, content: { 'application/json': { schema: rewrite(s.body) } } } }),
     responses: responses((s.response ?? {}) as Record<string, Obj>),
-    // API_KEYS is optional: either a bearer token or nothing.
-    ...(route.url.startsWith('/v1/') ? { security: [{ bearer: [] }, {}] } : {}),
+    // API_KEYS is optional: either a bearer token or nothing. Public routes never need one.
+    ...(route.config?.access === undefined || route.config.access === 'key' ? { security: [{ bearer: [] }, {}] } : {}),
   };
 }
 
 /** The OpenAPI document as an object. */
 export async function buildOpenApi(): Promise<Obj> {
   const routes: RouteOptions[] = [];
+  const config = loadConfig({});
   const app = await buildApp({
-    config: loadConfig({}),
+    config,
     service: { phase: 'loading' },
     metrics: new Metrics({ defaultMetrics: false }),
     logger: false,
@@ -92,7 +93,7 @@ export async function buildOpenApi(): Promise<Obj> {
     servers: [{ url: 'http://127.0.0.1:8080' }],
     paths: sortedPaths,
     components: {
-      schemas: Object.fromEntries(SHARED_SCHEMAS.map((s) => [s.$id, rewrite(s)])),
+      schemas: Object.fromEntries(sharedSchemas(config.limits).map((s) => [s.$id, rewrite(s)])),
       securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'Required only when API_KEYS is set.' } },
     },
   };

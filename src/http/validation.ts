@@ -6,6 +6,7 @@
 import type { FastifySchemaValidationError } from 'fastify';
 
 type SchemaErrorDataVar = 'body' | 'headers' | 'params' | 'querystring';
+import { QUOTE_MAX_CHARS, quote } from '../errors.js';
 import { SchemaValidationError } from './errors.js';
 
 /** '/messages/0/role' -> 'messages[0].role'; digits index arrays only (logit_bias keys are digits too). */
@@ -47,7 +48,11 @@ function expectedTypes(t: unknown): string {
   return list.length > 1 ? `${list.slice(0, -1).join(', ')} or ${list[list.length - 1]}` : list[0] ?? 'another type';
 }
 
-const join = (base: string, key: string): string => (base === '' ? key : `${base}.${key}`);
+/** A field path, with the client's part cut short: keys of a request body are the client's text too. */
+const join = (base: string, key: string): string => {
+  const k = key.length <= QUOTE_MAX_CHARS ? key : `${key.slice(0, QUOTE_MAX_CHARS)}…`;
+  return base === '' ? k : `${base}.${k}`;
+};
 
 /** The message and param for one ajv error, about `data` (the validated request part). */
 export function describeValidationError(e: FastifySchemaValidationError, data: unknown, context: SchemaErrorDataVar): SchemaValidationError {
@@ -55,7 +60,7 @@ export function describeValidationError(e: FastifySchemaValidationError, data: u
   const param = pointerToParam(path, data);
   const p = e.params as Record<string, unknown>;
   const value = valueAt(data, path);
-  const shown = JSON.stringify(value);
+  const shown = quote(value);
   const where = param === '' ? `request ${context}` : `'${param}'`;
   // propertyNames failures report the object's path and name the bad key separately.
   const badKey = (e as { propertyName?: string }).propertyName;
@@ -97,6 +102,10 @@ export function describeValidationError(e: FastifySchemaValidationError, data: u
       return new SchemaValidationError(`Invalid ${where}: expected a string of at least ${String(p.limit)} characters.`, param || null);
     case 'maxLength':
       return new SchemaValidationError(`Invalid ${where}: expected a string of at most ${String(p.limit)} characters.`, param || null);
+    case 'maxProperties':
+      return new SchemaValidationError(`Invalid ${where}: expected at most ${String(p.limit)} entries.`, param || null, 'limit_exceeded');
+    case 'pattern':
+      return new SchemaValidationError(`Invalid ${where}: ${shown} does not match ${String(p.pattern)}.`, param || null);
     default:
       return new SchemaValidationError(`Invalid ${where}: ${e.message ?? 'does not match the schema'}.`, param || null);
   }

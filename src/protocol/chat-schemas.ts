@@ -3,26 +3,45 @@
  * Fastify (`addSchema`, referenced as `$id#`), so the same object validates
  * requests, serialises responses and becomes a component of openapi.yaml.
  * Range checks live here; checks that need several fields or server limits
- * live in ./check.ts.
+ * live in ./check.ts. The request schemas are built from the server's
+ * configured limits, so validation and openapi.yaml state the same numbers.
  */
 import { CHAT_ROLES } from './chat-types.js';
+
+/** Request bounds from config (`limits`): each one a schema keyword, so violations are 400s naming the field. */
+export interface ProtocolLimits {
+  /** Messages in one request (MAX_MESSAGES). */
+  messages: number;
+  /** Characters of one message's text (MAX_MESSAGE_CHARS). */
+  messageChars: number;
+  /** Entries in logit_bias (MAX_LOGIT_BIAS). */
+  logitBias: number;
+  /** Entries in stop (MAX_STOP_STRINGS). */
+  stopStrings: number;
+}
+
+/**
+ * A session name (x-session-id, prompt_cache_key): letters, digits and a few
+ * URL-safe marks, so it can appear in /v1/sessions/:id as it is.
+ */
+export const SESSION_NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._:@+=~-]{0,255}$';
 
 const nullable = (type: string) => ({ type: [type, 'null'] });
 const ref = (id: string) => ({ $ref: `${id}#` });
 
-export const ContentPartSchema = {
+const contentPartSchema = (limits: ProtocolLimits) => ({
   $id: 'ContentPart',
   description: 'A content part. Only `text` parts are supported; image, audio and file parts are rejected with 400.',
   type: 'object',
   required: ['type'],
   properties: {
-    type: { type: 'string' },
-    text: { type: 'string' },
+    type: { type: 'string', maxLength: 64 },
+    text: { type: 'string', maxLength: limits.messageChars },
   },
   additionalProperties: true,
-} as const;
+} as const);
 
-export const ChatMessageSchema = {
+const chatMessageSchema = (limits: ProtocolLimits) => ({
   $id: 'ChatMessage',
   type: 'object',
   required: ['role'],
@@ -31,16 +50,18 @@ export const ChatMessageSchema = {
     role: { type: 'string', enum: [...CHAT_ROLES], description: '`developer` is treated as `system`, `tool` as `user`.' },
     content: {
       type: ['string', 'array', 'null'],
+      maxLength: limits.messageChars,
+      maxItems: 1024,
       items: ref('ContentPart'),
-      description: 'A string or an array of text parts; null only on assistant messages.',
+      description: `A string or an array of text parts, at most ${limits.messageChars} characters (MAX_MESSAGE_CHARS); null only on assistant messages.`,
     },
-    name: { type: 'string' },
+    name: { type: 'string', maxLength: 256 },
     tool_calls: { type: 'array', description: 'Not supported: tools are rejected with 400.' },
-    tool_call_id: { type: 'string' },
+    tool_call_id: { type: 'string', maxLength: 256 },
     refusal: nullable('string'),
     function_call: { description: 'Not supported.' },
   },
-} as const;
+} as const);
 
 const numberIn = (minimum: number, maximum: number, description?: string) => ({
   type: ['number', 'null'],
@@ -55,18 +76,25 @@ const intAtLeast = (minimum: number, description?: string) => ({
 });
 const unsupported = (what: string) => ({ description: `Not supported: ${what} is rejected with 400.` });
 
-export const ChatCompletionRequestSchema = {
+const chatCompletionRequestSchema = (limits: ProtocolLimits) => ({
   $id: 'ChatCompletionRequest',
   type: 'object',
   required: ['model', 'messages'],
   additionalProperties: false,
   properties: {
-    messages: { type: 'array', minItems: 1, items: ref('ChatMessage') },
-    model: { type: 'string', minLength: 1 },
+    messages: {
+      type: 'array',
+      minItems: 1,
+      maxItems: limits.messages,
+      items: ref('ChatMessage'),
+      description: `At most ${limits.messages} messages (MAX_MESSAGES).`,
+    },
+    model: { type: 'string', minLength: 1, maxLength: 256 },
     frequency_penalty: numberIn(-2, 2),
     logit_bias: {
       type: ['object', 'null'],
-      description: 'Token id -> bias added to its logit before sampling.',
+      description: `Token id -> bias added to its logit before sampling; at most ${limits.logitBias} entries (MAX_LOGIT_BIAS).`,
+      maxProperties: limits.logitBias,
       propertyNames: { pattern: '^[0-9]{1,9}$' },
       additionalProperties: { type: 'number', minimum: -100, maximum: 100 },
     },
@@ -79,9 +107,10 @@ export const ChatCompletionRequestSchema = {
     stop: {
       type: ['string', 'array', 'null'],
       minLength: 1,
-      maxItems: 16,
-      items: { type: 'string', minLength: 1 },
-      description: 'Up to 16 stop strings; the matched text is not returned.',
+      maxLength: 1024,
+      maxItems: limits.stopStrings,
+      items: { type: 'string', minLength: 1, maxLength: 1024 },
+      description: `Up to ${limits.stopStrings} stop strings (MAX_STOP_STRINGS); the matched text is not returned.`,
     },
     stream: nullable('boolean'),
     stream_options: {
@@ -96,18 +125,28 @@ export const ChatCompletionRequestSchema = {
       type: 'string',
       minLength: 1,
       maxLength: 256,
-      description: 'Names the session when no x-session-id header is sent.',
+      description: 'An end-user label for logs; it does not name a session (use x-session-id or prompt_cache_key).',
     },
     store: { ...nullable('boolean'), description: 'Accepted and ignored.' },
-    metadata: { type: ['object', 'null'], additionalProperties: { type: 'string' }, description: 'Accepted and ignored.' },
-    service_tier: { ...nullable('string'), description: 'Accepted and ignored.' },
+    metadata: {
+      type: ['object', 'null'],
+      maxProperties: 16,
+      propertyNames: { maxLength: 64 },
+      additionalProperties: { type: 'string', maxLength: 512 },
+      description: 'Accepted and ignored.',
+    },
+    service_tier: { ...nullable('string'), maxLength: 64, description: 'Accepted and ignored.' },
     parallel_tool_calls: { type: 'boolean', description: 'Accepted and ignored.' },
-    prompt_cache_key: { type: 'string', description: 'Accepted and ignored (sessions are matched by prefix).' },
-    safety_identifier: { type: 'string', description: 'Accepted and ignored.' },
+    prompt_cache_key: {
+      type: 'string',
+      pattern: SESSION_NAME_PATTERN,
+      description: 'Names the session (its KV cache) when no x-session-id header is sent: 1-256 letters, digits or . _ : @ + = ~ -, starting with a letter or digit.',
+    },
+    safety_identifier: { type: 'string', maxLength: 256, description: 'Accepted and ignored.' },
     response_format: {
       type: 'object',
       required: ['type'],
-      properties: { type: { type: 'string' } },
+      properties: { type: { type: 'string', maxLength: 64 } },
       description: 'Only {"type": "text"} is supported.',
     },
     tools: unsupported('tools'),
@@ -128,7 +167,7 @@ export const ChatCompletionRequestSchema = {
       description: 'vLLM extension: extra token ids that end generation.',
     },
   },
-} as const;
+} as const);
 
 export const TopLogprobSchema = {
   $id: 'TopLogprob',
@@ -262,10 +301,10 @@ export const ChatCompletionChunkSchema = {
 } as const;
 
 /** Every shared chat schema, in dependency order for `addSchema`. */
-export const CHAT_SCHEMAS = [
-  ContentPartSchema,
-  ChatMessageSchema,
-  ChatCompletionRequestSchema,
+export const chatSchemas = (limits: ProtocolLimits) => [
+  contentPartSchema(limits),
+  chatMessageSchema(limits),
+  chatCompletionRequestSchema(limits),
   TopLogprobSchema,
   ChoiceLogprobsSchema,
   UsageSchema,

@@ -4,6 +4,7 @@
  * server limit) and what deserves a clearer message than a schema error
  * (unsupported content and features). Pure, so it is tested without a server.
  */
+import { quote } from '../errors.js';
 import { CHAT_ROLES, type ChatCompletionRequest, type ContentPart } from './chat-types.js';
 import {
   EmptyMessagesError,
@@ -23,6 +24,8 @@ export interface ChatLimits {
   topKCap: number;
   /** Vocabulary size for token-id checks; undefined skips them (model not loaded yet). */
   vocabSize?: number;
+  /** Characters of text in one message, its parts added up (MAX_MESSAGE_CHARS; a string is bounded by the schema). */
+  messageChars?: number;
 }
 
 const NON_TEXT_PARTS: Record<string, string> = {
@@ -55,7 +58,13 @@ export function checkChatRequest(req: ChatCompletionRequest, limits: ChatLimits)
       if (m.role !== 'assistant') throw new MissingParameterError(`${at}.content`);
       return;
     }
-    if (Array.isArray(m.content)) m.content.forEach((p, j) => checkPart(p, `${at}.content[${j}]`));
+    if (Array.isArray(m.content)) {
+      m.content.forEach((p, j) => checkPart(p, `${at}.content[${j}]`));
+      const chars = m.content.reduce((n, p) => n + (p.text?.length ?? 0), 0);
+      if (limits.messageChars !== undefined && chars > limits.messageChars) {
+        throw new LimitExceededError(`${at}.content`, chars, limits.messageChars, 'MAX_MESSAGE_CHARS');
+      }
+    }
   });
 
   // Check 3: no tools or function calling (an empty tools array is harmless).
@@ -68,7 +77,7 @@ export function checkChatRequest(req: ChatCompletionRequest, limits: ChatLimits)
 
   // Check 4: text in, text out.
   if (present(req.response_format) && req.response_format!.type !== 'text') {
-    throw new UnsupportedFeatureError('response_format', `only {"type": "text"} is supported, not ${JSON.stringify(req.response_format!.type)}`);
+    throw new UnsupportedFeatureError('response_format', `only {"type": "text"} is supported, not ${quote(req.response_format!.type)}`);
   }
   if (present(req.modalities) && req.modalities!.some((m) => m !== 'text')) {
     throw new UnsupportedFeatureError('modalities', 'only text output is supported');
@@ -125,5 +134,5 @@ function checkPart(p: ContentPart, at: string): void {
   }
   const why = NON_TEXT_PARTS[p.type];
   if (why !== undefined) throw new UnsupportedContentError(`${at}.type`, why);
-  throw new UnsupportedContentError(`${at}.type`, `unknown content part type ${JSON.stringify(p.type)}`);
+  throw new UnsupportedContentError(`${at}.type`, `unknown content part type ${quote(p.type)}`);
 }

@@ -1,5 +1,5 @@
 /** Named 400s of the chat protocol; each message says what to change. */
-import { InvalidValueError } from '../errors.js';
+import { InvalidValueError, quote } from '../errors.js';
 
 /** The messages array is empty. */
 export class EmptyMessagesError extends InvalidValueError {
@@ -11,7 +11,7 @@ export class EmptyMessagesError extends InvalidValueError {
 /** A message role outside system/developer/user/assistant/tool. */
 export class UnknownRoleError extends InvalidValueError {
   constructor(param: string, role: unknown, allowed: readonly string[]) {
-    super(`Invalid value for '${param}': ${JSON.stringify(role)}. Supported values are: ${allowed.map((r) => `'${r}'`).join(', ')}.`, param);
+    super(`Invalid value for '${param}': ${quote(role)}. Supported values are: ${allowed.map((r) => `'${r}'`).join(', ')}.`, param);
   }
 }
 

@@ -7,9 +7,9 @@
  * finished or cancelled rows, recording their sessions. Each choice of a
  * request (OpenAI `n`) is one row.
  */
-import { SessionBusyError, SlotsBusyError } from '../cache/index.js';
+import { OPEN_NAMESPACE, SessionBusyError, SlotsBusyError, nameOf, scopedId } from '../cache/index.js';
 import type { Engine } from '../engine/engine.js';
-import { Sampler, type Sequence, type StepOutput } from '../engine/sampler.js';
+import { Sampler, type RequestLimits, type Sequence, type StepOutput } from '../engine/sampler.js';
 import { GemmaServeError, InvalidValueError } from '../errors.js';
 import { EventQueue } from './event-queue.js';
 import { QueueFullError, ShuttingDownError } from './errors.js';
@@ -28,6 +28,8 @@ export interface SchedulerOptions {
   maxBatch: number;
   maxQueue: number;
   prefillChunk: number;
+  /** Limits on stop strings and logit_bias entries (config `limits`). */
+  requestLimits?: RequestLimits;
 }
 
 /** Hooks the metrics layer listens on. */
@@ -48,6 +50,7 @@ interface Row {
 
 interface Job {
   req: GenerationRequest;
+  /** The scoped id (`<namespace>/<name>`) the request is bound to, once bound. */
   sessionId?: string;
   promptIds: number[];
   rows: Row[];
@@ -80,7 +83,7 @@ export class BatchScheduler implements Scheduler {
     this.sampler = new Sampler(engine, (seq, needed) => {
       const row = this.rowOf(seq);
       if (row?.binding && seq.prefillDone) this.turns.makeRoom(row.binding, seq, needed);
-    });
+    }, opts.requestLimits);
     this.loopDone = this.loop();
   }
 
@@ -103,7 +106,7 @@ export class BatchScheduler implements Scheduler {
     const events = job.events;
     return {
       get sessionId() {
-        return job.sessionId;
+        return job.sessionId === undefined ? undefined : nameOf(job.sessionId);
       },
       [Symbol.asyncIterator]: () => events[Symbol.asyncIterator](),
     };
@@ -113,12 +116,13 @@ export class BatchScheduler implements Scheduler {
     return { queueDepth: this.queue.length, running: this.running.length, batchSize: this.lastBatch };
   }
 
-  async session(id: string): Promise<SessionInfo | undefined> {
+  async session(name: string, namespace = OPEN_NAMESPACE): Promise<SessionInfo | undefined> {
+    const id = scopedId(namespace, name);
     const slot = this.turns.slots.slotOf(id);
     const meta = await this.turns.slots.lookup(id);
     if (!meta) return undefined;
     return {
-      id,
+      id: name,
       resident: slot !== undefined,
       slot: slot ?? null,
       cachedTokens: meta.sinkIds.length + meta.keptIds.length,
@@ -129,7 +133,8 @@ export class BatchScheduler implements Scheduler {
     };
   }
 
-  async deleteSession(id: string): Promise<boolean> {
+  async deleteSession(name: string, namespace = OPEN_NAMESPACE): Promise<boolean> {
+    const id = scopedId(namespace, name);
     for (let i = 0; i < 200 && this.turns.slots.isBusy(id); i++) await new Promise((r) => setTimeout(r, 25));
     const slot = this.turns.slots.slotOf(id);
     const deleted = await this.turns.slots.delete(id);
@@ -225,7 +230,7 @@ export class BatchScheduler implements Scheduler {
 
   private async bindJob(job: Job): Promise<void> {
     const { req } = job;
-    const sessionId = await this.turns.resolve(req.sessionId, job.promptIds);
+    const sessionId = await this.turns.resolve(req.sessionId, job.promptIds, req.namespace ?? OPEN_NAMESPACE);
     // Every choice needs a slot: wait until all are free rather than bind some and undo them.
     const free = this.turns.slots.size - this.turns.slots.busySlots();
     if (job.rows.length > 1 && free < job.rows.length) throw new SlotsBusyError(this.turns.slots.size);

@@ -14,7 +14,9 @@ import {
   appendTokens,
   applyEviction,
   cacheLength,
+  OPEN_NAMESPACE,
   planEviction,
+  scopedId,
   planTurn,
   sinkLength,
   type SessionMeta,
@@ -68,10 +70,13 @@ export class SessionTurns {
     this.capacity = engine.capacity;
   }
 
-  /** The id a request runs under: its own name, a cached conversation it extends, or a new one. */
-  async resolve(named: string | undefined, promptIds: number[]): Promise<string> {
-    if (named) return named;
-    return (await this.slots.matchPrefix(promptIds)) ?? `sess-${randomUUID()}`;
+  /**
+   * The scoped id a request runs under: its own name, a conversation of the
+   * same namespace that it extends, or a new one.
+   */
+  async resolve(named: string | undefined, promptIds: number[], namespace: string = OPEN_NAMESPACE): Promise<string> {
+    if (named) return scopedId(namespace, named);
+    return (await this.slots.matchPrefix(promptIds, namespace)) ?? scopedId(namespace, `sess-${randomUUID()}`);
   }
 
   /** Takes the session's slot and brings its cache to the state the prompt needs. */
@@ -183,16 +188,16 @@ export class SessionTurns {
     return this.opts.minFree ?? Math.max(1, Math.floor(this.capacity / 8));
   }
 
-  /** Template-rendered ids up to the end of the system prompt (Gemma puts it inside the first user turn). */
+  /**
+   * Template-rendered ids up to the end of the system prompt (Gemma puts it
+   * inside the first user turn), encoded as encodeChat encodes it: control
+   * strings in the system prompt are text.
+   */
   private systemPrefix(messages: ChatMessage[]): number[] | undefined {
     const first = messages[0];
     if (!first || first.role !== 'system') return undefined;
-    const text = typeof first.content === 'string' ? first.content : first.content.map((p) => p.text).join('');
     try {
-      const rendered = this.engine.tokenizer.applyChatTemplate([first, { role: 'user', content: '' }], { addGenerationPrompt: false });
-      const end = rendered.indexOf(text);
-      if (end < 0) return undefined;
-      return this.engine.tokenizer.encode(rendered.slice(0, end + text.length), { addSpecialTokens: false });
+      return this.engine.tokenizer.encodeChatPrefix([first, { role: 'user', content: '' }], 0, { addGenerationPrompt: false });
     } catch {
       return undefined;
     }

@@ -16,8 +16,13 @@ export interface ChatTurn {
 export interface GenerationRequest {
   /** The HTTP request id, for logs: a client's x-request-id when sane, so not guaranteed unique (do not key maps on it). */
   requestId: string;
-  /** Named session (x-session-id header or `user`); absent means match by prefix or start a new one. */
+  /** Named session (x-session-id header or `prompt_cache_key`); absent means match by prefix or start a new one. */
   sessionId?: string;
+  /**
+   * The credential's namespace (a hash of the API key): sessions are created,
+   * named and matched within it only. Absent: the shared namespace used when keys are off.
+   */
+  namespace?: string;
   /** Whole conversation as the client sent it, normalised; the scheduler reuses what a session caches. */
   messages: ChatTurn[];
   params: SamplingParams;
@@ -72,6 +77,7 @@ export interface SchedulerStats {
 
 /** What GET /v1/sessions/:id shows: the slot manager's view of one conversation. */
 export interface SessionInfo {
+  /** The session's name as its client knows it. */
   id: string;
   /** True while the session owns a KV slot (otherwise only metadata is stored). */
   resident: boolean;
@@ -88,10 +94,10 @@ export interface SessionInfo {
 export interface Scheduler {
   submit(req: GenerationRequest): GenerationStream;
   stats(): SchedulerStats;
-  /** Undefined when no session of that id is known (memory or store). */
-  session(id: string): Promise<SessionInfo | undefined>;
-  /** Frees the slot and the stored metadata; false when unknown. Waits for a running request on it to end. */
-  deleteSession(id: string): Promise<boolean>;
+  /** Undefined when the namespace has no session of that name (memory or store). */
+  session(name: string, namespace?: string): Promise<SessionInfo | undefined>;
+  /** Frees the slot and the stored metadata; false when unknown in the namespace. Waits for a running request on it to end. */
+  deleteSession(name: string, namespace?: string): Promise<boolean>;
   /** Stop admitting, let running requests finish for up to graceMs, cancel the rest, flush session metadata. */
   shutdown(graceMs: number): Promise<void>;
 }
