@@ -167,14 +167,14 @@ t.test('a multi-turn conversation reuses its cache', async (t) => {
     { role: 'system', content: 'You are a terse assistant.' },
     { role: 'user', content: 'Name a colour.' },
   ];
-  const r1 = await client.chat.completions.create({ model: MODEL, messages: turn1, max_tokens: 6, temperature: 0, user });
+  const r1 = await client.chat.completions.create({ model: MODEL, messages: turn1, max_tokens: 6, temperature: 0, prompt_cache_key: user, user: 'end-user-1' });
   t.equal(r1.usage!.prompt_tokens_details?.cached_tokens, 0, 'the first turn starts cold');
   const turn2: ChatCompletionMessageParam[] = [
     ...turn1,
     { role: 'assistant', content: r1.choices[0]!.message.content },
     { role: 'user', content: 'Another one?' },
   ];
-  const r2 = await client.chat.completions.create({ model: MODEL, messages: turn2, max_tokens: 6, temperature: 0, user });
+  const r2 = await client.chat.completions.create({ model: MODEL, messages: turn2, max_tokens: 6, temperature: 0, prompt_cache_key: user, user: 'end-user-1' });
   const cached = r2.usage!.prompt_tokens_details!.cached_tokens!;
   t.ok(cached > 0, `the second turn reused ${cached} cached tokens`);
   t.ok(cached >= r1.usage!.prompt_tokens - 1, `at least the first prompt was reused (${cached} of ${r1.usage!.prompt_tokens})`);
@@ -194,7 +194,7 @@ t.test('a multi-turn conversation reuses its cache', async (t) => {
   t.ok(chunks.at(-1)!.usage!.prompt_tokens_details!.cached_tokens! > 0, 'a streamed turn reports cached tokens too');
 
   // Cold run of the same history: same reply (the cache changes nothing but speed).
-  const cold = await client.chat.completions.create({ model: MODEL, messages: turn2, max_tokens: 6, temperature: 0, user: `${user}-cold` });
+  const cold = await client.chat.completions.create({ model: MODEL, messages: turn2, max_tokens: 6, temperature: 0, prompt_cache_key: `${user}-cold`, user: 'end-user-1' });
   t.equal(cold.usage!.prompt_tokens_details?.cached_tokens, 0);
   t.equal(cold.choices[0]!.message.content, r2.choices[0]!.message.content, 'cached and cold prefill agree');
 });

@@ -7,7 +7,7 @@ import { RedisSessionStore, ResilientSessionStore, type SessionMeta } from '../s
 import { Engine } from '../src/engine/engine.js';
 import type { ChatTurn } from '../src/scheduler/types.js';
 import { modelDir } from './helpers/fixtures.js';
-import { chat, makeStack } from './helpers/stack.js';
+import { chat, makeStack, scoped } from './helpers/stack.js';
 import { freePort } from './helpers/free-port.js';
 
 async function until(cond: () => Promise<boolean>, ms: number): Promise<boolean> {
@@ -62,7 +62,7 @@ t.test('a conversation goes on through a Redis outage and its metadata reaches R
 
   const id = `outage-${process.pid}`;
   const other = `outage-other-${process.pid}`;
-  const key = (sid: string) => `gemma-serve:session:${sid}`;
+  const key = (sid: string) => `gemma-serve:session:${scoped(sid)}`;
   const inRedis = async (sid: string): Promise<SessionMeta | undefined> => {
     const raw = await check.get(key(sid));
     return raw === null ? undefined : (JSON.parse(raw) as SessionMeta);
@@ -76,7 +76,7 @@ t.test('a conversation goes on through a Redis outage and its metadata reaches R
   };
 
   for (let i = 0; i < 3; i++) await say(`Day ${i}: it rained and I read a book.`);
-  t.equal((await inRedis(id))?.historyLength, s.slots.metaOf(id)!.historyLength, 'while Redis is up each turn is written to it');
+  t.equal((await inRedis(id))?.historyLength, s.slots.metaOf(scoped(id))!.historyLength, 'while Redis is up each turn is written to it');
   t.notOk(store.degraded, 'not degraded');
 
   await killRedis();
@@ -94,7 +94,7 @@ t.test('a conversation goes on through a Redis outage and its metadata reaches R
   t.ok(during.every((f) => f === 'length' || f === 'stop'), `all ${during.length} requests during the outage answered`);
   t.ok(store.degraded, 'the store knows Redis is down');
   t.ok(store.fallbacks > 0, `${store.fallbacks} operations served from memory`);
-  const latest = await store.memory.get(id);
+  const latest = await store.memory.get(scoped(id));
   t.ok(latest && latest.historyLength > 0, 'the in-memory mirror holds the session');
   t.ok(latest!.evicted > 0, `the session evicted ${latest!.evicted} tokens along the way`);
 
@@ -107,7 +107,7 @@ t.test('a conversation goes on through a Redis outage and its metadata reaches R
 
   const after = await say('Day 7: the lights are back.');
   t.ok(after.finish === 'length' || after.finish === 'stop', 'the conversation goes on');
-  t.equal((await inRedis(id))?.historyHash, s.slots.metaOf(id)!.historyHash, 'and its new turn is in Redis');
+  t.equal((await inRedis(id))?.historyHash, s.slots.metaOf(scoped(id))!.historyHash, 'and its new turn is in Redis');
   t.equal((await inRedis(id))?.historyLength, after.usage.promptTokens + after.usage.completionTokens - 1, 'the stored history is the whole conversation so far');
   await killRedis();
 });

@@ -5,11 +5,13 @@ import { createSessionMeta, RedisSessionStore, ResilientSessionStore } from '../
 import { Engine } from '../src/engine/engine.js';
 import type { ChatTurn } from '../src/scheduler/types.js';
 import { modelDir } from './helpers/fixtures.js';
-import { chat, makeStack } from './helpers/stack.js';
+import { chat, makeStack, scoped } from './helpers/stack.js';
 
 const C = 96;
 const PREFIX = `gemma-serve-test:restart-${process.pid}-${Date.now().toString(36)}:`;
 const ID = `restart-${process.pid}`;
+/** Where the slot manager and the store keep it. */
+const SID = scoped(ID);
 const load = () => Engine.load({ modelDir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 2, cacheCapacity: C });
 
 const raw = new Redis({ host: '127.0.0.1', port: 6379 });
@@ -37,11 +39,11 @@ t.test('a second engine continues a session from Redis and answers as the first 
     history.push({ role: 'assistant', content: r.text });
   }
   t.ok(a.evictions.length > 0, `A evicted ${a.evictions.length} times`);
-  const stored = await storeA.get(ID);
+  const stored = await storeA.get(SID);
   t.ok(stored, 'the session metadata is in Redis');
   t.ok(stored!.evicted > 0, `it records ${stored!.evicted} evicted tokens`);
-  t.same(stored, a.slots.metaOf(ID), 'Redis holds what A has in its slot');
-  t.ok(JSON.parse((await raw.get(`${PREFIX}session:${ID}`))!).keptIds.length > 0, 'under <prefix>session:<id>');
+  t.same(stored, a.slots.metaOf(SID), 'Redis holds what A has in its slot');
+  t.ok(JSON.parse((await raw.get(`${PREFIX}session:${SID}`))!).keptIds.length > 0, 'under <prefix>session:<id>');
 
   // Process B: a new engine, slot manager and scheduler on the same Redis.
   const engineB = await load();
@@ -52,7 +54,7 @@ t.test('a second engine continues a session from Redis and answers as the first 
     await storeB.close();
     engineB.dispose();
   });
-  t.notOk(b.slots.isCached(ID), 'B has never seen the session');
+  t.notOk(b.slots.isCached(SID), 'B has never seen the session');
   history.push({ role: 'user', content: 'What is my favourite number and what is my pet called?' });
   const fromB = await chat(b, history, { maxTokens: 16 }, ID);
 
@@ -64,8 +66,8 @@ t.test('a second engine continues a session from Redis and answers as the first 
 
   // B rebuilt the stored cache (sink + kept window) and went on from it: both processes now record the same session.
   t.equal(fromB.usage.cachedTokens, 0, 'B had nothing cached');
-  const afterB = b.slots.metaOf(ID)!;
-  const afterA = a.slots.metaOf(ID)!;
+  const afterB = b.slots.metaOf(SID)!;
+  const afterA = a.slots.metaOf(SID)!;
   t.equal(afterB.createdAt, stored!.createdAt, "B's session continues A's (same creation time)");
   t.equal(fromB.usage.promptTokensProcessed, fromB.usage.promptTokens - afterB.evicted, 'B prefilled every prompt token the rolling cache keeps');
   const state = (m: typeof afterA) => ({ sink: m.sinkIds, kept: m.keptIds, turns: m.turnStarts, evicted: m.evicted, history: m.historyHash, length: m.historyLength });

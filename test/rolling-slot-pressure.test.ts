@@ -5,7 +5,7 @@ import { MemorySessionStore, RedisSessionStore } from '../src/cache/index.js';
 import { Engine } from '../src/engine/engine.js';
 import type { ChatTurn } from '../src/scheduler/types.js';
 import { modelDir } from './helpers/fixtures.js';
-import { chat, makeStack, type Stack } from './helpers/stack.js';
+import { chat, makeStack, scoped, type Stack } from './helpers/stack.js';
 
 const C = 96;
 const ROUNDS = 5;
@@ -67,7 +67,7 @@ t.test('four sessions round-robin on two slots answer as each would alone', asyn
   t.ok(shared.evictions.length > 0, `the rolling cache evicted too (${shared.evictions.length} times)`);
 
   for (let s = 0; s < NAMES.length; s++) {
-    const stored = await store.get(ids[s]);
+    const stored = await store.get(scoped(ids[s]!));
     t.ok(stored, `${NAMES[s]}'s metadata is in Redis`);
     const text = engine.tokenizer.decode([...stored!.sinkIds, ...stored!.keptIds]);
     const others = NAMES.filter((n, o) => o !== s && (text.includes(n) || text.includes(PETS[o])));

@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Engine } from '../../src/engine/engine.js';
 import type { ChatTurn } from '../../src/scheduler/types.js';
 import { modelDir } from './fixtures.js';
-import { chat, type Stack } from './stack.js';
+import { chat, scoped, type Stack } from './stack.js';
 
 export const C = 64;
 const TURNS = 200;
@@ -65,15 +65,15 @@ export async function converse(t: Test, s: Stack, named: string | undefined): Pr
     if (i === LONG_TURN) longTurnEvicted = r.usage.evictedTokens;
     history.push({ role: 'assistant', content: r.text });
     if (i === 0) {
-      const meta = s.slots.metaOf(r.sessionId!)!;
-      firstSink = sinkKeys(engine, s.slots.slotOf(r.sessionId!)!, meta.sinkIds.length);
+      const meta = s.slots.metaOf(scoped(r.sessionId!))!;
+      firstSink = sinkKeys(engine, s.slots.slotOf(scoped(r.sessionId!))!, meta.sinkIds.length);
     }
     if (i === 50) atFifty = { numBytes: tf.memory().numBytes, numTensors: tf.memory().numTensors };
   }
   const end = { numBytes: tf.memory().numBytes, numTensors: tf.memory().numTensors };
   t.same(problems, [], 'every turn finished by max_tokens or a stop token, never cut short');
   t.same([...sessions].length, 1, 'every turn continued the same session');
-  const id = [...sessions][0];
+  const id = scoped([...sessions][0]!);
   const meta = s.slots.metaOf(id)!;
   t.ok(meta.historyLength > 20 * C, `conversation of ${meta.historyLength} tokens > 20 x C = ${20 * C}`);
   t.ok(meta.evicted > 19 * C, `${meta.evicted} tokens evicted over the conversation`);

@@ -1,10 +1,13 @@
 // A real engine + slot manager + scheduler, as the service wires them, for tests.
-import { MemorySessionStore, SlotManager, type SessionStore } from '../../src/cache/index.js';
+import { MemorySessionStore, OPEN_NAMESPACE, scopedId, SlotManager, type SessionStore } from '../../src/cache/index.js';
 import type { Engine } from '../../src/engine/engine.js';
 import { DEFAULT_SAMPLING, type SamplingParams } from '../../src/engine/types.js';
 import { BatchScheduler, type SchedulerObserver } from '../../src/scheduler/scheduler.js';
 import { SessionTurns, type EvictionMode } from '../../src/scheduler/session-turns.js';
 import type { ChatTurn, GenerationUsage } from '../../src/scheduler/types.js';
+
+/** The id the slot manager and the store keep a session's name under (requests without a key share the open namespace). */
+export const scoped = (name: string): string => scopedId(OPEN_NAMESPACE, name);
 
 export interface Stack {
   engine: Engine;
