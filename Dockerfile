@@ -44,14 +44,14 @@ RUN npm run build \
  && rm -rf node_modules/@tensorflow/tfjs-node-gpu
 # The native CPU kernels (native/): g++ here, libgomp1 at run time. Where
 # either cannot be installed, the image runs tfjs's matmuls and the start-up
-# log says why ("linear").
+# log says why ("linear"); where g++ installs but the kernels fail to build,
+# build-native.sh exits non-zero and so does the image build.
 COPY native native
 COPY scripts/build-native.sh scripts/build-native.sh
-# Node-API is ABI-stable: where this Node ships no headers, Debian's libnode-dev has them.
+# Node-API's headers: node_modules/node-api-headers (a dependency, installed above).
 RUN mkdir -p build \
- && headers="$(node -p "require('node:path').resolve(process.execPath, '../../include/node')")" \
  && { (apt-get update \
-       && apt-get install -y --no-install-recommends g++ $([ -f "$headers/node_api.h" ] || echo libnode-dev) \
+       && apt-get install -y --no-install-recommends g++ \
        && rm -rf /var/lib/apt/lists/*) \
       || echo "gemma-serve: g++ could not be installed; the image runs without the native kernels" >&2; } \
  && bash scripts/build-native.sh
