@@ -31,7 +31,7 @@ import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { request } from 'undici';
 import { loadConfig } from '../config/index.js';
-import { Engine } from '../src/engine/engine.js';
+import { Engine, engineParts } from '../src/engine/engine.js';
 import { Sampler, type Sequence } from '../src/engine/sampler.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
 import { loadModelConfig } from '../src/model/hf-config.js';
@@ -112,10 +112,11 @@ function rearm(seq: Sequence): void {
 
 /** Prefills `prompts` into slots 0.. and times `steps` batched decode steps. */
 async function decodeRun(engine: Engine, sampler: Sampler, prompts: number[][], steps: number): Promise<{ ms: number; tokens: number[] }> {
-  const seqs = prompts.map((p, b) => {
-    engine.pool.reset(b);
-    return sampler.add({ slot: b, promptIds: p, params: greedy });
-  });
+  const seqs: Sequence[] = [];
+  for (const [b, p] of prompts.entries()) {
+    await engine.resetSlot(b);
+    seqs.push(await sampler.add({ slot: b, promptIds: p, params: greedy }));
+  }
   for (const s of seqs) {
     await sampler.prefill(s);
     rearm(s);
@@ -130,8 +131,8 @@ async function decodeRun(engine: Engine, sampler: Sampler, prompts: number[][], 
 
 /** Times prefilling `ids` into slot 0 in chunks of `chunk`, up to and including the first sampled token. */
 async function prefillRun(engine: Engine, sampler: Sampler, ids: number[], chunk = Infinity): Promise<number> {
-  engine.pool.reset(0);
-  const seq = sampler.add({ slot: 0, promptIds: ids, params: greedy });
+  await engine.resetSlot(0);
+  const seq = await sampler.add({ slot: 0, promptIds: ids, params: greedy });
   const t = now();
   while (!seq.prefillDone) await sampler.prefill(seq, chunk);
   return now() - t;
@@ -190,10 +191,9 @@ async function streamOnce(url: string, model: string, messages: ChatMessage[]): 
 /** Threads our engine computes on: the wasm backend's own (1 under Node) plus the column-split worker. */
 /** Threads that run our linear layers: the native kernels' pool, or wasm plus its worker. */
 async function engineThreads(engine: Engine): Promise<number | null> {
-  const { native, split } = engine.model.weights;
-  if (native) return cpuOptions().threads;
+  if (engine.pathName === 'native') return cpuOptions().threads;
   if (engine.backend.name !== 'wasm') return null;
-  return (await import('@tensorflow/tfjs-backend-wasm')).getThreadsCount() + (split ? 1 : 0);
+  return (await import('@tensorflow/tfjs-backend-wasm')).getThreadsCount() + (engine.memory().workerBytes !== undefined ? 1 : 0);
 }
 
 async function main(): Promise<void> {
@@ -256,7 +256,7 @@ async function main(): Promise<void> {
 
   const parity = await phase('parity', async () => {
     const prompts = parityPrompts.map((p, i) => {
-      const { values: v, indices } = tf.tidy(() => tf.topk(engine.model.forward([p]), TOP_K));
+      const { values: v, indices } = tf.tidy(() => tf.topk(engineParts(engine).path.forward([p]), TOP_K));
       const ours = Array.from(indices.dataSync()).map((id, k): [number, number] => [id, v.dataSync()[k]!]);
       tf.dispose([v, indices]);
       const theirs = llama.parity[i]!;

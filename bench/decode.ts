@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Engine } from '../src/engine/engine.js';
-import { Sampler } from '../src/engine/sampler.js';
+import { Sampler, type Sequence } from '../src/engine/sampler.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
 import { benchModelDir, cpuOptions, promptIds } from './model-dir.js';
 
@@ -22,8 +22,8 @@ async function main(): Promise<void> {
   let prefillMs = Infinity;
   let prefillPeak = 0;
   for (let i = 0; i < 2; i++) {
-    engine.pool.reset(0);
-    const seq = sampler.add({ slot: 0, promptIds: prompt, params: greedy });
+    await engine.resetSlot(0);
+    const seq = await sampler.add({ slot: 0, promptIds: prompt, params: greedy });
     const t0 = performance.now();
     const prof = await tf.profile(async () => {
       await sampler.prefill(seq, 512);
@@ -35,10 +35,11 @@ async function main(): Promise<void> {
   const decode: Record<string, number> = {};
   let decodePeak = 0;
   for (const B of [1, 4, 8]) {
-    const seqs = Array.from({ length: B }, (_, b) => {
-      engine.pool.reset(b);
-      return sampler.add({ slot: b, promptIds: promptIds(64, b + 2), params: greedy });
-    });
+    const seqs: Sequence[] = [];
+    for (let b = 0; b < B; b++) {
+      await engine.resetSlot(b);
+      seqs.push(await sampler.add({ slot: b, promptIds: promptIds(64, b + 2), params: greedy }));
+    }
     for (const s of seqs) await sampler.prefill(s);
     await sampler.step(seqs); // warm-up at this batch size
     const prof = await tf.profile(async () => {

@@ -79,7 +79,7 @@ async function main(): Promise<void> {
     if (!full && usage!.evictedTokens > 0) full = { turn, tokens };
     const point = { tokens, ms_per_token: round(gaps.reduce((a, b) => a + b, 0) / gaps.length), backend_bytes: tf.memory().numBytes };
     points.push(point);
-    console.error(`turn ${turn}: ${JSON.stringify(point)} cache ${engine.pool.length(0)}/${C}, ${Math.round((performance.now() - t0) / 1000)} s`);
+    console.error(`turn ${turn}: ${JSON.stringify(point)} cache ${engine.slotLength(0)}/${C}, ${Math.round((performance.now() - t0) / 1000)} s`);
   }
   await scheduler.shutdown(1000);
 

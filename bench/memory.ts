@@ -9,8 +9,8 @@
  * same structure, so the sampled steps bound the others.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { Engine } from '../src/engine/engine.js';
-import { Sampler } from '../src/engine/sampler.js';
+import { Engine, engineParts } from '../src/engine/engine.js';
+import { Sampler, type Sequence } from '../src/engine/sampler.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
 import { benchModelDir, promptIds } from './model-dir.js';
 
@@ -30,10 +30,11 @@ async function generatePeak(engine: Engine, batch: number, tokens: number): Prom
   const sampler = new Sampler(engine);
   // End-of-sequence tokens are forbidden so every row generates exactly `tokens`.
   const params = { ...DEFAULT_SAMPLING, temperature: 0.8, seed: 1, maxTokens: tokens, logitBias: { 1: -100, 106: -100 } };
-  const seqs = Array.from({ length: batch }, (_, b) => {
-    engine.pool.reset(b);
-    return sampler.add({ slot: b, promptIds: promptIds(PROMPT, b + 1), params });
-  });
+  const seqs: Sequence[] = [];
+  for (let b = 0; b < batch; b++) {
+    await engine.resetSlot(b);
+    seqs.push(await sampler.add({ slot: b, promptIds: promptIds(PROMPT, b + 1), params }));
+  }
   let peak = tf.memory().numBytes;
   for (const s of seqs) peak = Math.max(peak, await peakOf(() => sampler.prefill(s).then(() => undefined), true));
   for (let step = 1; seqs.some((s) => !s.finished); step++) {
@@ -58,10 +59,11 @@ async function main(): Promise<void> {
     times[key] = Math.round(performance.now() - t0);
     retained[key] = B * T * V * 4;
   }
-  engine.pool.reset(0);
+  await engine.resetSlot(0);
   const prompt = promptIds(1024);
   peak.prefill_1024 = await peakOf(async () => {
-    const logits = engine.model.prefill(prompt, { pool: engine.pool, slots: [0] });
+    const { path, pool } = engineParts(engine);
+    const logits = path.prefill(prompt, { pool, slots: [0] });
     await logits?.data();
     logits?.dispose();
   }, true);

@@ -17,12 +17,11 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, type BackendChoice } from '../src/engine/backend.js';
-import { Engine } from '../src/engine/engine.js';
-import { Sampler } from '../src/engine/sampler.js';
-import { reduceLogits } from '../src/engine/top-k.js';
+import { Engine, engineParts } from '../src/engine/engine.js';
+import { Sampler, type Sequence } from '../src/engine/sampler.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
 import { webgpuLimits } from '../src/engine/webgpu/adapter.js';
-import { WebGPUModel } from '../src/engine/webgpu/fused-model.js';
+import { WebGPUPath } from '../src/engine/webgpu/forward.js';
 import { promptIds } from './model-dir.js';
 
 const BACKEND = (process.env.BACKEND ?? 'webgpu') as BackendChoice;
@@ -99,9 +98,9 @@ async function parity(): Promise<object> {
         idsOk &&= idsMatchUpToTies(p.top_ids, c.top_ids[i], c.top_logits[i]);
       });
       // Greedy continuation through the cached decode path, teacher-forced.
-      const pool = engine.pool;
+      const { path, pool } = engineParts(engine);
       pool.reset(0);
-      let logits = engine.model.prefill(c.input_ids, { pool, slots: [0] }) as tf.Tensor2D;
+      let logits = path.prefill(c.input_ids, { pool, slots: [0] }) as tf.Tensor2D;
       let decodeWorst = 0;
       let greedyOk = true;
       for (let s = 0; s < c.greedy_new_ids.length; s++) {
@@ -112,7 +111,7 @@ async function parity(): Promise<object> {
         const ref = c.greedy_top5_logits[s];
         decodeWorst = Math.max(decodeWorst, ...vals.map((v, j) => Math.abs(v - ref[j])));
         if (ref[0] - ref[1] > 1e-2 && ids[0] !== c.greedy_new_ids[s]) greedyOk = false;
-        logits = engine.model.forward([[c.greedy_new_ids[s]]], { pool, slots: [0] });
+        logits = path.forward([[c.greedy_new_ids[s]]], { pool, slots: [0] });
       }
       logits.dispose();
       pool.reset(0);
@@ -139,8 +138,8 @@ async function decode(dir: string): Promise<object> {
   const prompt = promptIds(512);
   let prefillMs = Infinity;
   for (let i = 0; i < 3; i++) {
-    engine.pool.reset(0);
-    const seq = sampler.add({ slot: 0, promptIds: prompt, params: greedy });
+    await engine.resetSlot(0);
+    const seq = await sampler.add({ slot: 0, promptIds: prompt, params: greedy });
     const t0 = performance.now();
     await sampler.prefill(seq, 512);
     prefillMs = Math.min(prefillMs, performance.now() - t0);
@@ -152,8 +151,11 @@ async function decode(dir: string): Promise<object> {
   const decodeRuns: Record<string, unknown>[] = [];
   let kernelsPerStepB1: number | undefined;
   for (const B of [1, 8, 32]) {
-    for (let slot = 0; slot < B; slot++) engine.pool.reset(slot);
-    const seqs = Array.from({ length: B }, (_, b) => sampler.add({ slot: b, promptIds: promptIds(64, b + 2), params: greedy }));
+    const seqs: Sequence[] = [];
+    for (let b = 0; b < B; b++) {
+      await engine.resetSlot(b);
+      seqs.push(await sampler.add({ slot: b, promptIds: promptIds(64, b + 2), params: greedy }));
+    }
     for (const s of seqs) await sampler.prefill(s);
     for (const submit of submitSizes) {
       if (BACKEND === 'webgpu') tf.env().set(flag, submit);
@@ -174,7 +176,8 @@ async function decode(dir: string): Promise<object> {
     }
     if (B === 1) {
       // tfjs kernels (the graph, or the top-k after the fused pass) plus the fused pass's own dispatches.
-      const fused = engine.model instanceof WebGPUModel ? engine.model : undefined;
+      const path = engineParts(engine).path;
+      const fused = path instanceof WebGPUPath ? path : undefined;
       const before = fused?.dispatches ?? 0;
       const prof = await tf.profile(async () => {
         await sampler.step(seqs);
@@ -210,7 +213,7 @@ async function decode(dir: string): Promise<object> {
  */
 async function breakdown(dir: string): Promise<object> {
   const engine = await Engine.load({ modelDir: dir, backend: BACKEND, slots: 32, cacheCapacity: 1024, maxBatch: 32, prefillChunk: 512, webgpuKernels: KERNELS });
-  const pool = engine.pool;
+  const { path, pool } = engineParts(engine);
   const rows: Record<string, unknown>[] = [];
   const median = (xs: number[]) => round([...xs].sort((x, y) => x - y)[xs.length >> 1]);
   const firstValue = async (t: tf.Tensor2D) => {
@@ -222,18 +225,18 @@ async function breakdown(dir: string): Promise<object> {
     const slots = Array.from({ length: B }, (_, b) => b);
     for (const s of slots) {
       pool.reset(s);
-      engine.model.prefill(promptIds(64, s + 2), { pool, slots: [s], noLogits: true });
+      path.prefill(promptIds(64, s + 2), { pool, slots: [s], noLogits: true });
     }
     const record: number[] = [];
     const forward: number[] = [];
     const reduce: number[] = [];
     for (let i = 0; i < STEPS + 2; i++) {
       const t0 = performance.now();
-      const logits = engine.model.forward(slots.map(() => [1000 + i]), { pool, slots });
+      const logits = path.forward(slots.map(() => [1000 + i]), { pool, slots });
       const t1 = performance.now();
       await firstValue(logits);
       const t2 = performance.now();
-      await reduceLogits(logits, slots.map(() => ({ params: greedy, counts: new Map(), k: engine.topKCap })));
+      await path.reduce(logits, slots.map(() => ({ params: greedy, counts: new Map(), k: engine.topKCap })));
       const t3 = performance.now();
       if (i < 2) continue;
       record.push(t1 - t0);

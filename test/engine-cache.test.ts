@@ -1,7 +1,7 @@
 // Cached, batched decoding equals a full forward pass, across several sliding windows and ring wrap-around.
 import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
-import { Engine } from '../src/engine/engine.js';
+import { Engine, engineParts } from '../src/engine/engine.js';
 import { modelDir } from './helpers/fixtures.js';
 import { engineBackends } from './helpers/backends.js';
 
@@ -17,27 +17,27 @@ for (const { label, backend, kernels, threads } of engineBackends()) {
     const rows = [5, 30, 61].map((n) => [2, ...Array.from({ length: n - 1 }, token)]);
     const slots = [0, 1, 2];
     rows.forEach((ids, b) => {
-      engine.pool.reset(b);
-      engine.model.prefill(ids, { pool: engine.pool, slots: [b], noLogits: true });
+      engineParts(engine).pool.reset(b);
+      engineParts(engine).path.prefill(ids, { pool: engineParts(engine).pool, slots: [b], noLogits: true });
     });
     let worst = 0;
     for (let step = 0; step < 45; step++) {
       const next = rows.map(() => token());
-      const cached = engine.model.forward(next.map((x) => [x]), { pool: engine.pool, slots });
+      const cached = engineParts(engine).path.forward(next.map((x) => [x]), { pool: engineParts(engine).pool, slots });
       rows.forEach((r, b) => r.push(next[b]));
       const got = await cached.data();
       cached.dispose();
       if (step % 4 !== 0 && step !== 44) continue;
       for (let b = 0; b < rows.length; b++) {
-        const full = engine.model.forward([rows[b]]);
+        const full = engineParts(engine).path.forward([rows[b]]);
         const want = await full.data();
         full.dispose();
         for (let i = 0; i < V; i++) worst = Math.max(worst, Math.abs(got[b * V + i] - want[i]));
       }
     }
-    t.ok(rows[2].length > engine.pool.entries.sliding, 'the longest row wrapped its sliding ring');
+    t.ok(rows[2].length > engineParts(engine).pool.entries.sliding, 'the longest row wrapped its sliding ring');
     t.ok(worst < 1e-4, `cached logits equal the full pass within 1e-4 (worst ${worst.toExponential(2)})`);
-    slots.forEach((s) => engine.pool.reset(s));
+    slots.forEach((s) => engineParts(engine).pool.reset(s));
     t.equal(tf.memory().numTensors, baseline, 'no tensor leaked');
   });
 }

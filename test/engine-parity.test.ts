@@ -1,7 +1,7 @@
 // The engine against Hugging Face transformers: every fixture case, on wasm, cpu and (where Vulkan is installed) webgpu.
 import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
-import { Engine } from '../src/engine/engine.js';
+import { Engine, engineParts } from '../src/engine/engine.js';
 import { MODELS, idsMatchUpToTies, modelDir, reference } from './helpers/fixtures.js';
 import { engineBackends } from './helpers/backends.js';
 
@@ -28,10 +28,10 @@ for (const { label, backend, kernels, threads } of engineBackends()) {
         });
 
         t.test(`${c.name}: greedy continuation through the cached decode path`, async (t) => {
-          const pool = engine.pool;
+          const pool = engineParts(engine).pool;
           pool.reset(0);
           const steps = c.greedy_new_ids.length;
-          let logits = engine.model.prefill(c.input_ids, { pool, slots: [0] }) as tf.Tensor2D;
+          let logits = engineParts(engine).path.prefill(c.input_ids, { pool, slots: [0] }) as tf.Tensor2D;
           for (let s = 0; s < steps; s++) {
             const top = tf.topk(logits, 5);
             const ids = Array.from(await top.indices.data());
@@ -42,7 +42,7 @@ for (const { label, backend, kernels, threads } of engineBackends()) {
             t.ok(worst < TOL, `step ${s}: top-5 logits within ${TOL} (worst ${worst.toExponential(2)})`);
             if (refVals[0] - refVals[1] > 1e-2) t.equal(ids[0], c.greedy_new_ids[s], `step ${s}: greedy id`);
             // Teacher forcing keeps the comparison aligned where a near-tie could go either way.
-            logits = engine.model.forward([[c.greedy_new_ids[s]]], { pool, slots: [0] });
+            logits = engineParts(engine).path.forward([[c.greedy_new_ids[s]]], { pool, slots: [0] });
           }
           logits.dispose();
           pool.reset(0);

@@ -2,9 +2,9 @@
 // the embedding lookup, the decode step's reduction, and their argument checks.
 import t from 'tap';
 import { initBackend } from '../src/engine/backend.js';
-import { NativeKernels, nativeAddon } from '../src/engine/native-kernels.js';
+import { NativeKernels, nativeAddon } from '../src/engine/native/kernels.js';
 import { createRng } from '../src/engine/rng.js';
-import { reduceLogits } from '../src/engine/top-k.js';
+import { reduceNative } from '../src/engine/native/reduce.js';
 import { checkReduction } from './helpers/top-k-reference.js';
 
 const { addon, reason } = nativeAddon();
@@ -67,7 +67,7 @@ t.test('columns of a packed matrix are the rows of its transpose, scaled', async
 
 t.test('the native reduction equals the reduction in JS', async (t) => {
   await initBackend('wasm');
-  await checkReduction(t, (logits, rows) => reduceLogits(logits, rows, kernels), 1e-4);
+  await checkReduction(t, (logits, rows) => reduceNative(logits, rows, kernels), 1e-4);
 });
 
 t.test('bad arguments throw instead of reading or writing past an array', async (t) => {

@@ -1,7 +1,7 @@
 // `recompute` eviction equals a fresh prefill of the retained tokens (sink plus kept turns), on Gemma 3 and Gemma 2 fixtures.
 import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
-import { Engine } from '../src/engine/engine.js';
+import { Engine, engineParts } from '../src/engine/engine.js';
 import { modelDir } from './helpers/fixtures.js';
 import { driveSession, nextTurnIds, promptOf } from './helpers/session-driver.js';
 
@@ -19,7 +19,7 @@ function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 
 /** Last-position logits of one standalone forward pass (no cache) over `ids`. */
 async function fresh(engine: Engine, ids: number[]): Promise<Float32Array> {
-  const logits = engine.model.forward([ids]);
+  const logits = engineParts(engine).path.forward([ids]);
   const data = (await logits.data()) as Float32Array;
   logits.dispose();
   return data;
@@ -37,22 +37,22 @@ for (const name of ['gemma3-tiny-scaled', 'gemma2-tiny'] as const) {
       const { b, seq } = await s.bind(prompt);
       const sinkLen = b.meta.sinkIds.length;
       await s.sampler.prefill(seq);
-      while (engine.pool.length(b.slot) < C) await s.sampler.step([seq]);
+      while (engineParts(engine).pool.length(b.slot) < C) await s.sampler.step([seq]);
       // The cache holds the prompt and every generated token but the pending one.
       const cached = [...prompt, ...seq.generated.slice(0, -1)];
       t.equal(cached.length, C, 'the cache is full');
 
-      s.turns.makeRoom(b, seq, 1);
+      await s.turns.makeRoom(b, seq, 1);
       t.equal(s.evictions.length, 1, 'one eviction');
       t.equal(s.evictions[0].kind, 'turn', 'of whole turns');
       const cut = sinkLen + s.evictions[0].tokens;
       const retainedIds = [...cached.slice(0, sinkLen), ...cached.slice(cut)];
       t.same([...b.meta.sinkIds, ...b.meta.keptIds], retainedIds, 'the metadata lists the sink and the newest tokens');
-      t.equal(engine.pool.length(b.slot), retainedIds.length, 'the slot was refilled with exactly those');
-      const global = [...engine.pool.positions(b.slot, 'global')].filter((p) => p >= 0).sort((x, y) => x - y);
+      t.equal(engineParts(engine).pool.length(b.slot), retainedIds.length, 'the slot was refilled with exactly those');
+      const global = [...engineParts(engine).pool.positions(b.slot, 'global')].filter((p) => p >= 0).sort((x, y) => x - y);
       t.same(global, Array.from({ length: retainedIds.length }, (_, i) => i), 'at positions 0..n-1');
 
-      const logits = engine.model.forward([[seq.pending!]], { pool: engine.pool, slots: [b.slot] });
+      const logits = engineParts(engine).path.forward([[seq.pending!]], { pool: engineParts(engine).pool, slots: [b.slot] });
       const got = await logits.data();
       logits.dispose();
       const want = await fresh(engine, [...retainedIds, seq.pending!]);
@@ -62,7 +62,7 @@ for (const name of ['gemma3-tiny-scaled', 'gemma2-tiny'] as const) {
       const unevicted = maxDiff(got, await fresh(engine, [...cached, seq.pending!]));
       t.ok(unevicted > 100 * TOL, `the uncut history gives logits ${unevicted.toExponential(2)} away`);
       await s.turns.finish(b, seq, true);
-      engine.pool.reset(b.slot);
+      engineParts(engine).pool.reset(b.slot);
       t.equal(tf.memory().numTensors, baseline, 'no tensor leaked');
     });
 
@@ -75,7 +75,7 @@ for (const name of ['gemma3-tiny-scaled', 'gemma2-tiny'] as const) {
       t.equal(s.evictions.length, 0, 'the first turn fits');
       const sinkLen = first.b.meta.sinkIds.length;
       const cached = [...first.seq.promptIds, ...first.seq.generated.slice(0, -1)];
-      t.equal(engine.pool.length(first.b.slot), cached.length, 'the slot holds the first turn');
+      t.equal(engineParts(engine).pool.length(first.b.slot), cached.length, 'the slot holds the first turn');
 
       const history = [...first.seq.promptIds, ...first.seq.generated, ...nextTurnIds(engine, 'And then what happened to them')];
       const { b, seq } = await s.bind(history);
@@ -92,13 +92,13 @@ for (const name of ['gemma3-tiny-scaled', 'gemma2-tiny'] as const) {
       let logits: tf.Tensor2D | undefined;
       for (let i = 0; i < b.promptIds.length; i += chunk) {
         const last = i + chunk >= b.promptIds.length;
-        logits = engine.model.prefill(b.promptIds.slice(i, i + chunk), { pool: engine.pool, slots: [b.slot], noLogits: !last });
+        logits = engineParts(engine).path.prefill(b.promptIds.slice(i, i + chunk), { pool: engineParts(engine).pool, slots: [b.slot], noLogits: !last });
       }
       const got = await logits!.data();
       logits!.dispose();
       const worst = maxDiff(got, await fresh(engine, expected));
       t.ok(worst < TOL, `logits within ${TOL} of a fresh pass over the retained tokens (worst ${worst.toExponential(2)})`);
-      engine.pool.reset(b.slot);
+      engineParts(engine).pool.reset(b.slot);
       s.turns.slots.release('recompute-turn');
       t.equal(tf.memory().numTensors, baseline, 'no tensor leaked');
     });

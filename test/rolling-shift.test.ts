@@ -1,7 +1,7 @@
 // `shift` eviction against an independent float64 computation of attention over the retained K/V at renumbered positions.
 import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
-import { Engine } from '../src/engine/engine.js';
+import { Engine, engineParts } from '../src/engine/engine.js';
 import type { LayerType, RopeSettings } from '../src/model/hf-config.js';
 import { modelDir, reference } from './helpers/fixtures.js';
 import { ReferenceDecoder, rotate, type RefEntry } from './helpers/reference-decoder.js';
@@ -39,7 +39,7 @@ interface Snapshot {
  * keeps V as K does (`v`) or transposed (`vT`, [kvHeads, headDim, entries]).
  */
 function valuesOf(engine: Engine, layer: number, slot: number): Float32Array {
-  const pool = engine.pool as unknown as { v?: tf.Tensor4D[][]; vT?: tf.Tensor4D[][] };
+  const pool = engineParts(engine).pool as unknown as { v?: tf.Tensor4D[][]; vT?: tf.Tensor4D[][] };
   if (pool.v) return Float32Array.from(pool.v[layer][slot].dataSync());
   const v = tf.transpose(pool.vT![layer][slot], [0, 1, 3, 2]);
   const data = Float32Array.from(v.dataSync());
@@ -48,7 +48,7 @@ function valuesOf(engine: Engine, layer: number, slot: number): Float32Array {
 }
 
 function snapshot(engine: Engine, slot: number): Snapshot {
-  const pool = engine.pool;
+  const pool = engineParts(engine).pool;
   return {
     length: pool.length(slot),
     positions: { global: Int32Array.from(pool.positions(slot, 'global')), sliding: Int32Array.from(pool.positions(slot, 'sliding')) },
@@ -67,7 +67,7 @@ function retained(engine: Engine, s: Snapshot, moved: Map<number, number>, opts:
   const hd = cfg.headDim;
   const nkv = cfg.numKvHeads;
   return cfg.layerTypes.map((type, l) => {
-    const E = engine.pool.entries[type];
+    const E = engineParts(engine).pool.entries[type];
     const rope = (opts.rope ?? cfg.rope)[type];
     const out: RefEntry[] = [];
     s.positions[type].forEach((p, e) => {
@@ -159,20 +159,20 @@ for (const { engine, turns, kind } of cases) {
     t.ok(sinkLen > 4 && prompt.slice(0, sinkLen).includes(3048), `the sink (${sinkLen} tokens) covers the system prompt`);
     t.ok(prompt.length < C - 3, `prompt of ${prompt.length} tokens fits`);
     await s.sampler.prefill(seq);
-    while (engine.pool.length(b.slot) < C) await s.sampler.step([seq]);
+    while (engineParts(engine).pool.length(b.slot) < C) await s.sampler.step([seq]);
     t.equal(s.evictions.length, 0, 'no eviction until the cache is full');
-    if (engine === ringed) t.ok(C > engine.pool.entries.sliding, `the sliding rings (${engine.pool.entries.sliding} entries) wrapped`);
+    if (engine === ringed) t.ok(C > engineParts(engine).pool.entries.sliding, `the sliding rings (${engineParts(engine).pool.entries.sliding} entries) wrapped`);
 
     const before = snapshot(engine, b.slot);
     // What Sampler.step does for the next token: make room, then one cached forward pass.
-    s.turns.makeRoom(b, seq, 1);
+    await s.turns.makeRoom(b, seq, 1);
     t.equal(s.evictions.length, 1, 'one eviction');
     t.equal(s.evictions[0].kind, kind, `of kind ${kind}`);
     const evicted = s.evictions[0].tokens;
     const cut = sinkLen + evicted;
-    const newLength = engine.pool.length(b.slot);
+    const newLength = engineParts(engine).pool.length(b.slot);
     t.equal(newLength, before.length - evicted, 'the cache shrank by the evicted tokens');
-    const logits = engine.model.forward([[seq.pending!]], { pool: engine.pool, slots: [b.slot] });
+    const logits = engineParts(engine).path.forward([[seq.pending!]], { pool: engineParts(engine).pool, slots: [b.slot] });
     const got = await logits.data();
     logits.dispose();
 
@@ -192,12 +192,12 @@ for (const { engine, turns, kind } of cases) {
     t.ok(cfg.rope.global.factor === 8 && wrong > 10 * TOL, `re-rotating global keys without the x8 scaling differs by ${wrong.toExponential(2)}`);
 
     // The cache now says what the reference assumed.
-    const global = engine.pool.positions(b.slot, 'global');
+    const global = engineParts(engine).pool.positions(b.slot, 'global');
     t.same([...global].filter((p) => p >= 0).sort((x, y) => x - y), Array.from({ length: newLength + 1 }, (_, i) => i), 'global positions renumbered contiguously');
     t.same(b.meta.sinkIds, prompt.slice(0, sinkLen), 'the sink is kept');
     t.equal(b.meta.evicted, evicted, 'the session metadata counts the evicted tokens');
     await s.turns.finish(b, seq, true);
-    engine.pool.reset(b.slot);
+    engineParts(engine).pool.reset(b.slot);
     t.equal(tf.memory().numTensors, baseline, 'no tensor leaked');
   });
 }
@@ -222,7 +222,7 @@ t.test('eviction when the next turn arrives: prefill logits equal the reference 
   t.ok(b.reuse > sinkLen, `${b.reuse} cached tokens kept and shifted, not recomputed`);
   const suffix = b.promptIds.slice(b.reuse);
   t.ok(suffix.length > 5, `${suffix.length} new tokens to prefill`);
-  const logits = engine.model.prefill(suffix, { pool: engine.pool, slots: [b.slot] })!;
+  const logits = engineParts(engine).path.prefill(suffix, { pool: engineParts(engine).pool, slots: [b.slot] })!;
   const got = await logits.data();
   logits.dispose();
 
@@ -237,7 +237,7 @@ t.test('eviction when the next turn arrives: prefill logits equal the reference 
   const stale = maxDiff(got, runReference(retained(engine, before, moved, { rerotate: false }), suffix, b.reuse));
   t.ok(stale > 50 * TOL, `without re-rotation they differ by ${stale.toExponential(2)}`);
   t.equal(seq.promptIds.length, b.reuse + suffix.length, 'the sequence starts from the shifted cache');
-  engine.pool.reset(b.slot);
+  engineParts(engine).pool.reset(b.slot);
   s.turns.slots.release('shift-turn');
   t.equal(tf.memory().numTensors, baseline, 'no tensor leaked');
 });

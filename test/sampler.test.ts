@@ -1,9 +1,9 @@
 // The decode loop end to end on a fixture model: seeds, strategies, bias, penalties, logprobs, stop rules, tensors.
 import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
-import { Engine } from '../src/engine/engine.js';
+import { Engine, engineParts } from '../src/engine/engine.js';
 import { generate, type GenerateRequest } from '../src/engine/sampler-loop.js';
-import { reduceLogits } from '../src/engine/top-k.js';
+import { reduceOnGraph } from '../src/engine/graph/reduce.js';
 import { DEFAULT_SAMPLING, type SamplingParams } from '../src/engine/types.js';
 import type { StepOutput } from '../src/engine/sampler.js';
 import { modelDir, reference } from './helpers/fixtures.js';
@@ -57,7 +57,7 @@ t.test('penalties edit exactly the generated tokens, on the device', async (t) =
   const row = Float32Array.from({ length: V }, (_, i) => (i % 2 === 0 ? 2 : -2) + i / 100);
   const counts = new Map([[10, 3], [11, 1]]);
   const p = params({ temperature: 1, presencePenalty: 0.5, frequencyPenalty: 0.25, repetitionPenalty: 2, logitBias: { 20: 1 } });
-  const [top] = await reduceLogits(tf.tensor2d(row, [1, V]), [{ params: p, counts, k: V }]);
+  const [top] = await reduceOnGraph(tf.tensor2d(row, [1, V]), [{ params: p, counts, k: V }]);
   const got = new Map(Array.from(top.ids, (id, i) => [id, top.logits[i]]));
   t.ok(Math.abs(got.get(10)! - ((2.1 / 2) - 0.5 - 0.75)) < 1e-5, 'positive logit: divided by repetition, minus presence and 3x frequency');
   t.ok(Math.abs(got.get(11)! - (-1.89 * 2 - 0.5 - 0.25)) < 1e-5, 'negative logit: multiplied by repetition');
@@ -119,7 +119,7 @@ t.test('max_tokens ends with length; the end-of-turn token ends with stop', asyn
 });
 
 t.test('tensor count is back at its baseline', async (t) => {
-  for (let s = 0; s < engine.slots; s++) engine.pool.reset(s);
+  for (let s = 0; s < engine.slots; s++) engineParts(engine).pool.reset(s);
   t.equal(tf.memory().numTensors, baseline);
 });
 

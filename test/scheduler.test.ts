@@ -1,7 +1,7 @@
 // Continuous batching over a real engine: prefix reuse, batching, cancellation, queue limits, n choices.
 import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
-import { Engine } from '../src/engine/engine.js';
+import { Engine, engineParts } from '../src/engine/engine.js';
 import { QueueFullError } from '../src/scheduler/errors.js';
 import { modelDir } from './helpers/fixtures.js';
 import { chat, makeStack } from './helpers/stack.js';
@@ -117,6 +117,6 @@ t.test('n choices each get their own row; seeded choices differ and reproduce', 
 });
 
 t.test('tensors are back at baseline', async (t) => {
-  for (let i = 0; i < engine.slots; i++) engine.pool.reset(i);
+  for (let i = 0; i < engine.slots; i++) engineParts(engine).pool.reset(i);
   t.equal(tf.memory().numTensors, baseline);
 });

@@ -2,7 +2,7 @@
 // the same prompts, compaction of one slot and decode steps give the same logits, and the other slot is untouched.
 import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
-import { Engine } from '../src/engine/engine.js';
+import { Engine, engineParts } from '../src/engine/engine.js';
 import { modelDir } from './helpers/fixtures.js';
 import { WEBGPU_TESTABLE } from './helpers/backends.js';
 
@@ -13,7 +13,7 @@ async function scenario(backend: 'wasm' | 'webgpu'): Promise<{ evicted: Float32A
   // gemma3-tiny-scaled: sliding window 12, so with capacity 96 its rings (76 entries) wrap before the eviction.
   const engine = await Engine.load({ modelDir: modelDir('gemma3-tiny-scaled'), backend, slots: 2, cacheCapacity: 96 });
   try {
-    const { pool, model } = engine;
+    const { pool, path: model } = engineParts(engine);
     const baseline = tf.memory().numTensors;
     pool.reset(0);
     pool.reset(1);

@@ -2,7 +2,7 @@
 // NVIDIA binds at most 2 GiB). Forced here with a small limit: the fixture's [32 x 262144] table in 4 parts.
 import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
-import { Engine } from '../src/engine/engine.js';
+import { Engine, engineParts } from '../src/engine/engine.js';
 import { idsMatchUpToTies, modelDir, reference } from './helpers/fixtures.js';
 import { WEBGPU_TESTABLE } from './helpers/backends.js';
 
@@ -11,7 +11,7 @@ const TOL = 1e-3;
 t.test('a split embedding gives the reference logits', { skip: WEBGPU_TESTABLE ? false : 'no Vulkan driver installed' }, async (t) => {
   const engine = await Engine.load({ modelDir: modelDir('gemma3-tiny'), backend: 'webgpu', slots: 1, cacheCapacity: 128, maxTensorBytes: 10_000_000 });
   t.teardown(() => engine.dispose());
-  const parts = engine.model.weights.embedParts;
+  const parts = engineParts(engine).path.weights.embedParts;
   t.equal(parts.length, 4, 'four parts');
   t.ok(parts.every((p) => p.table.size * 4 <= 10_000_000), 'none over the limit');
   t.same(parts.map((p) => p.from), [0, 78125, 156250, 234375], 'consecutive id ranges');

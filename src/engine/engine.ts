@@ -1,26 +1,33 @@
 /**
- * The loaded model: backend, config, tokenizer, weights and the KV pool. It
- * checks before loading that the model fits the backend's memory, and warms
- * the weights up (XNNPACK packs each matmul weight on first use).
+ * The engine: the one facade the scheduler and the service use. It loads a
+ * model onto the forward path chosen for this machine (choose-path.ts),
+ * holds that path and its KV pool, and offers what the layers above need:
+ * prefill and decode calls that come back as top-K candidates, the slot
+ * operations of the rolling cache (reset, truncate, compact, rebuild), the
+ * tokenizer and the limits. Compute and slot operations return promises, so
+ * the work behind them can move off the calling thread without touching
+ * their callers. Tensors never cross this boundary.
  */
 import { existsSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { availableParallelism, totalmem } from 'node:os';
+import { availableParallelism } from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadModelConfig, type ModelConfig } from '../model/hf-config.js';
 import { defaultModelDir } from '../model/make-model.js';
 import { readSafetensors } from '../model/safetensors.js';
 import { GemmaTokenizer } from '../model/tokenizer.js';
-import { backendMemoryLimit, backendTensorLimit, initBackend, releaseBackend, type BackendChoice, type BackendName } from './backend.js';
-import { KVPool, SLIDING_SLACK } from './kv-pool.js';
-import { supportsInPlace } from './tensor-memory.js';
-import { GemmaModel, type ForwardPass } from './model.js';
-import { WebGPUModel } from './webgpu/fused-model.js';
-import { ColumnSplit } from './column-split.js';
-import { NativeKernels, nativeAddon } from './native-kernels.js';
-import { NativeModel } from './native-model.js';
+import { backendTensorLimit, initBackend, releaseBackend, type BackendChoice, type BackendName } from './backend.js';
+import { choosePath, createPath, type KernelChoice } from './choose-path.js';
+import type { ForwardPath, PathName } from './forward.js';
+import type { KVPool } from './kv-pool.js';
+import { checkMemory } from './memory-check.js';
+import type { RowLogitsInput } from './reduce.js';
+import type { TopK } from './types.js';
 import { webgpuMemory } from './webgpu/adapter.js';
-import { disposeWeights, loadWeights, ModelTooLargeError, parameterCount, weightBytesNeeded } from './weights.js';
+import { disposeWeights, loadWeights } from './weights.js';
+
+export { checkTensorLimit } from './memory-check.js';
+export type { KernelChoice } from './choose-path.js';
 
 export interface EngineOptions {
   /** Hugging Face model directory; absent means the embedded default model. */
@@ -56,7 +63,6 @@ export interface EngineOptions {
   maxTensorBytes?: number;
 }
 
-export type KernelChoice = 'auto' | 'native' | 'tfjs';
 
 export interface MemoryReport {
   /** Weight bytes in the backend and in the native kernels. */
@@ -65,6 +71,8 @@ export interface MemoryReport {
   /** Backend bytes held by neither weights nor KV (activations, packed copies, scratch). */
   transientBytes: number;
   backendBytes: number;
+  /** Host memory the path holds outside the backend: native weights and scratch buffers. */
+  hostBytes: number;
   /**
    * GPU memory as the webgpu backend's buffer manager counts it: bytes of
    * buffers holding live tensors, and bytes allocated on the device (those
@@ -79,22 +87,58 @@ export interface MemoryReport {
 
 export const DEFAULT_MODEL_ID = 'gemma-serve-default';
 
-export class Engine {
-  private constructor(
-    readonly config: ModelConfig,
-    readonly tokenizer: GemmaTokenizer,
-    readonly model: ForwardPass,
-    readonly pool: KVPool,
-    readonly backend: { name: BackendName; reason: string },
-    readonly modelId: string,
-    readonly modelDir: string,
-    readonly topKCap: number,
-    /** What runs the linear layers, and why (for the start-up log). */
-    readonly linearKernels: string,
-  ) {}
+/** What the engine runs on, for logs and metrics. */
+export interface EngineInfo {
+  modelId: string;
+  modelDir: string;
+  backend: { name: BackendName; reason: string };
+  path: PathName;
+  /** What runs the linear layers, and why (for the start-up log). */
+  linearKernels: string;
+}
 
+/** The path and the pool behind an engine, for parity tests and benchmarks that check them directly. */
+export interface EngineParts {
+  path: ForwardPath;
+  pool: KVPool;
+}
+
+const parts = new WeakMap<Engine, EngineParts>();
+
+/** The forward path and KV pool of an engine: for tests and benchmarks only; the service goes through the facade. */
+export function engineParts(engine: Engine): EngineParts {
+  return parts.get(engine)!;
+}
+
+export class Engine {
+  readonly modelId: string;
+  readonly modelDir: string;
+  readonly backend: { name: BackendName; reason: string };
+  readonly pathName: PathName;
+  readonly linearKernels: string;
   /** Wall time of `load`, warm-up included. */
   loadMs = 0;
+  private readonly path: ForwardPath;
+  private readonly pool: KVPool;
+
+  private constructor(
+    path: ForwardPath,
+    readonly tokenizer: GemmaTokenizer,
+    info: EngineInfo,
+    /** Largest K of the device-side top-k. */
+    readonly topKCap: number,
+    slots: number,
+    capacity: number,
+  ) {
+    this.path = path;
+    this.pool = path.createPool(slots, capacity);
+    this.modelId = info.modelId;
+    this.modelDir = info.modelDir;
+    this.backend = info.backend;
+    this.pathName = info.path;
+    this.linearKernels = info.linearKernels;
+    parts.set(this, { path, pool: this.pool });
+  }
 
   static async load(opts: EngineOptions = {}): Promise<Engine> {
     const t0 = performance.now();
@@ -103,37 +147,42 @@ export class Engine {
     const config = await loadModelConfig(dir);
     const slots = opts.slots ?? 4;
     const capacity = opts.cacheCapacity ?? 1024;
-    const fused = backend.name === 'webgpu' && opts.webgpuKernels !== 'graph';
-    const linear = linearKernels(backend.name, opts.kernels ?? 'auto', opts.threads ?? availableParallelism());
-    const native = linear.native;
-    checkMemory(config, backend.name, slots, capacity, opts.maxBatch ?? slots, opts.prefillChunk ?? 256, fused, native !== undefined);
+    const maxBatch = opts.maxBatch ?? slots;
+    const prefillChunk = opts.prefillChunk ?? 256;
+    const choice = choosePath(config, backend.name, {
+      webgpuKernels: opts.webgpuKernels ?? 'fused',
+      kernels: opts.kernels ?? 'auto',
+      threads: opts.threads ?? availableParallelism(),
+      graphThreads: opts.threads ?? 1,
+      maxBatch,
+      prefillChunk,
+    });
+    checkMemory(config, backend.name, slots, capacity, maxBatch, prefillChunk, choice.name === 'webgpu', choice.native !== undefined);
     // Checkpoints without tokenizer files (the test fixtures) get the Gemma 3 tokenizer.
     const tokenizer = existsSync(join(dir, 'tokenizer.json')) ? await GemmaTokenizer.fromModelDir(dir) : await GemmaTokenizer.fromDefault();
     const store = await readSafetensors(dir);
-    const split = !native && backend.name === 'wasm' && (opts.threads ?? 1) >= 2 ? columnSplitFor(config, opts.maxBatch ?? slots, opts.prefillChunk ?? 256) : undefined;
     let weights;
     try {
-      weights = await loadWeights(config, store, { maxTensorBytes: fused ? opts.maxTensorBytes ?? backendTensorLimit(backend.name)?.bytes : undefined, split, native });
-      await split?.start();
+      weights = await loadWeights(config, store, {
+        maxTensorBytes: choice.name === 'webgpu' ? opts.maxTensorBytes ?? backendTensorLimit(backend.name)?.bytes : undefined,
+        split: choice.split,
+        native: choice.native,
+      });
+      await choice.split?.start();
     } catch (err) {
-      split?.dispose();
+      choice.split?.dispose();
       throw err;
     } finally {
       await store.close();
     }
-    const model = fused ? new WebGPUModel(config, weights) : weights.native ? new NativeModel(config, weights) : new GemmaModel(config, weights);
-    const pool = new KVPool(config, slots, capacity, supportsInPlace(backend.name), model instanceof WebGPUModel ? model.slotWriter() : undefined);
-    const engine = new Engine(
-      config,
-      tokenizer,
-      model,
-      pool,
+    const info: EngineInfo = {
+      modelId: opts.modelId ?? (opts.modelDir ? basename(dir) : DEFAULT_MODEL_ID),
+      modelDir: dir,
       backend,
-      opts.modelId ?? (opts.modelDir ? basename(dir) : DEFAULT_MODEL_ID),
-      dir,
-      opts.topKCap ?? 64,
-      split ? `${linear.description}, linear weights split with a wasm worker thread` : linear.description,
-    );
+      path: choice.name,
+      linearKernels: choice.description,
+    };
+    const engine = new Engine(createPath(choice, config, weights), tokenizer, info, opts.topKCap ?? 64, slots, capacity);
     engine.warmUp();
     engine.loadMs = performance.now() - t0;
     return engine;
@@ -141,30 +190,39 @@ export class Engine {
 
   /** Runs every weight through its matmul once so the first request does not pay for packing. */
   private warmUp(): void {
-    const logits = this.model.forward([[this.config.bosId]]);
-    logits.dispose();
+    this.path.forward([[this.config.bosId]]).dispose();
+  }
+
+  get config(): ModelConfig {
+    return this.path.config;
   }
 
   get slots(): number {
     return this.pool.slots;
   }
 
+  /** Global-layer KV entries per slot. */
   get capacity(): number {
     return this.pool.capacity;
   }
 
-  memory(): MemoryReport {
-    const backendBytes = tf.memory().numBytes;
-    const { bytes, nativeBytes = 0 } = this.model.weights;
-    const kvCacheBytes = this.pool.bytes();
-    const report: MemoryReport = { weightsBytes: bytes + nativeBytes, kvCacheBytes, backendBytes, transientBytes: Math.max(0, backendBytes - bytes - kvCacheBytes) };
-    const device = this.backend.name === 'webgpu' ? webgpuMemory() : undefined;
-    if (device) {
-      report.deviceBytesInUse = device.inUse;
-      report.deviceBytesAllocated = device.allocated;
-    }
-    if (this.model.weights.split) report.workerBytes = this.model.weights.split.workerBytes;
-    return report;
+  // Compute: each call comes back as top-K candidates; the logits stay on the path.
+
+  /**
+   * Runs a prompt chunk into the slot's cache. With `row`, the chunk is the
+   * prompt's last: its last position is reduced to that row's candidates.
+   */
+  async prefill(slot: number, ids: number[], row?: RowLogitsInput): Promise<TopK | undefined> {
+    const logits = this.path.prefill(ids, { pool: this.pool, slots: [slot], noLogits: row === undefined });
+    if (!logits || !row) return undefined;
+    const [top] = await this.path.reduce(logits, [row]);
+    return top;
+  }
+
+  /** One decode step: token `tokens[b]` appended to slot `slots[b]`, each row reduced to its candidates. */
+  async decode(tokens: number[], slots: number[], rows: RowLogitsInput[]): Promise<TopK[]> {
+    const logits = this.path.forward(tokens.map((t) => [t]), { pool: this.pool, slots });
+    return this.path.reduce(logits, rows);
   }
 
   /**
@@ -173,7 +231,7 @@ export class Engine {
    */
   async score(ids: number[], topK = 20): Promise<Array<{ top_ids: number[]; top_logits: number[]; logsumexp: number }>> {
     const { values, indices, lse } = tf.tidy(() => {
-      const logits = this.model.forward([ids], { allPositions: true });
+      const logits = this.path.forward([ids], { allPositions: true });
       const top = tf.topk(logits, topK);
       return { values: top.values, indices: top.indices, lse: tf.logSumExp(logits, -1) };
     });
@@ -182,97 +240,68 @@ export class Engine {
     return ids.map((_, p) => ({
       top_ids: Array.from(i.subarray(p * topK, (p + 1) * topK)),
       top_logits: Array.from(v.subarray(p * topK, (p + 1) * topK)),
-      logsumexp: l[p],
+      logsumexp: l[p]!,
     }));
+  }
+
+  // Slot operations: what the rolling cache tells the engine to do with a slot's K/V.
+
+  /** Tokens in the slot's cache; the next token gets this position. */
+  slotLength(slot: number): number {
+    return this.pool.length(slot);
+  }
+
+  /** Whether the slot can be cut back to `n` tokens without recomputing (sliding rings keep only their window). */
+  canTruncate(slot: number, n: number): boolean {
+    return this.pool.canTruncate(slot, n);
+  }
+
+  /** Empties the slot. */
+  async resetSlot(slot: number): Promise<void> {
+    this.pool.reset(slot);
+  }
+
+  /** Drops every token at position >= n (see canTruncate). */
+  async truncateSlot(slot: number, n: number): Promise<void> {
+    this.pool.truncate(slot, n);
+  }
+
+  /** Keeps the tokens of `keep` (ascending position ranges), renumbered from 0 with their keys re-rotated. */
+  async compactSlot(slot: number, keep: Array<[number, number]>): Promise<void> {
+    this.pool.compact(slot, keep);
+  }
+
+  /** Empties the slot and prefills `ids` into it (recompute eviction, a restored session). */
+  async rebuildSlot(slot: number, ids: number[]): Promise<void> {
+    this.pool.reset(slot);
+    if (ids.length > 0) this.path.prefill(ids, { pool: this.pool, slots: [slot], noLogits: true });
+  }
+
+  memory(): MemoryReport {
+    const backendBytes = tf.memory().numBytes;
+    const m = this.path.memory();
+    const kvCacheBytes = this.pool.bytes();
+    const report: MemoryReport = {
+      weightsBytes: m.backendWeightBytes + m.hostWeightBytes,
+      kvCacheBytes,
+      backendBytes,
+      hostBytes: m.hostWeightBytes + m.hostScratchBytes,
+      transientBytes: Math.max(0, backendBytes - m.backendWeightBytes - kvCacheBytes),
+    };
+    const device = this.backend.name === 'webgpu' ? webgpuMemory() : undefined;
+    if (device) {
+      report.deviceBytesInUse = device.inUse;
+      report.deviceBytesAllocated = device.allocated;
+    }
+    if (m.workerBytes !== undefined) report.workerBytes = m.workerBytes;
+    return report;
   }
 
   dispose(): void {
     this.pool.dispose();
-    this.model.dispose();
-    disposeWeights(this.model.weights);
+    this.path.dispose();
+    disposeWeights(this.path.weights);
     // On webgpu the device keeps Node from exiting; one engine per process is the rule there.
     releaseBackend();
-  }
-}
-
-/** The native kernels where chosen and available, and a line for the start-up log; throws where 'native' was asked for and cannot run. */
-function linearKernels(backend: BackendName, choice: KernelChoice, threads: number): { native?: NativeKernels; description: string } {
-  if (backend !== 'wasm' && backend !== 'cpu') return { description: `${backend} backend` };
-  if (choice === 'tfjs') return { description: 'tfjs graph (CPU_KERNELS=tfjs)' };
-  const { addon, reason } = nativeAddon();
-  if (addon) return { native: new NativeKernels(addon, threads), description: `native kernels: ${reason}, ${threads} thread(s)` };
-  if (choice === 'native') throw new Error(`the native CPU kernels cannot run: ${reason}`);
-  return { description: `tfjs graph (no native kernels: ${reason})` };
-}
-
-/** The worker's hand-off buffer: the largest x and remote result of a decode step or prompt chunk (larger calls go in row blocks). */
-function columnSplitFor(c: ModelConfig, maxBatch: number, chunk: number): ColumnSplit {
-  const rows = Math.max(maxBatch, chunk);
-  const widest = Math.max(c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize);
-  const remote = Math.max((c.numHeads + 2 * c.numKvHeads) * c.headDim, 2 * c.intermediateSize, c.hiddenSize) / 2;
-  return new ColumnSplit(rows * widest, Math.max(rows * remote, maxBatch * Math.ceil(c.vocabSize / 2)));
-}
-
-/** Fails before loading, with the figures, when the model and caches cannot fit the backend. */
-function checkMemory(
-  c: ModelConfig,
-  backend: BackendName,
-  slots: number,
-  capacity: number,
-  maxBatch: number,
-  chunk: number,
-  embeddingSplits: boolean,
-  nativeWeights: boolean,
-): void {
-  checkTensorLimit(c, backend, backendTensorLimit(backend), embeddingSplits);
-  const gib = (n: number) => `${(n / 1024 ** 3).toFixed(2)} GiB`;
-  const p = parameterCount(c);
-  if (nativeWeights && 4 * (p.embedding + p.linear) > totalmem()) {
-    throw new ModelTooLargeError(
-      `the model's weights need up to ${gib(4 * (p.embedding + p.linear))} of host memory for the native CPU kernels (half that for a bf16 checkpoint) ` +
-        `but the machine has ${gib(totalmem())}; use a smaller model`,
-    );
-  }
-  const limit = backendMemoryLimit(backend, totalmem());
-  if (limit === undefined) return;
-  // The native kernels hold the linear weights and the embedding outside the backend (the wasm heap).
-  const weights = nativeWeights ? 4 * p.norms : weightBytesNeeded(c, backend);
-  const sliding = Math.min(capacity, c.slidingWindow + SLIDING_SLACK);
-  const perSlot = c.layerTypes.reduce((s, t) => s + (t === 'global' ? capacity : sliding), 0) * c.numKvHeads * c.headDim * 8;
-  const kv = perSlot * slots;
-  const transient = 4 * (maxBatch * c.vocabSize * 3 + chunk * (4 * c.intermediateSize + 8 * c.hiddenSize) + c.numHeads * chunk * (capacity + chunk) * 2);
-  const need = weights + kv + transient;
-  if (need > limit) {
-    throw new ModelTooLargeError(
-      `the model needs about ${gib(need)} on the ${backend} backend (weights ${gib(weights)}, KV cache ${gib(kv)} for ${slots} slots of ${capacity}, ` +
-        `activations ${gib(transient)}) but the backend holds ${gib(limit)}; use a smaller model, fewer slots (SLOTS) or a smaller CACHE_CAPACITY`,
-    );
-  }
-}
-
-/**
- * Fails before loading when one weight is larger than the backend can hold
- * as a single tensor (webgpu binds a tensor's buffer whole; Gemma 3 4B's tied
- * embedding is 2.5 GiB in float32, over NVIDIA's 2 GiB).
- */
-export function checkTensorLimit(c: ModelConfig, backend: BackendName, limit = backendTensorLimit(backend), embeddingSplits = false): void {
-  if (!limit) return;
-  const H = c.hiddenSize;
-  const largest: Array<[string, number[]]> = [
-    // The fused webgpu programs split the embedding by token ids; the graph needs it whole.
-    ...(embeddingSplits ? [] : ([['the tied embedding', [H, c.vocabSize]]] as Array<[string, number[]]>)),
-    ['the fused gate/up projection', [H, 2 * c.intermediateSize]],
-    ['the fused q/k/v projection', [H, (c.numHeads + 2 * c.numKvHeads) * c.headDim]],
-  ];
-  for (const [what, shape] of largest) {
-    const bytes = 4 * shape[0] * shape[1];
-    if (bytes > limit.bytes) {
-      const gib = (n: number) => `${(n / 1024 ** 3).toFixed(2)} GiB`;
-      throw new ModelTooLargeError(
-        `${what} [${shape.join(' x ')}] is ${gib(bytes)} in float32, but the ${backend} device holds at most ${gib(limit.bytes)} ` +
-          `in one buffer (${limit.what} = ${limit.bytes} bytes); only the embedding is split across buffers, by the fused webgpu programs: ` +
-          'use a smaller model, or BACKEND=wasm/cpu',
-      );
-    }
   }
 }

@@ -24,11 +24,12 @@ export interface GenerateEvent {
 
 export async function* generate(engine: Engine, requests: GenerateRequest[], prefillChunk = 256): AsyncGenerator<GenerateEvent> {
   const sampler = new Sampler(engine);
-  const seqs: Sequence[] = requests.map((r, i) => {
+  const seqs: Sequence[] = [];
+  for (const [i, r] of requests.entries()) {
     const slot = r.slot ?? i;
-    engine.pool.reset(slot);
-    return sampler.add({ slot, promptIds: r.promptIds, params: r.params });
-  });
+    await engine.resetSlot(slot);
+    seqs.push(await sampler.add({ slot, promptIds: r.promptIds, params: r.params }));
+  }
   for (let i = 0; i < seqs.length; i++) {
     for (;;) {
       const { done, output } = await sampler.prefill(seqs[i], prefillChunk);

@@ -15,7 +15,7 @@ import type { Engine } from './engine.js';
 import { createRng, type Rng } from './rng.js';
 import { pickToken, requiredK, tokenLogprob, validateSamplingParams, type SamplingLimits } from './sampling.js';
 import { StopMatcher } from './stop.js';
-import { reduceLogits, type RowLogitsInput } from './top-k.js';
+import type { RowLogitsInput } from './reduce.js';
 import type { FinishReason, SamplingParams, TokenLogprob, TopK } from './types.js';
 
 export interface SequenceInit {
@@ -36,9 +36,6 @@ export interface StepOutput {
   /** Set on the sequence's last output. */
   finish?: FinishReason;
 }
-
-/** Makes room in a slot before `needed` more tokens are written (the rolling-cache policy plugs in here). */
-export type MakeRoom = (seq: Sequence, needed: number) => void;
 
 let nextId = 0;
 
@@ -93,15 +90,18 @@ export class Sequence {
 /** Request limits the sampler enforces besides the engine's own (the service passes its configured ones). */
 export type RequestLimits = Pick<SamplingLimits, 'maxStopStrings' | 'maxLogitBias'>;
 
+/**
+ * Sequences' slots must have room for what a call writes: the caller (the
+ * scheduler's rolling cache) makes it before `prefill` and `step`.
+ */
 export class Sampler {
   constructor(
     readonly engine: Engine,
-    private readonly makeRoom: MakeRoom = () => {},
     private readonly limits: RequestLimits = {},
   ) {}
 
   /** Registers a sequence; its cache is cut back to the reused prefix. */
-  add(init: SequenceInit): Sequence {
+  async add(init: SequenceInit): Promise<Sequence> {
     if (init.promptIds.length === 0) throw new Error('a prompt needs at least one token');
     // The engine API checks what it is given; the HTTP layer checks earlier, with the server's own limits.
     validateSamplingParams(init.params, {
@@ -111,9 +111,9 @@ export class Sampler {
       topKCap: this.engine.topKCap,
     });
     const seq = new Sequence(init, this.engine);
-    const pool = this.engine.pool;
-    if (pool.length(seq.slot) !== seq.cachedTokens) {
-      if (pool.canTruncate(seq.slot, seq.cachedTokens)) pool.truncate(seq.slot, seq.cachedTokens);
+    const engine = this.engine;
+    if (engine.slotLength(seq.slot) !== seq.cachedTokens) {
+      if (engine.canTruncate(seq.slot, seq.cachedTokens)) await engine.truncateSlot(seq.slot, seq.cachedTokens);
       else throw new Error(`slot ${seq.slot} cannot reuse ${seq.cachedTokens} tokens without a rebuild`);
     }
     return seq;
@@ -123,12 +123,10 @@ export class Sampler {
   async prefill(seq: Sequence, maxTokens = Infinity): Promise<{ done: boolean; output?: StepOutput }> {
     const end = Math.min(seq.promptIds.length, seq.prefilled + Math.max(1, maxTokens));
     const chunk = seq.promptIds.slice(seq.prefilled, end);
-    this.makeRoom(seq, chunk.length);
     const last = end === seq.promptIds.length;
-    const logits = this.engine.model.prefill(chunk, { pool: this.engine.pool, slots: [seq.slot], noLogits: !last });
+    const top = await this.engine.prefill(seq.slot, chunk, last ? this.rowInput(seq) : undefined);
     seq.prefilled = end;
-    if (!logits) return { done: false };
-    const [top] = await reduceLogits(logits, [this.rowInput(seq)], this.engine.model.weights.native);
+    if (!top) return { done: false };
     return { done: true, output: this.accept(seq, top) };
   }
 
@@ -137,14 +135,13 @@ export class Sampler {
     if (seqs.length === 0) return [];
     for (const s of seqs) {
       if (s.pending === undefined || s.finished) throw new Error(`sequence ${s.id} is not ready to decode`);
-      this.makeRoom(s, 1);
     }
-    const logits = this.engine.model.forward(
-      seqs.map((s) => [s.pending as number]),
-      { pool: this.engine.pool, slots: seqs.map((s) => s.slot) },
+    const tops = await this.engine.decode(
+      seqs.map((s) => s.pending as number),
+      seqs.map((s) => s.slot),
+      seqs.map((s) => this.rowInput(s)),
     );
-    const tops = await reduceLogits(logits, seqs.map((s) => this.rowInput(s)), this.engine.model.weights.native);
-    return seqs.map((s, b) => this.accept(s, tops[b]));
+    return seqs.map((s, b) => this.accept(s, tops[b]!));
   }
 
   private rowInput(seq: Sequence): RowLogitsInput {

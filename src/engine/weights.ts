@@ -10,8 +10,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { GemmaServeError } from '../errors.js';
 import type { ModelConfig } from '../model/hf-config.js';
-import type { ColumnSplit, RemoteColumns } from './column-split.js';
-import type { NativeKernels, NativeMatrix } from './native-kernels.js';
+import type { ColumnSplit, RemoteColumns } from './graph/column-split.js';
+import type { NativeKernels, NativeMatrix } from './native/kernels.js';
 
 /** What the weight loader needs from a safetensors reader. */
 export interface TensorSource {

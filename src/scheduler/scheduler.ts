@@ -80,10 +80,7 @@ export class BatchScheduler implements Scheduler {
     private readonly opts: SchedulerOptions,
     private readonly observer: SchedulerObserver = {},
   ) {
-    this.sampler = new Sampler(engine, (seq, needed) => {
-      const row = this.rowOf(seq);
-      if (row?.binding && seq.prefillDone) this.turns.makeRoom(row.binding, seq, needed);
-    }, opts.requestLimits);
+    this.sampler = new Sampler(engine, opts.requestLimits);
     this.loopDone = this.loop();
   }
 
@@ -138,7 +135,7 @@ export class BatchScheduler implements Scheduler {
     for (let i = 0; i < 200 && this.turns.slots.isBusy(id); i++) await new Promise((r) => setTimeout(r, 25));
     const slot = this.turns.slots.slotOf(id);
     const deleted = await this.turns.slots.delete(id);
-    if (slot !== undefined) this.engine.pool.reset(slot);
+    if (slot !== undefined) await this.engine.resetSlot(slot);
     return deleted;
   }
 
@@ -175,11 +172,6 @@ export class BatchScheduler implements Scheduler {
     const w = this.wakeLoop;
     this.wakeLoop = undefined;
     w?.();
-  }
-
-  private rowOf(seq: Sequence): Row | undefined {
-    for (const job of this.running) for (const row of job.rows) if (row.seq === seq) return row;
-    return undefined;
   }
 
   private activeRows(): number {
@@ -242,7 +234,7 @@ export class BatchScheduler implements Scheduler {
         const b = await this.turns.bind(id, req.messages, job.promptIds, req.params.maxTokens, persistent);
         bound.push(b);
         row.binding = b;
-        row.seq = this.sampler.add({ slot: b.slot, promptIds: b.promptIds, reuseTokens: b.reuse, params: { ...req.params, seed: seedFor(req.params.seed, row.choice) } });
+        row.seq = await this.sampler.add({ slot: b.slot, promptIds: b.promptIds, reuseTokens: b.reuse, params: { ...req.params, seed: seedFor(req.params.seed, row.choice) } });
       }
     } catch (err) {
       for (const b of bound) await this.turns.finish(b, undefined, false);
@@ -274,6 +266,8 @@ export class BatchScheduler implements Scheduler {
       for (const row of job.rows) if (!row.done && row.seq?.prefillDone && row.seq.pending !== undefined) rows.push({ job, row });
     }
     if (rows.length === 0) return false;
+    // The rolling cache makes room for each row's next token before the step, never from inside it.
+    for (const { row } of rows) await this.turns.makeRoom(row.binding!, row.seq!, 1);
     this.lastBatch = rows.length;
     const t0 = performance.now();
     const outputs = await this.sampler.step(rows.map((r) => r.row.seq as Sequence));

@@ -93,18 +93,18 @@ export class SessionTurns {
         minFree: this.minFree(),
         sinkLen: sinkLength(promptIds, { prefixIds: this.systemPrefix(messages), max: Math.floor(C / 2) }),
       });
-      const pool = this.engine.pool;
+      const engine = this.engine;
       // Reported whether the slot is resident or rebuilt: a restored session or an over-long prompt drops tokens too.
       if (plan.kind !== 'none') this.opts.onEvict?.(plan.kind, plan.evicted);
       let reuse = 0;
-      const resident = acquired.state === 'cached' && acquired.meta !== undefined && pool.length(acquired.slot) === cacheLength(acquired.meta);
-      if (resident && plan.reuse > 0 && pool.canTruncate(acquired.slot, plan.reuse)) {
-        pool.truncate(acquired.slot, plan.reuse);
-        if (plan.eviction.kind !== 'none' && this.opts.mode === 'shift') pool.compact(acquired.slot, plan.eviction.keep);
+      const resident = acquired.state === 'cached' && acquired.meta !== undefined && engine.slotLength(acquired.slot) === cacheLength(acquired.meta);
+      if (resident && plan.reuse > 0 && engine.canTruncate(acquired.slot, plan.reuse)) {
+        await engine.truncateSlot(acquired.slot, plan.reuse);
+        if (plan.eviction.kind !== 'none' && this.opts.mode === 'shift') await engine.compactSlot(acquired.slot, plan.eviction.keep);
         reuse = plan.eviction.kind !== 'none' && this.opts.mode === 'recompute' ? 0 : plan.cacheIds.length;
       }
       // A slot that is not resident, or whose eviction is recomputed, is rebuilt from the kept ids.
-      if (reuse === 0) pool.reset(acquired.slot);
+      if (reuse === 0) await engine.resetSlot(acquired.slot);
       return {
         sessionId,
         persistent,
@@ -123,13 +123,13 @@ export class SessionTurns {
   }
 
   /**
-   * The sampler's MakeRoom hook: before `needed` tokens are written, evict
-   * the oldest whole turns (or tokens) so that they fit. Rebuilds the slot in
-   * `recompute` mode, re-rotates the kept keys in `shift` mode.
+   * Before `needed` generated tokens are written, evicts the oldest whole
+   * turns (or tokens) so that they fit (the scheduler calls it before each
+   * decode step). Rebuilds the slot in `recompute` mode, re-rotates the kept
+   * keys in `shift` mode.
    */
-  makeRoom(b: Binding, seq: Sequence, needed: number): void {
-    const pool = this.engine.pool;
-    const length = pool.length(b.slot);
+  async makeRoom(b: Binding, seq: Sequence, needed: number): Promise<void> {
+    const length = this.engine.slotLength(b.slot);
     // Prompts are planned to fit (planTurn); only generation needs room made.
     if (length + needed <= this.capacity || !seq.prefillDone) return;
     this.sync(b, seq);
@@ -145,28 +145,26 @@ export class SessionTurns {
     b.evicted += plan.evicted;
     this.opts.onEvict?.(plan.kind, plan.evicted);
     if (this.opts.mode === 'shift') {
-      pool.compact(b.slot, plan.keep);
+      await this.engine.compactSlot(b.slot, plan.keep);
       return;
     }
-    pool.reset(b.slot);
-    const kept = [...b.meta.sinkIds, ...b.meta.keptIds];
-    this.engine.model.prefill(kept, { pool, slots: [b.slot], noLogits: true });
+    await this.engine.rebuildSlot(b.slot, [...b.meta.sinkIds, ...b.meta.keptIds]);
   }
 
   /** Records what the request left in the cache and gives the slot back. */
   async finish(b: Binding, seq: Sequence | undefined, ok: boolean): Promise<void> {
     try {
       if (!b.persistent) {
-        this.engine.pool.reset(b.slot);
+        await this.engine.resetSlot(b.slot);
         await this.slots.delete(b.sessionId).catch(() => false);
         return;
       }
       if (ok && seq) {
         this.sync(b, seq);
-        if (cacheLength(b.meta) === this.engine.pool.length(b.slot)) await this.slots.update(b.sessionId, b.meta);
+        if (cacheLength(b.meta) === this.engine.slotLength(b.slot)) await this.slots.update(b.sessionId, b.meta);
       } else {
         // A failed or cancelled turn leaves no trustworthy cache: start the slot over next time.
-        this.engine.pool.reset(b.slot);
+        await this.engine.resetSlot(b.slot);
       }
     } finally {
       this.slots.release(b.sessionId);
@@ -175,7 +173,7 @@ export class SessionTurns {
 
   /** Brings `b.meta` up to the tokens the sequence has written to the cache. */
   private sync(b: Binding, seq: Sequence): void {
-    const inCache = this.engine.pool.length(b.slot);
+    const inCache = this.engine.slotLength(b.slot);
     const known = cacheLength(b.meta);
     if (inCache <= known) return;
     // Prefilled prompt tokens are in meta already; generated ones fed to the model follow.

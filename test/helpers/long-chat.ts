@@ -1,7 +1,7 @@
 // A 200-turn conversation many times longer than the cache, and what must hold at its end (rolling-long-chat*.test.ts).
 import type { Test } from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
-import { Engine } from '../../src/engine/engine.js';
+import { Engine, engineParts } from '../../src/engine/engine.js';
 import type { ChatTurn } from '../../src/scheduler/types.js';
 import { modelDir } from './fixtures.js';
 import { chat, scoped, type Stack } from './stack.js';
@@ -25,11 +25,11 @@ function userMessage(i: number): string {
 
 /** K of every global layer at the sink's cache entries, to show later that they were never touched. */
 function sinkKeys(engine: Engine, slot: number, sinkLen: number): Float32Array[] {
-  const pos = engine.pool.positions(slot, 'global');
+  const pos = engineParts(engine).pool.positions(slot, 'global');
   const entries = Array.from({ length: sinkLen }, (_, p) => pos.indexOf(p));
   return engine.config.layerTypes.flatMap((type, l) => {
     if (type !== 'global') return [];
-    const k = engine.pool.k[l][slot].arraySync()[0];
+    const k = engineParts(engine).pool.k[l][slot].arraySync()[0];
     return [Float32Array.from(k.flatMap((head) => entries.flatMap((e) => head[e])))];
   });
 }
@@ -90,11 +90,11 @@ export async function converse(t: Test, s: Stack, named: string | undefined): Pr
   const at = meta.sinkIds.findIndex((_, i) => systemIds.every((id, j) => meta.sinkIds[i + j] === id));
   t.ok(at > 0, `the sink holds the system prompt's ${systemIds.length} token ids (from index ${at})`);
   t.equal(meta.sinkIds[0], engine.config.bosId, 'the sink starts with BOS');
-  const global = engine.pool.positions(slot, 'global');
+  const global = engineParts(engine).pool.positions(slot, 'global');
   const missing = Array.from({ length: sinkLen }, (_, p) => p).filter((p) => !global.includes(p));
   t.same(missing, [], 'global KV positions 0..sinkLen-1 are all present');
-  t.equal(engine.pool.length(slot), sinkLen + meta.keptIds.length, 'the pool holds exactly sink + kept window');
-  t.ok(engine.pool.length(slot) <= C, `within the capacity (${engine.pool.length(slot)} <= ${C})`);
+  t.equal(engineParts(engine).pool.length(slot), sinkLen + meta.keptIds.length, 'the pool holds exactly sink + kept window');
+  t.ok(engineParts(engine).pool.length(slot) <= C, `within the capacity (${engineParts(engine).pool.length(slot)} <= ${C})`);
   t.same(sinkKeys(engine, slot, sinkLen), firstSink, "the sink's keys are the ones computed on turn 1, never re-rotated or recomputed");
 }
 

@@ -37,21 +37,19 @@ export interface Driven {
   bind(prompt: number[]): Promise<{ b: Binding; seq: Sequence }>;
 }
 
-/** One session on a one-slot SlotManager, in `mode`; the sampler's MakeRoom hook is the session's. */
+/** One session on a one-slot SlotManager, in `mode`; room is made by calling `turns.makeRoom` before a step, as the scheduler does. */
 export function driveSession(engine: Engine, id: string, mode: EvictionMode, system: string): Driven {
   const slots = new SlotManager({ slots: 1, store: new MemorySessionStore(), model: engine.modelId });
   const evictions: { kind: string; tokens: number }[] = [];
   const turns = new SessionTurns(engine, slots, { mode, onEvict: (kind, tokens) => evictions.push({ kind, tokens }) });
-  let binding: Binding | undefined;
-  const sampler = new Sampler(engine, (seq, needed) => turns.makeRoom(binding!, seq, needed));
+  const sampler = new Sampler(engine);
   return {
     turns,
     evictions,
     sampler,
     async bind(prompt) {
       const b = await turns.bind(id, [{ role: 'system', content: system }], prompt, GREEDY.maxTokens);
-      binding = b;
-      return { b, seq: sampler.add({ slot: b.slot, promptIds: b.promptIds, reuseTokens: b.reuse, params: GREEDY }) };
+      return { b, seq: await sampler.add({ slot: b.slot, promptIds: b.promptIds, reuseTokens: b.reuse, params: GREEDY }) };
     },
   };
 }

@@ -12,10 +12,12 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../../model/hf-config.js';
-import type { KVPool, SlotWriter } from '../kv-pool.js';
-import { forwardShape, type ForwardOptions, type PrefillOptions } from '../model.js';
-import { callPositions, ropeTables } from '../rope.js';
+import { callFrame, callRope, ForwardBase, type ForwardPath, type PathMemory, type PrefillOptions } from '../forward.js';
+import { KVPool } from '../kv-pool.js';
+import type { RowLogitsInput } from '../reduce.js';
+import type { TopK } from '../types.js';
 import { tensorOf, type Weights } from '../weights.js';
+import { reduceFused } from './reduce.js';
 import { GpuRuntime, type Binding, type GPUBufferLike } from './gpu.js';
 import { ATTENTION_BLOCK, StepLayout, attentionCombineKernel, attentionKernel, embedKernel, matmulKernel, normKernel, qkRopeKernel, kvWriteKernel, residualKernel, type AttentionShape, type Epilogue } from './kernels.js';
 
@@ -37,7 +39,8 @@ interface Scratch {
 }
 
 
-export class WebGPUModel {
+export class WebGPUPath extends ForwardBase implements ForwardPath {
+  readonly name = 'webgpu' as const;
   private readonly gpu = new GpuRuntime();
   private readonly qkvWidth: number;
   private scratch: Scratch | undefined;
@@ -50,6 +53,7 @@ export class WebGPUModel {
     readonly config: ModelConfig,
     readonly weights: Weights,
   ) {
+    super();
     const hd = config.headDim;
     if (hd > 256 || (hd & (hd - 1)) !== 0) throw new Error(`the webgpu kernels need a power-of-two head size up to 256, not ${hd}`);
     this.qkvWidth = (config.numHeads + 2 * config.numKvHeads) * hd;
@@ -58,17 +62,17 @@ export class WebGPUModel {
     this.noCache = [this.gpu.createBuffer(16), this.gpu.createBuffer(16)];
   }
 
-  forward(ids: number[][], opts: ForwardOptions = {}): tf.Tensor2D {
-    return this.run(ids, opts) as tf.Tensor2D;
+  reduce(logits: tf.Tensor2D, rows: RowLogitsInput[]): Promise<TopK[]> {
+    return reduceFused(logits, rows);
   }
 
-  prefill(ids: number[], opts: PrefillOptions): tf.Tensor2D | undefined {
-    return this.run([ids], opts);
+  /** KVPool's pooled layout; a compacted slot is written back by a copy on the device. */
+  createPool(slots: number, capacity: number): KVPool {
+    return new KVPool(this.config, slots, capacity, false, (dst, offsetBytes, src) => this.gpu.copyInto(dst, offsetBytes, src));
   }
 
-  /** How KVPool's pooled layout writes a compacted slot back (a copy on the device). */
-  slotWriter(): SlotWriter {
-    return (dst, offsetBytes, src) => this.gpu.copyInto(dst, offsetBytes, src);
+  memory(): PathMemory {
+    return { backendWeightBytes: this.weights.bytes, hostWeightBytes: 0, hostScratchBytes: 0 };
   }
 
   /** Dispatches recorded so far (for the decode benchmark's kernels-per-token figure). */
@@ -76,9 +80,10 @@ export class WebGPUModel {
     return this.gpu.dispatches;
   }
 
-  private run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
+  protected run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
     const c = this.config;
-    const { B, T, starts } = forwardShape(ids, opts);
+    const frame = callFrame(ids, opts);
+    const { B, T, starts } = frame;
     const { pool, slots } = opts;
     // Fails on overflow before anything is recorded.
     if (pool && slots) pool.planWrite(slots, T, 'global');
@@ -217,13 +222,12 @@ export class WebGPUModel {
 
   /** cos and sin per token for both layer types: [type][cos, sin][N][headDim]. */
   private ropeData(starts: number[], T: number): Float32Array {
-    const c = this.config;
-    const hd = c.headDim;
+    const hd = this.config.headDim;
     const N = starts.length * T;
-    const positions = callPositions(starts, T);
+    const tables = callRope(this.config, { B: starts.length, T, starts });
     const data = new Float32Array(4 * N * hd);
     (['global', 'sliding'] as const).forEach((type, i) => {
-      const { cos, sin } = ropeTables(positions, hd, c.rope[type]);
+      const { cos, sin } = tables[type];
       data.set(cos, 2 * i * N * hd);
       data.set(sin, (2 * i + 1) * N * hd);
     });

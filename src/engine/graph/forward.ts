@@ -1,17 +1,19 @@
 /**
- * The Gemma 2 / Gemma 3 forward pass. One call runs B rows of T new tokens
- * each (prefill: B = 1; decode: T = 1) against the rows' cached K/V in the
- * pool, writes the new K/V into the pool, and returns logits for the last
- * position of each row only (the hidden state is sliced before the
- * unembedding), or for every position when asked (the `score` tool).
- * With the native CPU kernels the same pass runs as NativeModel.
+ * The Gemma 2 / Gemma 3 forward pass as a tfjs op graph (any tfjs backend:
+ * wasm or cpu without the native kernels, tensorflow, webgpu when asked for
+ * the graph). The KV cache is KVPool's per-slot layout, written in place on
+ * wasm and cpu and by scatter elsewhere; on wasm with two threads the linear
+ * layers are split by columns with a worker thread (column-split.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { LayerType, ModelConfig } from '../model/hf-config.js';
-import type { KVPool, WritePlan } from './kv-pool.js';
+import type { LayerType, ModelConfig } from '../../model/hf-config.js';
+import { callFrame, ForwardBase, lastRows, type ForwardPath, type PathMemory, type PrefillOptions } from '../forward.js';
+import { KVPool, type WritePlan } from '../kv-pool.js';
+import type { RowLogitsInput } from '../reduce.js';
+import { applyRope, callPositions, ropeTables, rotateHalfMatrix } from '../rope.js';
+import type { TopK } from '../types.js';
+import { tensorOf, type LayerWeights, type Weights } from '../weights.js';
 import { attendRow, softcap } from './attention.js';
-import { applyRope, callPositions, ropeTables, rotateHalfMatrix } from './rope.js';
-import { tensorOf, type LayerWeights, type Weights } from './weights.js';
 import type { RemoteColumns } from './column-split.js';
 
 const MASKED = -1e9;
@@ -29,70 +31,46 @@ interface TypeContext {
   write?: WritePlan;
 }
 
-export interface ForwardOptions {
-  /** Cache to attend over and write to; absent means a standalone pass (no cache). */
-  pool?: KVPool;
-  /** One slot per row (required with a pool). */
-  slots?: number[];
-  /** Logits for every position instead of the last one (B must be 1). */
-  allPositions?: boolean;
+/** How the graph path is set up at load: its reduction (fused WGSL on webgpu) and how its pool writes. */
+export interface GraphSetup {
+  reduce: (logits: tf.Tensor2D, rows: RowLogitsInput[]) => Promise<TopK[]>;
+  /** Write new keys into the slot tensors' memory (wasm, cpu) instead of rebuilding them. */
+  inPlaceCache: boolean;
 }
 
-export interface PrefillOptions extends ForwardOptions {
-  /** Skip the unembedding (a prefill chunk that is not the prompt's last). */
-  noLogits?: boolean;
-}
-
-/** A forward pass over the pool: the tfjs graph (GemmaModel) or, on webgpu, fused WGSL programs (WebGPUModel). */
-export interface ForwardPass {
-  readonly config: ModelConfig;
-  readonly weights: Weights;
-  forward(ids: number[][], opts?: ForwardOptions): tf.Tensor2D;
-  prefill(ids: number[], opts: PrefillOptions): tf.Tensor2D | undefined;
-  dispose(): void;
-}
-
-/** Checks a forward call's rows and slots; returns B, T and each row's cached length (0 without a pool). */
-export function forwardShape(ids: number[][], opts: ForwardOptions): { B: number; T: number; starts: number[] } {
-  const B = ids.length;
-  const T = ids[0].length;
-  if (ids.some((r) => r.length !== T)) throw new Error('forward: every row must have the same number of tokens');
-  const { pool, slots } = opts;
-  if (pool && (!slots || slots.length !== B)) throw new Error('forward: one slot per row is required with a pool');
-  if (opts.allPositions && B !== 1) throw new Error('forward: allPositions needs a single row');
-  const starts = pool && slots ? slots.map((s) => pool.length(s)) : new Array<number>(B).fill(0);
-  return { B, T, starts };
-}
-
-export class GemmaModel implements ForwardPass {
+export class GraphPath extends ForwardBase implements ForwardPath {
+  readonly name = 'graph' as const;
   private readonly rotate: tf.Tensor2D;
   private readonly sqrtHidden: tf.Scalar;
 
   constructor(
     readonly config: ModelConfig,
     readonly weights: Weights,
+    private readonly setup: GraphSetup,
   ) {
+    super();
     if (weights.embedParts.length > 1) throw new Error('the tfjs graph needs the embedding in one tensor; it is split only for the fused webgpu programs');
     this.rotate = rotateHalfMatrix(config.headDim);
     this.sqrtHidden = tf.scalar(Math.sqrt(config.hiddenSize));
   }
 
-  /**
-   * Runs `ids` ([B][T], equal T per row). Returns logits [B, V] (or [T, V]
-   * with allPositions), after final soft-capping. The caller owns the result.
-   */
-  forward(ids: number[][], opts: ForwardOptions = {}): tf.Tensor2D {
-    return this.run(ids, opts) as tf.Tensor2D;
+  reduce(logits: tf.Tensor2D, rows: RowLogitsInput[]): Promise<TopK[]> {
+    return this.setup.reduce(logits, rows);
   }
 
-  /** Runs a prompt chunk into the cache; returns logits of its last position unless `noLogits`. */
-  prefill(ids: number[], opts: PrefillOptions): tf.Tensor2D | undefined {
-    return this.run([ids], opts);
+  createPool(slots: number, capacity: number): KVPool {
+    return new KVPool(this.config, slots, capacity, this.setup.inPlaceCache);
   }
 
-  private run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
+  memory(): PathMemory {
+    const split = this.weights.split;
+    return { backendWeightBytes: this.weights.bytes, hostWeightBytes: 0, hostScratchBytes: 0, ...(split ? { workerBytes: split.workerBytes } : {}) };
+  }
+
+  protected run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
     const c = this.config;
-    const { B, T, starts } = forwardShape(ids, opts);
+    const frame = callFrame(ids, opts);
+    const { B, T, starts } = frame;
     const { pool, slots } = opts;
     // A decode step writes its token into the cache before attending, so it
     // attends over the slot tensors as they are; a prompt chunk attends over
@@ -127,10 +105,7 @@ export class GemmaModel implements ForwardPass {
     }
     const result = tf.tidy(() => {
       let last = hidden;
-      if (!opts.allPositions && T > 1) {
-        const rows = Array.from({ length: B }, (_, b) => b * T + T - 1);
-        last = tf.gather(hidden, tf.tensor1d(rows, 'int32'));
-      }
+      if (!opts.allPositions && T > 1) last = tf.gather(hidden, tf.tensor1d(lastRows(frame), 'int32'));
       const logits = this.linear(this.rmsNorm(last, this.weights.finalNorm), tensorOf(this.weights.embedT), this.weights.embedRemote);
       return (c.finalLogitSoftcap ? softcap(logits, c.finalLogitSoftcap) : logits) as tf.Tensor2D;
     });

@@ -1,20 +1,24 @@
 /**
- * The forward pass on the CPU kernels of `native/` (wasm and cpu backends,
- * where they are built): the same contract as the tfjs graph (GemmaModel),
- * with every decoder layer as one native call. The hidden state stays a
- * Float32Array between layers; the KV cache stays in KVPool's slot tensors,
- * which the layer reads and writes in place (memoryOf). Only the logits come
- * back as a tensor.
+ * The forward pass on the project's CPU kernels (the C++ of the repository's
+ * `native/` folder, loaded by kernels.ts; wasm and cpu backends, where they
+ * are built), with every decoder layer as one native call. The hidden state
+ * stays a Float32Array between layers; the KV cache stays in KVPool's slot
+ * tensors, which the layer reads and writes in place (memoryOf). Only the
+ * logits come back as a tensor.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { LayerType, ModelConfig } from '../model/hf-config.js';
-import { forwardShape, type ForwardOptions, type ForwardPass, type PrefillOptions } from './model.js';
-import type { LayerShape, NativeKernels, NativeLayer, NativeMatrix, RowCache } from './native-kernels.js';
-import { callPositions, ropeTables } from './rope.js';
-import { memoryOf } from './tensor-memory.js';
-import { isNative, type Linear, type Weights } from './weights.js';
+import type { LayerType, ModelConfig } from '../../model/hf-config.js';
+import { callFrame, callRope, ForwardBase, lastRows, type ForwardPath, type PathMemory, type PrefillOptions } from '../forward.js';
+import { KVPool } from '../kv-pool.js';
+import type { RowLogitsInput } from '../reduce.js';
+import { memoryOf } from '../tensor-memory.js';
+import type { TopK } from '../types.js';
+import { isNative, type Linear, type Weights } from '../weights.js';
+import type { LayerShape, NativeKernels, NativeLayer, NativeMatrix, RowCache } from './kernels.js';
+import { reduceNative } from './reduce.js';
 
-export class NativeModel implements ForwardPass {
+export class NativePath extends ForwardBase implements ForwardPath {
+  readonly name = 'native' as const;
   private readonly kernels: NativeKernels;
   private readonly embed: NativeMatrix;
   private readonly layers: NativeLayer[];
@@ -23,18 +27,23 @@ export class NativeModel implements ForwardPass {
   /** The logits' host buffer, reused on wasm (its tensors copy their values into the module's heap). */
   private logitsBuffer = new Float32Array(0);
 
+  /**
+   * @param reuseLogits keep one host buffer for decode-sized logits (wasm copies a tensor's values into its heap anyway).
+   */
   constructor(
     readonly config: ModelConfig,
     readonly weights: Weights,
+    private readonly reuseLogits: boolean,
   ) {
-    if (!weights.native) throw new Error('NativeModel needs weights loaded for the native kernels');
+    super();
+    if (!weights.native) throw new Error('the native path needs weights loaded for the native kernels');
     this.kernels = weights.native;
     const native = (w: Linear): NativeMatrix => {
-      if (!isNative(w)) throw new Error('NativeModel needs every linear weight packed for the native kernels');
+      if (!isNative(w)) throw new Error('the native path needs every linear weight packed for the native kernels');
       return w;
     };
     const vector = (t: tf.Tensor | undefined): Float32Array => {
-      if (!t) throw new Error('NativeModel needs the input and pre-feedforward norms unfolded');
+      if (!t) throw new Error('the native path needs the input and pre-feedforward norms unfolded');
       return t.dataSync() as Float32Array;
     };
     this.embed = native(weights.embedT);
@@ -61,26 +70,28 @@ export class NativeModel implements ForwardPass {
     this.shapes = { global: shape(Number.MAX_SAFE_INTEGER), sliding: shape(c.slidingWindow) };
   }
 
-  forward(ids: number[][], opts: ForwardOptions = {}): tf.Tensor2D {
-    return this.run(ids, opts) as tf.Tensor2D;
+  reduce(logits: tf.Tensor2D, rows: RowLogitsInput[]): Promise<TopK[]> {
+    return reduceNative(logits, rows, this.kernels);
   }
 
-  prefill(ids: number[], opts: PrefillOptions): tf.Tensor2D | undefined {
-    return this.run([ids], opts);
+  /** The per-slot layout, written in place by the layer calls. */
+  createPool(slots: number, capacity: number): KVPool {
+    return new KVPool(this.config, slots, capacity, true);
   }
 
-  private run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
+  memory(): PathMemory {
+    return { backendWeightBytes: this.weights.bytes, hostWeightBytes: this.weights.nativeBytes ?? 0, hostScratchBytes: this.logitsBuffer.byteLength };
+  }
+
+  protected run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
     const c = this.config;
-    const { B, T, starts } = forwardShape(ids, opts);
+    const frame = callFrame(ids, opts);
+    const { B, T, starts } = frame;
     const { pool, slots } = opts;
     // Fails with CacheOverflowError before anything is written.
     if (pool && slots) for (const type of ['global', 'sliding'] as const) pool.planWrite(slots, T, type);
 
-    const positions = callPositions(starts, T);
-    const rope = {
-      global: ropeTables(positions, c.headDim, c.rope.global),
-      sliding: ropeTables(positions, c.headDim, c.rope.sliding),
-    };
+    const rope = callRope(c, frame);
     const x = this.kernels.columns(this.embed, ids.flat(), Math.fround(Math.sqrt(c.hiddenSize)));
     this.layers.forEach((w, l) => {
       const type = c.layerTypes[l];
@@ -101,13 +112,13 @@ export class NativeModel implements ForwardPass {
     if (!opts.allPositions && T > 1) {
       M = B;
       rows = new Float32Array(B * H);
-      for (let b = 0; b < B; b++) rows.set(x.subarray((b * T + T - 1) * H, (b * T + T) * H), b * H);
+      lastRows(frame).forEach((r, b) => rows.set(x.subarray(r * H, (r + 1) * H), b * H));
     }
     // A fresh 8 MB array per decode step is garbage the collector keeps busy with; wasm copies it anyway.
     // All-position logits (score) are rare and can be huge: those get their own array.
     const size = M * c.vocabSize;
     let out: Float32Array | undefined;
-    if (tf.getBackend() === 'wasm' && !opts.allPositions) {
+    if (this.reuseLogits && !opts.allPositions) {
       if (this.logitsBuffer.length < size) this.logitsBuffer = new Float32Array(size);
       out = this.logitsBuffer.subarray(0, size);
     }

@@ -6,6 +6,8 @@
  * Only [B, 2K + 2] floats come back. Same result as top-k.ts's graph.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { reduceOnGraph } from '../graph/reduce.js';
+import { edits, stepK, temperatureScales, type RowLogitsInput } from '../reduce.js';
 import type { TopK } from '../types.js';
 import { GpuRuntime, type GPUBufferLike } from './gpu.js';
 
@@ -261,4 +263,14 @@ let shared: FusedTopK | undefined;
 export function fusedTopK(): FusedTopK {
   if (!shared || shared.backend !== tf.backend()) shared = new FusedTopK();
   return shared;
+}
+
+/** The decode step's reduction on webgpu: no [B, V] tensor op of tfjs runs. Disposes `logits`. */
+export async function reduceFused(logits: tf.Tensor2D, rows: RowLogitsInput[]): Promise<TopK[]> {
+  const K = stepK(rows);
+  if (K > FUSED_TOP_K_MAX) return reduceOnGraph(logits, rows);
+  const e = edits(rows);
+  const list = e.rep.map((rep, i) => ({ row: e.idx[2 * i]!, id: e.idx[2 * i + 1]!, rep, sub: e.sub[i]!, add: e.add[i]! }));
+  const tops = await fusedTopK().reduce(logits, K, temperatureScales(rows), list);
+  return tops.map((t, b) => ({ ...t, ids: t.ids.slice(0, rows[b]!.k), logits: t.logits.slice(0, rows[b]!.k) }));
 }

@@ -1,0 +1,95 @@
+/**
+ * Which forward path runs, decided once at load from the backend and the
+ * kernel settings, and nowhere else:
+ *   webgpu  -> the fused WGSL programs (or the graph, when asked for);
+ *   wasm, cpu -> the native CPU kernels where they are built and the CPU runs
+ *              them, else the tfjs graph (on wasm with two threads or more,
+ *              its linear layers split by columns with a worker thread);
+ *   tensorflow -> the graph.
+ */
+import type { ModelConfig } from '../model/hf-config.js';
+import type { BackendName } from './backend.js';
+import type { ForwardPath, PathName } from './forward.js';
+import { ColumnSplit } from './graph/column-split.js';
+import { GraphPath } from './graph/forward.js';
+import { reduceOnGraph } from './graph/reduce.js';
+import { NativeKernels, nativeAddon } from './native/kernels.js';
+import { NativePath } from './native/forward.js';
+import { supportsInPlace } from './tensor-memory.js';
+import { WebGPUPath } from './webgpu/forward.js';
+import { reduceFused } from './webgpu/reduce.js';
+import type { Weights } from './weights.js';
+
+export type KernelChoice = 'auto' | 'native' | 'tfjs';
+
+export interface PathOptions {
+  /** On webgpu: the fused WGSL programs or the tfjs op graph. */
+  webgpuKernels: 'fused' | 'graph';
+  /** On wasm and cpu: the native kernels, the tfjs graph, or the native kernels where they can run. */
+  kernels: KernelChoice;
+  /** Native kernel threads. */
+  threads: number;
+  /** With the graph on wasm: 2 or more splits the linear layers with a worker thread. */
+  graphThreads: number;
+  /** Sizes the worker thread's hand-off buffer. */
+  maxBatch: number;
+  prefillChunk: number;
+}
+
+/** The chosen path before its weights are loaded: what the loader must prepare for it. */
+export interface PathChoice {
+  name: PathName;
+  backend: BackendName;
+  /** The native kernels (path 'native'). */
+  native?: NativeKernels;
+  /** The worker thread that multiplies half of each weight (path 'graph' on wasm with 2+ threads). */
+  split?: ColumnSplit;
+  /** What runs the linear layers, and why (the start-up log's `linear`). */
+  description: string;
+}
+
+/** Throws where 'native' was asked for and cannot run. */
+export function choosePath(config: ModelConfig, backend: BackendName, opts: PathOptions): PathChoice {
+  if (backend === 'webgpu') {
+    return { name: opts.webgpuKernels === 'graph' ? 'graph' : 'webgpu', backend, description: 'webgpu backend' };
+  }
+  if (backend !== 'wasm' && backend !== 'cpu') return { name: 'graph', backend, description: `${backend} backend` };
+  if (opts.kernels !== 'tfjs') {
+    const { addon, reason } = nativeAddon();
+    if (addon) {
+      return { name: 'native', backend, native: new NativeKernels(addon, opts.threads), description: `native kernels: ${reason}, ${opts.threads} thread(s)` };
+    }
+    if (opts.kernels === 'native') throw new Error(`the native CPU kernels cannot run: ${reason}`);
+    return graphOnCpu(config, backend, opts, `tfjs graph (no native kernels: ${reason})`);
+  }
+  return graphOnCpu(config, backend, opts, 'tfjs graph (CPU_KERNELS=tfjs)');
+}
+
+function graphOnCpu(config: ModelConfig, backend: BackendName, opts: PathOptions, description: string): PathChoice {
+  if (backend !== 'wasm' || opts.graphThreads < 2) return { name: 'graph', backend, description };
+  return { name: 'graph', backend, split: columnSplitFor(config, opts.maxBatch, opts.prefillChunk), description: `${description}, linear weights split with a wasm worker thread` };
+}
+
+/** The path over its loaded weights. */
+export function createPath(choice: PathChoice, config: ModelConfig, weights: Weights): ForwardPath {
+  switch (choice.name) {
+    case 'webgpu':
+      return new WebGPUPath(config, weights);
+    case 'native':
+      return new NativePath(config, weights, choice.backend === 'wasm');
+    case 'graph':
+      return new GraphPath(config, weights, {
+        // On webgpu the graph's logits are reduced by the fused programs too: no [B, V] tfjs op runs there.
+        reduce: choice.backend === 'webgpu' ? reduceFused : reduceOnGraph,
+        inPlaceCache: supportsInPlace(choice.backend),
+      });
+  }
+}
+
+/** The worker's hand-off buffer: the largest x and remote result of a decode step or prompt chunk (larger calls go in row blocks). */
+function columnSplitFor(c: ModelConfig, maxBatch: number, chunk: number): ColumnSplit {
+  const rows = Math.max(maxBatch, chunk);
+  const widest = Math.max(c.hiddenSize, c.numHeads * c.headDim, c.intermediateSize);
+  const remote = Math.max((c.numHeads + 2 * c.numKvHeads) * c.headDim, 2 * c.intermediateSize, c.hiddenSize) / 2;
+  return new ColumnSplit(rows * widest, Math.max(rows * remote, maxBatch * Math.ceil(c.vocabSize / 2)));
+}

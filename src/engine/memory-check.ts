@@ -1,0 +1,74 @@
+/**
+ * Fails before loading, with the figures, when a model and its caches cannot
+ * fit where the chosen path would put them (the wasm heap, the host, one GPU
+ * buffer), instead of a late out-of-bounds error halfway through a load.
+ */
+import { totalmem } from 'node:os';
+import type { ModelConfig } from '../model/hf-config.js';
+import { backendMemoryLimit, backendTensorLimit, type BackendName } from './backend.js';
+import { SLIDING_SLACK } from './kv-pool.js';
+import { ModelTooLargeError, parameterCount, weightBytesNeeded } from './weights.js';
+
+/** Fails before loading, with the figures, when the model and caches cannot fit the backend. */
+export function checkMemory(
+  c: ModelConfig,
+  backend: BackendName,
+  slots: number,
+  capacity: number,
+  maxBatch: number,
+  chunk: number,
+  embeddingSplits: boolean,
+  nativeWeights: boolean,
+): void {
+  checkTensorLimit(c, backend, backendTensorLimit(backend), embeddingSplits);
+  const gib = (n: number) => `${(n / 1024 ** 3).toFixed(2)} GiB`;
+  const p = parameterCount(c);
+  if (nativeWeights && 4 * (p.embedding + p.linear) > totalmem()) {
+    throw new ModelTooLargeError(
+      `the model's weights need up to ${gib(4 * (p.embedding + p.linear))} of host memory for the native CPU kernels (half that for a bf16 checkpoint) ` +
+        `but the machine has ${gib(totalmem())}; use a smaller model`,
+    );
+  }
+  const limit = backendMemoryLimit(backend, totalmem());
+  if (limit === undefined) return;
+  // The native kernels hold the linear weights and the embedding outside the backend (the wasm heap).
+  const weights = nativeWeights ? 4 * p.norms : weightBytesNeeded(c, backend);
+  const sliding = Math.min(capacity, c.slidingWindow + SLIDING_SLACK);
+  const perSlot = c.layerTypes.reduce((s, t) => s + (t === 'global' ? capacity : sliding), 0) * c.numKvHeads * c.headDim * 8;
+  const kv = perSlot * slots;
+  const transient = 4 * (maxBatch * c.vocabSize * 3 + chunk * (4 * c.intermediateSize + 8 * c.hiddenSize) + c.numHeads * chunk * (capacity + chunk) * 2);
+  const need = weights + kv + transient;
+  if (need > limit) {
+    throw new ModelTooLargeError(
+      `the model needs about ${gib(need)} on the ${backend} backend (weights ${gib(weights)}, KV cache ${gib(kv)} for ${slots} slots of ${capacity}, ` +
+        `activations ${gib(transient)}) but the backend holds ${gib(limit)}; use a smaller model, fewer slots (SLOTS) or a smaller CACHE_CAPACITY`,
+    );
+  }
+}
+
+/**
+ * Fails before loading when one weight is larger than the backend can hold
+ * as a single tensor (webgpu binds a tensor's buffer whole; Gemma 3 4B's tied
+ * embedding is 2.5 GiB in float32, over NVIDIA's 2 GiB).
+ */
+export function checkTensorLimit(c: ModelConfig, backend: BackendName, limit = backendTensorLimit(backend), embeddingSplits = false): void {
+  if (!limit) return;
+  const H = c.hiddenSize;
+  const largest: Array<[string, number[]]> = [
+    // The fused webgpu programs split the embedding by token ids; the graph needs it whole.
+    ...(embeddingSplits ? [] : ([['the tied embedding', [H, c.vocabSize]]] as Array<[string, number[]]>)),
+    ['the fused gate/up projection', [H, 2 * c.intermediateSize]],
+    ['the fused q/k/v projection', [H, (c.numHeads + 2 * c.numKvHeads) * c.headDim]],
+  ];
+  for (const [what, shape] of largest) {
+    const bytes = 4 * shape[0] * shape[1];
+    if (bytes > limit.bytes) {
+      const gib = (n: number) => `${(n / 1024 ** 3).toFixed(2)} GiB`;
+      throw new ModelTooLargeError(
+        `${what} [${shape.join(' x ')}] is ${gib(bytes)} in float32, but the ${backend} device holds at most ${gib(limit.bytes)} ` +
+          `in one buffer (${limit.what} = ${limit.bytes} bytes); only the embedding is split across buffers, by the fused webgpu programs: ` +
+          'use a smaller model, or BACKEND=wasm/cpu',
+      );
+    }
+  }
+}
