@@ -19,12 +19,12 @@
  * --reps N timed runs per figure, the median is reported (3),
  * --parity-only, --out FILE (also write the JSON there).
  * Environment: BACKEND (auto), CPU_KERNELS and CPU_THREADS (as the service), BENCH_PEER_DIR (scratch folder, default
- * <tmp>/gemma-serve-peer-llamacpp), BENCH_MODEL_DIR (see model-dir.ts).
+ * gemma-serve-peer-llamacpp under GEMMA_SERVE_CACHE_DIR, else the OS temp dir), BENCH_MODEL_DIR (see model-dir.ts).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
-import { cpus, tmpdir, totalmem } from 'node:os';
+import { cpus, totalmem } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -38,7 +38,7 @@ import { loadModelConfig } from '../src/model/hf-config.js';
 import { parameterCount, PRESETS, type PresetName } from '../src/model/make-model.js';
 import { GemmaTokenizer, type ChatMessage } from '../src/model/tokenizer.js';
 import { startService } from '../src/service.js';
-import { benchModelDir, cpuOptions, promptIds } from './model-dir.js';
+import { benchEngineOptions, benchModelDir, promptIds } from './model-dir.js';
 import { convertToGguf } from './peers/gguf.js';
 import type { LlamaJob, LlamaResult } from './peers/llamacpp-child.js';
 
@@ -191,7 +191,7 @@ async function streamOnce(url: string, model: string, messages: ChatMessage[]): 
 /** Threads our engine computes on: the wasm backend's own (1 under Node) plus the column-split worker. */
 /** Threads that run our linear layers: the native kernels' pool, or wasm plus its worker. */
 async function engineThreads(engine: Engine): Promise<number | null> {
-  if (engine.pathName === 'native') return cpuOptions().threads;
+  if (engine.pathName === 'native') return loadConfig(process.env).model.cpuThreads;
   if (engine.backend.name !== 'wasm') return null;
   return (await import('@tensorflow/tfjs-backend-wasm')).getThreadsCount() + (engine.memory().workerBytes !== undefined ? 1 : 0);
 }
@@ -227,7 +227,7 @@ async function main(): Promise<void> {
   if (dtype !== 'BF16' && dtype !== 'F32') throw new Error('--dtype must be BF16 or F32');
   const dir = await phase('model', () => benchModelDir(preset, dtype));
   const cfg = await loadModelConfig(dir);
-  const scratch = process.env.BENCH_PEER_DIR ?? join(process.env.GEMMA_SERVE_CACHE_DIR ?? tmpdir(), 'gemma-serve-peer-llamacpp');
+  const scratch = process.env.BENCH_PEER_DIR ?? join(loadConfig(process.env).model.cacheDir, 'gemma-serve-peer-llamacpp');
   await mkdir(scratch, { recursive: true });
   const installMs = await phase('install', () => ensureNodeLlamaCpp(scratch));
   const ggufFile = join(scratch, `${basename(dir)}-f32.gguf`);
@@ -248,10 +248,7 @@ async function main(): Promise<void> {
   const llama = await phase('llamacpp', () => runLlama(job, scratch));
   await rm(ggufFile, { force: true });
 
-  const engine = await phase('load', () => Engine.load({
-    modelDir: dir, backend: (process.env.BACKEND as 'wasm' | undefined) ?? 'auto', slots: SLOTS, cacheCapacity: CAPACITY, maxBatch: SLOTS, prefillChunk: PREFILL_TOKENS,
-    ...cpuOptions(),
-  }));
+  const engine = await phase('load', () => Engine.load(benchEngineOptions(dir, { slots: SLOTS, capacity: CAPACITY, maxBatchSize: SLOTS, prefillChunk: PREFILL_TOKENS })));
   const sampler = new Sampler(engine);
 
   const parity = await phase('parity', async () => {

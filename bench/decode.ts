@@ -7,14 +7,14 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Engine } from '../src/engine/engine.js';
 import { Sampler, type Sequence } from '../src/engine/sampler.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
-import { benchModelDir, cpuOptions, promptIds } from './model-dir.js';
+import { benchEngineOptions, benchModelDir, promptIds } from './model-dir.js';
 
 const STEPS = Number(process.env.BENCH_STEPS ?? 32);
 const greedy = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 1 << 20 };
 
 async function main(): Promise<void> {
   const dir = await benchModelDir();
-  const engine = await Engine.load({ modelDir: dir, backend: (process.env.BACKEND as 'wasm') ?? 'auto', slots: 8, cacheCapacity: 1024, maxBatch: 8, prefillChunk: 512, ...cpuOptions() });
+  const engine = await Engine.load(benchEngineOptions(dir, { slots: 8, capacity: 1024, maxBatchSize: 8, prefillChunk: 512 }));
   const sampler = new Sampler(engine);
 
   // Prefill: one 512-token prompt in one chunk, timed after a warm-up run.

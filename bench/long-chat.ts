@@ -6,24 +6,25 @@
  * that turn's reply (time between its tokens), and the backend's bytes; once
  * the cache is full the last two must stay flat. Prints one JSON object.
  *
- * Environment: BACKEND (auto), BENCH_CACHE (C, 512), BENCH_MULTIPLE (16),
- * BENCH_USER_WORDS (words per user turn, 100), BENCH_REPLY_TOKENS (24),
- * EVICTION_MODE (shift).
+ * Environment: the service's BACKEND (auto), EVICTION_MODE (shift),
+ * CPU_KERNELS and CPU_THREADS (as the service; the tfjs graph on wasm stays
+ * on one thread), and BENCH_CACHE (C, 512), BENCH_MULTIPLE (16),
+ * BENCH_USER_WORDS (words per user turn, 100), BENCH_REPLY_TOKENS (24).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { MemorySessionStore, SlotManager } from '../src/cache/index.js';
+import { loadConfig } from '../config/index.js';
+import { MemorySessionStore } from '../src/cache/index.js';
 import { Engine } from '../src/engine/engine.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
-import { BatchScheduler } from '../src/scheduler/scheduler.js';
-import { SessionTurns, type EvictionMode } from '../src/scheduler/session-turns.js';
+import { buildStack } from '../src/scheduler/stack.js';
 import type { ChatTurn, GenerationUsage } from '../src/scheduler/types.js';
-import { benchModelDir } from './model-dir.js';
+import { benchEngineOptions, benchModelDir } from './model-dir.js';
 
 const C = Number(process.env.BENCH_CACHE ?? 512);
 const MULTIPLE = Number(process.env.BENCH_MULTIPLE ?? 16);
 const USER_WORDS = Number(process.env.BENCH_USER_WORDS ?? 100);
 const REPLY_TOKENS = Number(process.env.BENCH_REPLY_TOKENS ?? 24);
-const MODE = (process.env.EVICTION_MODE ?? 'shift') as EvictionMode;
+const MODE = loadConfig(process.env).cache.evictionMode;
 
 const WORDS = ('river mountain lantern harbor violet copper meadow thunder pocket whisper garden silver orchard candle ' +
   'station feather marble winter cobalt journey anchor maple signal velvet compass ember canyon ribbon').split(' ');
@@ -43,12 +44,15 @@ interface Point {
 
 async function main(): Promise<void> {
   const dir = await benchModelDir();
-  const engine = await Engine.load({ modelDir: dir, backend: (process.env.BACKEND as 'wasm') ?? 'auto', slots: 1, cacheCapacity: C, maxBatch: 1, prefillChunk: 256 });
-  const slots = new SlotManager({ slots: 1, store: new MemorySessionStore(), model: engine.modelId });
+  const engine = await Engine.load(benchEngineOptions(dir, { slots: 1, capacity: C, maxBatchSize: 1, prefillChunk: 256, graphThreads: 1 }));
   const evictions: Record<string, number> = { turn: 0, token: 0 };
-  const turns = new SessionTurns(engine, slots, { mode: MODE, onEvict: (kind) => (evictions[kind] += 1) });
   let gaps: number[] = [];
-  const scheduler = new BatchScheduler(engine, turns, { maxBatch: 1, maxQueue: 4, prefillChunk: 256 }, { interToken: (ms) => gaps.push(ms) });
+  const { scheduler } = buildStack(engine, {
+    store: new MemorySessionStore(),
+    turns: { mode: MODE, onEvict: (kind) => (evictions[kind] += 1) },
+    scheduler: { maxBatch: 1, maxQueue: 4, prefillChunk: 256 },
+    observer: { interToken: (ms) => gaps.push(ms) },
+  });
 
   const history: ChatTurn[] = [{ role: 'system', content: 'You are a thoughtful assistant who answers every message in a few words.' }];
   const points: Point[] = [];

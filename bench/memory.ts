@@ -6,24 +6,33 @@
  *
  * Peak bytes: the backend's byte count after every step, and the within-step
  * peak (tf.profile) of every 64th step and of the last one; steps have the
- * same structure, so the sampled steps bound the others.
+ * same structure, so the sampled steps bound the others. To that comes what
+ * the forward path holds in host memory outside the backend (the native
+ * kernels' packed weights and reused buffers), as the path itself reports it,
+ * so the figures mean the same on every path.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Engine, engineParts } from '../src/engine/engine.js';
 import { Sampler, type Sequence } from '../src/engine/sampler.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
-import { benchModelDir, promptIds } from './model-dir.js';
+import { benchEngineOptions, benchModelDir, promptIds } from './model-dir.js';
 
 const PROMPT = 32;
 const LONG = Number(process.env.BENCH_LONG_TOKENS ?? 2048);
 
+let engineUnderTest: Engine | undefined;
+
+/** Backend bytes at their peak plus the path's host bytes after the run. */
 async function peakOf(run: () => Promise<void>, sample: boolean): Promise<number> {
+  let backend: number;
   if (!sample) {
     await run();
-    return tf.memory().numBytes;
+    backend = tf.memory().numBytes;
+  } else {
+    const prof = await tf.profile(run);
+    backend = Math.max(prof.peakBytes, tf.memory().numBytes);
   }
-  const prof = await tf.profile(run);
-  return Math.max(prof.peakBytes, tf.memory().numBytes);
+  return backend + (engineUnderTest?.memory().hostBytes ?? 0);
 }
 
 async function generatePeak(engine: Engine, batch: number, tokens: number): Promise<number> {
@@ -35,7 +44,7 @@ async function generatePeak(engine: Engine, batch: number, tokens: number): Prom
     await engine.resetSlot(b);
     seqs.push(await sampler.add({ slot: b, promptIds: promptIds(PROMPT, b + 1), params }));
   }
-  let peak = tf.memory().numBytes;
+  let peak = tf.memory().numBytes + engine.memory().hostBytes;
   for (const s of seqs) peak = Math.max(peak, await peakOf(() => sampler.prefill(s).then(() => undefined), true));
   for (let step = 1; seqs.some((s) => !s.finished); step++) {
     const live = seqs.filter((s) => !s.finished);
@@ -47,7 +56,9 @@ async function generatePeak(engine: Engine, batch: number, tokens: number): Prom
 
 async function main(): Promise<void> {
   const dir = await benchModelDir();
-  const engine = await Engine.load({ modelDir: dir, backend: (process.env.BACKEND as 'wasm') ?? 'auto', slots: 8, cacheCapacity: Math.max(1024, PROMPT + LONG + 64), maxBatch: 8, prefillChunk: 1024 });
+  // The service's BACKEND, CPU_KERNELS and CPU_THREADS; the tfjs graph on wasm stays on one thread.
+  const engine = await Engine.load(benchEngineOptions(dir, { slots: 8, capacity: Math.max(1024, PROMPT + LONG + 64), maxBatchSize: 8, prefillChunk: 1024, graphThreads: 1 }));
+  engineUnderTest = engine;
   const V = engine.config.vocabSize;
   const peak: Record<string, number> = {};
   const retained: Record<string, number> = {};
@@ -73,9 +84,13 @@ async function main(): Promise<void> {
     JSON.stringify({
       model: '270m preset (Gemma 3 270M shape, random weights, float32)',
       backend: engine.backend.name,
+      path: engine.pathName,
       peak_bytes: peak,
       weights_bytes: mem.weightsBytes,
       kv_cache_bytes: mem.kvCacheBytes,
+      host_bytes: mem.hostBytes,
+      // Above weights and KV: activations, logits, scratch; never negative now that host weights count on both sides.
+      transient_peak_bytes: Object.fromEntries(Object.entries(peak).map(([k, v]) => [k, v - mem.weightsBytes - mem.kvCacheBytes])),
       retained_logits_bytes: retained,
       ratios: {
         b1_t2048_over_t64: round(peak.b1_t2048 / peak.b1_t64),
@@ -88,6 +103,7 @@ async function main(): Promise<void> {
 }
 
 const round = (x: number) => Math.round(x * 10000) / 10000;
+
 
 main().catch((err) => {
   console.error(err);

@@ -16,15 +16,20 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend, type BackendChoice } from '../src/engine/backend.js';
-import { Engine, engineParts } from '../src/engine/engine.js';
+import { loadConfig } from '../config/index.js';
+import { initBackend } from '../src/engine/backend.js';
+import { Engine, engineOptions, engineParts, type EngineOptions } from '../src/engine/engine.js';
 import { Sampler, type Sequence } from '../src/engine/sampler.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
 import { webgpuLimits } from '../src/engine/webgpu/adapter.js';
 import { WebGPUPath } from '../src/engine/webgpu/forward.js';
 import { promptIds } from './model-dir.js';
 
-const BACKEND = (process.env.BACKEND ?? 'webgpu') as BackendChoice;
+/** The service's configuration from the environment, but BACKEND defaults to webgpu here. */
+const CONFIG = loadConfig({ ...process.env, BACKEND: process.env.BACKEND || 'webgpu' });
+const BACKEND = CONFIG.model.backend;
+/** Options for an engine on the model in `dir` (on wasm, the tfjs graph on one thread). */
+const options = (dir: string, o: Partial<EngineOptions>): EngineOptions => engineOptions(CONFIG, { dir, graphThreads: 1, ...o });
 const KERNELS = process.env.WEBGPU_KERNELS === 'graph' ? 'graph' : 'fused';
 const STEPS = Number(process.env.BENCH_STEPS ?? 16);
 const TOL = 1e-3;
@@ -83,7 +88,7 @@ async function parity(): Promise<object> {
   for (const name of ['gemma3-tiny', 'gemma3-tiny-scaled', 'gemma2-tiny']) {
     const dir = join(root, name);
     const cases = (JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as { cases: ReferenceCase[] }).cases;
-    const engine = await Engine.load({ modelDir: dir, backend: BACKEND, slots: 2, cacheCapacity: 128 });
+    const engine = await Engine.load(options(dir, { slots: 2, capacity: 128 }));
     note(`${name} loaded on ${engine.backend.name}`);
     const baseline = tf.memory().numTensors;
     for (const c of cases) {
@@ -131,7 +136,7 @@ async function parity(): Promise<object> {
 
 async function decode(dir: string): Promise<object> {
   const maxB = 32;
-  const engine = await Engine.load({ modelDir: dir, backend: BACKEND, slots: maxB, cacheCapacity: 1024, maxBatch: maxB, prefillChunk: 512, webgpuKernels: KERNELS });
+  const engine = await Engine.load(options(dir, { slots: maxB, capacity: 1024, maxBatchSize: maxB, prefillChunk: 512, webgpuKernels: KERNELS }));
   const sampler = new Sampler(engine);
   note(`loaded ${dir} on ${engine.backend.name} in ${Math.round(engine.loadMs)} ms`);
 
@@ -212,7 +217,7 @@ async function decode(dir: string): Promise<object> {
  * Medians of BENCH_STEPS runs.
  */
 async function breakdown(dir: string): Promise<object> {
-  const engine = await Engine.load({ modelDir: dir, backend: BACKEND, slots: 32, cacheCapacity: 1024, maxBatch: 32, prefillChunk: 512, webgpuKernels: KERNELS });
+  const engine = await Engine.load(options(dir, { slots: 32, capacity: 1024, maxBatchSize: 32, prefillChunk: 512, webgpuKernels: KERNELS }));
   const { path, pool } = engineParts(engine);
   const rows: Record<string, unknown>[] = [];
   const median = (xs: number[]) => round([...xs].sort((x, y) => x - y)[xs.length >> 1]);

@@ -7,7 +7,7 @@
  *
  * An empty variable counts as unset, so compose files can pass `${VAR:-}`.
  */
-import { availableParallelism } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { basename, resolve } from 'node:path';
 import { GemmaServeError } from '../src/errors.js';
 
@@ -25,10 +25,14 @@ export class ConfigError extends GemmaServeError {
   }
 }
 
+// The values a setting may take are defined here, once; the modules that use
+// them (engine/backend.ts, engine/choose-path.ts, scheduler/session-turns.ts)
+// import and re-export these types.
 export const BACKENDS = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 export type BackendChoice = (typeof BACKENDS)[number];
+/** What runs the linear layers on wasm and cpu. */
 export const CPU_KERNELS = ['auto', 'native', 'tfjs'] as const;
-export type CpuKernelChoice = (typeof CPU_KERNELS)[number];
+export type KernelChoice = (typeof CPU_KERNELS)[number];
 export const EVICTION_MODES = ['shift', 'recompute'] as const;
 export type EvictionMode = (typeof EVICTION_MODES)[number];
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -36,6 +40,11 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** Model id used when no MODEL_DIR is given (the embedded default model). */
 export const DEFAULT_MODEL_ID = 'gemma-serve-default';
+
+/** The model id when MODEL_ID is unset: the directory's name, or DEFAULT_MODEL_ID for the embedded model. */
+export function defaultModelId(dir: string | undefined): string {
+  return dir === undefined ? DEFAULT_MODEL_ID : basename(resolve(dir));
+}
 
 export interface Config {
   /** HTTP listener and request hygiene. */
@@ -59,9 +68,11 @@ export interface Config {
     id: string;
     backend: BackendChoice;
     /** On wasm and cpu: what runs the linear layers (native AVX/FMA kernels where built, or tfjs's matmuls). */
-    cpuKernels: CpuKernelChoice;
+    cpuKernels: KernelChoice;
     /** Threads for the linear layers on wasm and cpu (tfjs on wasm: 2 splits each weight by columns with a worker thread). */
     cpuThreads: number;
+    /** Where the embedded default model is built, once per machine (GEMMA_SERVE_CACHE_DIR; the benchmarks keep theirs there too). */
+    cacheDir: string;
   };
   /** Shapes of the KV pool and where session metadata lives (fixed at start). */
   cache: {
@@ -158,7 +169,7 @@ export function loadConfig(env: Env = process.env): Config {
 
   const dirRaw = r.raw('MODEL_DIR');
   const dir = dirRaw === undefined ? undefined : resolve(dirRaw);
-  const id = r.string('MODEL_ID', dir === undefined ? DEFAULT_MODEL_ID : basename(dir));
+  const id = r.string('MODEL_ID', defaultModelId(dir));
   if (!MODEL_ID_RE.test(id)) {
     const variable = r.raw('MODEL_ID') === undefined ? 'MODEL_DIR' : 'MODEL_ID';
     throw new ConfigError(variable, r.raw(variable) ?? id,
@@ -167,6 +178,7 @@ export function loadConfig(env: Env = process.env): Config {
   const backend = r.oneOf('BACKEND', BACKENDS, 'auto');
   const cpuKernels = r.oneOf('CPU_KERNELS', CPU_KERNELS, 'auto');
   const cpuThreads = r.int('CPU_THREADS', defaultCpuThreads(), 1, 256);
+  const cacheDir = r.string('GEMMA_SERVE_CACHE_DIR', tmpdir());
 
   const slots = r.int('SLOTS', 8, 1, 4096);
   const capacity = r.int('CACHE_CAPACITY', 1024, 16, 1 << 20);
@@ -203,7 +215,7 @@ export function loadConfig(env: Env = process.env): Config {
 
   return {
     server: { host, port, apiKeys, metricsAuth, bodyLimitBytes, shutdownGraceMs, logLevel },
-    model: { dir, id, backend, cpuKernels, cpuThreads },
+    model: { dir, id, backend, cpuKernels, cpuThreads, cacheDir },
     cache: { slots, capacity, evictionMode, redisUrl, sessionTtlSeconds },
     scheduler: { maxBatchSize, maxQueue, prefillChunk },
     limits,

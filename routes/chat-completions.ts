@@ -106,7 +106,7 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
       signal: abort.signal,
     });
     const events = stream[Symbol.asyncIterator]();
-    const observer = new ChatObserver(metrics, () => reply.elapsedTime, n);
+    const observer = new ChatObserver(metrics, n);
     const meta: CompletionMeta = {
       id: `chatcmpl-${randomUUID().replace(/-/g, '')}`,
       created: Math.floor(Date.now() / 1000),

@@ -1,7 +1,9 @@
 /**
- * Records what clients experience of one chat request in the metrics: time to
- * first token (from arrival, so queueing counts), inter-token latency per
- * choice, token counts, and how each choice ended.
+ * Records what only the route knows of one chat request in the metrics: token
+ * counts as the client received them, and how each choice ended (its finish
+ * reason, or cancelled or failed when the stream stopped first). Latencies
+ * (time to first token, inter-token) are not measured here: the scheduler's
+ * observer is their one clock (see SchedulerObserver, wired in src/service.ts).
  */
 import type { Metrics } from '../src/metrics.js';
 import type { GenerationEvent } from '../src/scheduler/types.js';
@@ -9,26 +11,14 @@ import type { GenerationEvent } from '../src/scheduler/types.js';
 export type Outcome = 'ok' | 'cancelled' | 'error';
 
 export class ChatObserver {
-  private firstSeen = false;
-  private readonly lastTokenMs: (number | undefined)[];
   private readonly finished: boolean[];
 
-  /** `elapsedMs` reads milliseconds since the request arrived. */
-  constructor(private readonly metrics: Metrics, private readonly elapsedMs: () => number, n: number) {
-    this.lastTokenMs = Array.from({ length: n }, () => undefined);
+  constructor(private readonly metrics: Metrics, n: number) {
     this.finished = Array.from({ length: n }, () => false);
   }
 
   event(ev: GenerationEvent): void {
     if (ev.type === 'token') {
-      const now = this.elapsedMs();
-      if (!this.firstSeen) {
-        this.firstSeen = true;
-        this.metrics.timeToFirstToken.observe(now / 1000);
-      }
-      const last = this.lastTokenMs[ev.choice];
-      if (last !== undefined) this.metrics.interTokenLatency.observe((now - last) / 1000);
-      this.lastTokenMs[ev.choice] = now;
       this.metrics.countTokens({ generated: 1 });
     } else if (ev.type === 'finish') {
       this.finished[ev.choice] = true;

@@ -6,7 +6,8 @@
  * make-model (a random-weight Gemma 3 model directory with the real tokenizer).
  */
 import { parseArgs } from 'node:util';
-import type { BackendChoice } from './engine/backend.js';
+import { loadConfig, type BackendChoice } from '../config/index.js';
+import { engineOptions, type EngineOptions } from './engine/options.js';
 import { DEFAULT_SAMPLING } from './engine/types.js';
 import { GemmaServeError } from './errors.js';
 
@@ -15,6 +16,17 @@ const USAGE = `usage:
   gemma-serve score --model DIR --ids 2,105,1645 [--top-k 20] [--backend wasm|cpu|webgpu|tensorflow]
   gemma-serve generate [--model DIR] --prompt "..." [--max-tokens N] [--backend ...]
   gemma-serve make-model --out DIR [--preset tiny|270m|1b] [--seed N] [--dtype bf16|f32]`;
+
+/**
+ * Engine options for score and generate: the flags on top of the
+ * configuration's defaults. Of the environment they read only
+ * GEMMA_SERVE_CACHE_DIR (where the embedded default model is kept); the tfjs
+ * graph on wasm runs without its worker thread.
+ */
+function cliEngineOptions(overrides: Partial<EngineOptions>): EngineOptions {
+  const config = loadConfig({ GEMMA_SERVE_CACHE_DIR: process.env.GEMMA_SERVE_CACHE_DIR });
+  return engineOptions(config, { graphThreads: 1, ...overrides });
+}
 
 async function score(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -25,7 +37,7 @@ async function score(args: string[]): Promise<void> {
   const ids = values.ids.split(',').map((s) => Number(s.trim()));
   if (ids.some((x) => !Number.isInteger(x) || x < 0)) throw new UsageError(`--ids must be comma-separated token ids, got "${values.ids}"`);
   const { Engine } = await import('./engine/engine.js');
-  const engine = await Engine.load({ modelDir: values.model, backend: values.backend as BackendChoice, slots: 1, cacheCapacity: Math.max(16, ids.length) });
+  const engine = await Engine.load(cliEngineOptions({ dir: values.model, backend: values.backend as BackendChoice, slots: 1, capacity: Math.max(16, ids.length) }));
   const vocab = engine.config.vocabSize;
   const bad = ids.find((x) => x >= vocab);
   if (bad !== undefined) throw new UsageError(`token id ${bad} is outside the vocabulary (${vocab})`);
@@ -47,7 +59,7 @@ async function generateCmd(args: string[]): Promise<void> {
   if (values.prompt === undefined) throw new UsageError('generate needs --prompt');
   const { Engine } = await import('./engine/engine.js');
   const { generate } = await import('./engine/sampler-loop.js');
-  const engine = await Engine.load({ modelDir: values.model, backend: values.backend as BackendChoice, slots: 1, cacheCapacity: 2048 });
+  const engine = await Engine.load(cliEngineOptions({ dir: values.model, backend: values.backend as BackendChoice, slots: 1, capacity: 2048 }));
   const promptIds = engine.tokenizer.encodeChat([{ role: 'user', content: values.prompt }], { addGenerationPrompt: true });
   const params = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: Number(values['max-tokens']) };
   let finish = '';

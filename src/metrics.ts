@@ -2,7 +2,8 @@
  * Prometheus metrics of the whole service, on one Registry per app so tests
  * and several in-process servers never share counters. Each layer updates what
  * it owns through the named methods below (engine: memory, slots, evictions;
- * scheduler: batch steps; routes: requests, latencies, tokens); values that are
+ * scheduler: batch steps and the latency histograms, on its one clock; routes:
+ * requests, finish reasons, tokens); values that are
  * cheaper to read than to push (queue depth, memory) come from `onScrape`
  * readers run just before each scrape. All names start with `gemma_serve_`;
  * the default Node process metrics keep their standard names so stock
@@ -54,7 +55,8 @@ export class Metrics {
   // KV slots and sessions (slot manager).
   readonly slotsTotal = this.gauge('slots_total', 'KV slots in the pool.');
   readonly slotsUsed = this.gauge('slots_used', 'KV slots owned by a session.');
-  readonly sessions = this.gauge('sessions', 'Sessions known to this instance (resident or stored).');
+  // Resident only: stored sessions (Redis) would take a keyspace scan per scrape to count.
+  readonly sessions = this.gauge('sessions', 'Sessions resident on this instance, i.e. holding a KV slot (each extra choice of a running n > 1 request holds one too); sessions kept only in the session store are not counted.');
   readonly evictions = new Counter({
     name: `${P}evictions_total`,
     help: 'Cache evictions: whole turns, single tokens (a turn longer than the room left), or a session losing its slot.',
@@ -94,7 +96,7 @@ export class Metrics {
   });
   readonly timeToFirstToken = new Histogram({
     name: `${P}time_to_first_token_seconds`,
-    help: 'From request arrival to the first generated token (queueing and prefill included).',
+    help: 'From the scheduler accepting a request to its first generated token (queueing and prefill included).',
     buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
     registers: [this.registry],
   });
@@ -161,6 +163,16 @@ export class Metrics {
   observeStep(rows: number): void {
     this.batchSize.set(rows);
     this.stepBatchSize.observe(rows);
+  }
+
+  /** A request's first token, `ms` after the scheduler accepted it (the scheduler's clock). */
+  observeFirstToken(ms: number): void {
+    this.timeToFirstToken.observe(ms / 1000);
+  }
+
+  /** `ms` between two consecutive tokens of one choice (the scheduler's clock). */
+  observeInterToken(ms: number): void {
+    this.interTokenLatency.observe(ms / 1000);
   }
 
   countTokens(t: TokenCounts): void {

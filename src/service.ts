@@ -12,15 +12,13 @@ import {
   MemorySessionStore,
   RedisSessionStore,
   ResilientSessionStore,
-  SlotManager,
   type SessionStore,
 } from './cache/index.js';
-import { Engine } from './engine/engine.js';
+import { Engine, engineOptions } from './engine/engine.js';
 import type { ServiceState } from './http/service.js';
 import { Metrics } from './metrics.js';
 import type { SamplingDefaults } from './protocol/convert.js';
-import { BatchScheduler } from './scheduler/scheduler.js';
-import { SessionTurns } from './scheduler/session-turns.js';
+import { buildStack } from './scheduler/stack.js';
 import { buildApp, closeApp } from './server.js';
 
 export interface RunningService {
@@ -67,18 +65,7 @@ export async function startService(env: Record<string, string | undefined> = pro
 
   let engine: Engine;
   try {
-    engine = await Engine.load({
-      modelDir: config.model.dir,
-      modelId: config.model.id,
-      backend: config.model.backend,
-      kernels: config.model.cpuKernels,
-      threads: config.model.cpuThreads,
-      slots: config.cache.slots,
-      cacheCapacity: config.cache.capacity,
-      topKCap: config.sampling.topKCap,
-      maxBatch: config.scheduler.maxBatchSize,
-      prefillChunk: config.scheduler.prefillChunk,
-    });
+    engine = await Engine.load(engineOptions(config));
   } catch (err) {
     state.phase = 'failed';
     log.fatal({ err }, 'model failed to load');
@@ -91,27 +78,32 @@ export async function startService(env: Record<string, string | undefined> = pro
   );
 
   const store = makeStore(config, log, metrics);
-  const slots = new SlotManager({ slots: config.cache.slots, store, model: engine.modelId, logger: log.child({ component: 'slots' }) });
-  const turns = new SessionTurns(engine, slots, {
-    mode: config.cache.evictionMode,
-    onEvict: (kind) => metrics.recordEviction(kind),
-    onSlotReclaimed: () => metrics.recordEviction('slot', 1),
-  });
-  const scheduler = new BatchScheduler(
-    engine,
-    turns,
-    {
+  const { slots, scheduler } = buildStack(engine, {
+    store,
+    logger: log.child({ component: 'slots' }),
+    turns: {
+      mode: config.cache.evictionMode,
+      onEvict: (kind) => metrics.recordEviction(kind),
+      onSlotReclaimed: () => metrics.recordEviction('slot', 1),
+    },
+    scheduler: {
       maxBatch: config.scheduler.maxBatchSize,
       maxQueue: config.scheduler.maxQueue,
       prefillChunk: config.scheduler.prefillChunk,
       requestLimits: { maxStopStrings: config.limits.stopStrings, maxLogitBias: config.limits.logitBias },
     },
-    { step: (rows) => metrics.observeStep(rows) },
-  );
+    // The scheduler is the one clock of the latency histograms: TTFT counts from submit (queueing included).
+    observer: {
+      step: (rows) => metrics.observeStep(rows),
+      firstToken: (ms) => metrics.observeFirstToken(ms),
+      interToken: (ms) => metrics.observeInterToken(ms),
+    },
+  });
   metrics.modelInfo.set({ model: engine.modelId, backend: engine.backend.name }, 1);
   metrics.onScrape(() => {
     metrics.setMemory(engine.memory());
     metrics.setSlots(engine.slots, slots.usedSlots());
+    // Resident sessions only: counting stored ones would scan Redis on every scrape.
     metrics.sessions.set(slots.usedSlots());
   });
   state.model = { created: Math.floor(Date.now() / 1000), vocabSize: engine.config.vocabSize, samplingDefaults: await generationDefaults(engine.modelDir) };

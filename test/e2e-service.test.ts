@@ -167,6 +167,31 @@ t.test('concurrent requests share decode steps', async (t) => {
   t.equal(delta('gemma_serve_generation_tokens_total'), 64);
 });
 
+t.test('latency histograms: one first token and a gap per later token, timed by the scheduler', async (t) => {
+  const before = await metrics(svc.url);
+  const sentAt = performance.now();
+  const s = startStream(svc.url, chatBody({ max_tokens: 8, messages: [{ role: 'user', content: 'Count the latencies.' }] }), { 'x-session-id': `e2e-latency-${process.pid}` });
+  await s.firstToken;
+  const clientFirstToken = (performance.now() - sentAt) / 1000;
+  const r = await s.done;
+  const clientTotal = (r.finishedAt - sentAt) / 1000;
+  t.same(r.finish, ['length']);
+  t.equal(r.usage?.completion_tokens, 8);
+  const after = await metrics(svc.url);
+  const delta = (k: string) => (after.get(k) ?? 0) - (before.get(k) ?? 0);
+  t.equal(delta('gemma_serve_time_to_first_token_seconds_count'), 1, 'one time to first token per request');
+  t.equal(delta('gemma_serve_inter_token_latency_seconds_count'), 7, 'one gap between each of the 8 tokens and the next');
+  t.equal(delta('gemma_serve_generation_tokens_total'), 8);
+  // The scheduler's clock starts after the request was sent and stops before the client reads the token.
+  const ttft = delta('gemma_serve_time_to_first_token_seconds_sum');
+  t.ok(ttft > 0 && ttft <= clientFirstToken, `time to first token ${ttft} s, the client saw ${clientFirstToken} s`);
+  const gaps = delta('gemma_serve_inter_token_latency_seconds_sum');
+  t.ok(gaps > 0 && ttft + gaps <= clientTotal, `inter-token gaps ${gaps} s, the whole stream ${clientTotal} s`);
+  // Sessions on this instance are the resident ones (their slots); the request's session is one of them.
+  t.ok((after.get('gemma_serve_sessions') ?? 0) >= 1, 'the session is resident');
+  t.equal(after.get('gemma_serve_sessions'), after.get('gemma_serve_slots_used'), 'resident sessions hold the used slots');
+});
+
 t.test('a client that disconnects mid-stream frees its row', async (t) => {
   const session = `e2e-disconnect-${process.pid}`;
   const ac = new AbortController();

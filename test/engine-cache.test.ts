@@ -4,11 +4,12 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Engine, engineParts } from '../src/engine/engine.js';
 import { modelDir } from './helpers/fixtures.js';
 import { engineBackends } from './helpers/backends.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
 for (const { label, backend, kernels, threads } of engineBackends()) {
   t.test(`batched cached decode vs full forward on ${label}`, async (t) => {
     // gemma3-tiny: window 16; its ring holds 16 + slack entries, so 106 tokens wrap it.
-    const engine = await Engine.load({ modelDir: modelDir('gemma3-tiny'), backend, kernels, threads, slots: 3, cacheCapacity: 128 });
+    const engine = await Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny'), backend, cpuKernels: kernels, cpuThreads: threads, slots: 3, capacity: 128 }));
     t.teardown(() => engine.dispose());
     const baseline = tf.memory().numTensors;
     const V = engine.config.vocabSize;

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { Engine } from '../src/engine/engine.js';
 import { readSafetensors, writeSafetensors, type TensorData } from '../src/model/safetensors.js';
 import { modelDir } from './helpers/fixtures.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
 const IDS = [2, 105, 1645, 300, 77, 1024];
 const work = await mkdtemp(join(tmpdir(), 'gemma-serve-load-'));
@@ -35,7 +36,7 @@ async function editConfig(dir: string, edit: (c: Record<string, unknown>) => Rec
 }
 
 async function scores(dir: string): Promise<number[][]> {
-  const engine = await Engine.load({ modelDir: dir, backend: 'cpu', slots: 1, cacheCapacity: 32 });
+  const engine = await Engine.load(testEngineOptions({ dir, backend: 'cpu', slots: 1, capacity: 32 }));
   try {
     return (await engine.score(IDS, 5)).map((p) => p.top_logits);
   } finally {
@@ -62,33 +63,34 @@ t.test('F32 weights give the same logits as the BF16 originals', async (t) => {
 });
 
 t.test('errors name the file, tensor or value at fault', async (t) => {
-  await t.rejects(Engine.load({ modelDir: join(work, 'nowhere'), backend: 'cpu' }), /nowhere.*config\.json|config\.json.*nowhere/s, 'missing directory');
+  // Four slots throughout: the size these loads have always been checked at (the refusals below estimate memory from it).
+  await t.rejects(Engine.load(testEngineOptions({ dir: join(work, 'nowhere'), backend: 'cpu', slots: 4 })), /nowhere.*config\.json|config\.json.*nowhere/s, 'missing directory');
 
   const arch = await copyModel('gemma2-tiny', 'arch');
   await editConfig(arch, (c) => ({ ...c, architectures: ['LlamaForCausalLM'] }));
-  await t.rejects(Engine.load({ modelDir: arch, backend: 'cpu' }), /LlamaForCausalLM.*not supported/, 'unknown architecture');
+  await t.rejects(Engine.load(testEngineOptions({ dir: arch, backend: 'cpu', slots: 4 })), /LlamaForCausalLM.*not supported/, 'unknown architecture');
 
   const missing = await copyModel('gemma2-tiny', 'missing');
   await rewrite(missing, (ts) => ts.filter((x) => x.name !== 'model.layers.2.mlp.up_proj.weight'));
-  await t.rejects(Engine.load({ modelDir: missing, backend: 'cpu' }), /model\.layers\.2\.mlp\.up_proj\.weight.*missing/, 'missing tensor');
+  await t.rejects(Engine.load(testEngineOptions({ dir: missing, backend: 'cpu', slots: 4 })), /model\.layers\.2\.mlp\.up_proj\.weight.*missing/, 'missing tensor');
 
   const shape = await copyModel('gemma2-tiny', 'shape');
   await editConfig(shape, (c) => ({ ...c, intermediate_size: 80 }));
-  await t.rejects(Engine.load({ modelDir: shape, backend: 'cpu' }), /gate_proj\.weight" has shape \[64, 32\], expected \[80, 32\]/, 'shape mismatch shows both shapes');
+  await t.rejects(Engine.load(testEngineOptions({ dir: shape, backend: 'cpu', slots: 4 })), /gate_proj\.weight" has shape \[64, 32\], expected \[80, 32\]/, 'shape mismatch shows both shapes');
 
   const noWeights = await copyModel('gemma2-tiny', 'noweights');
   await rm(join(noWeights, 'model.safetensors'));
-  await t.rejects(Engine.load({ modelDir: noWeights, backend: 'cpu' }), /model\.safetensors/, 'missing weights file');
+  await t.rejects(Engine.load(testEngineOptions({ dir: noWeights, backend: 'cpu', slots: 4 })), /model\.safetensors/, 'missing weights file');
 
   const huge = await copyModel('gemma2-tiny', 'huge');
   await editConfig(huge, (c) => ({ ...c, hidden_size: 8192, intermediate_size: 32768, num_hidden_layers: 40, vocab_size: 256000 }));
   await t.rejects(
-    Engine.load({ modelDir: huge, backend: 'wasm', kernels: 'tfjs' }),
+    Engine.load(testEngineOptions({ dir: huge, backend: 'wasm', cpuKernels: 'tfjs', slots: 4 })),
     /needs about [\d.]+ GiB on the wasm backend .* but the backend holds 3\.84 GiB/,
     'a model too large for wasm is refused before loading, with both figures',
   );
   await t.rejects(
-    Engine.load({ modelDir: huge, backend: 'wasm', kernels: 'native' }),
+    Engine.load(testEngineOptions({ dir: huge, backend: 'wasm', cpuKernels: 'native', slots: 4 })),
     /weights need up to [\d.]+ GiB of host memory for the native CPU kernels .* but the machine has [\d.]+ GiB/,
     'with the native kernels the weights are checked against host memory instead',
   );

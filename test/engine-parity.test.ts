@@ -4,13 +4,14 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Engine, engineParts } from '../src/engine/engine.js';
 import { MODELS, idsMatchUpToTies, modelDir, reference } from './helpers/fixtures.js';
 import { engineBackends } from './helpers/backends.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
 const TOL = 1e-3;
 
 for (const { label, backend, kernels, threads } of engineBackends()) {
   for (const name of MODELS) {
     t.test(`${name} on ${label}`, async (t) => {
-      const engine = await Engine.load({ modelDir: modelDir(name), backend, kernels, threads, slots: 2, cacheCapacity: 128 });
+      const engine = await Engine.load(testEngineOptions({ dir: modelDir(name), backend, cpuKernels: kernels, cpuThreads: threads, slots: 2, capacity: 128 }));
       t.teardown(() => engine.dispose());
       const baseline = tf.memory().numTensors;
 

@@ -1,6 +1,7 @@
 import t from 'tap';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { ConfigError, DEFAULT_MODEL_ID, describeConfig, loadConfig } from '../config/index.js';
+import { engineOptions } from '../src/engine/options.js';
 
 t.test('defaults', async (t) => {
   const c = loadConfig({});
@@ -17,6 +18,40 @@ t.test('defaults', async (t) => {
   t.equal(c.model.cpuKernels, 'auto');
   t.equal(loadConfig({ CPU_THREADS: '1' }).model.cpuThreads, 1);
   t.equal(loadConfig({ CPU_KERNELS: 'TFJS' }).model.cpuKernels, 'tfjs');
+  t.equal(c.model.cacheDir, tmpdir(), 'the default model is kept in the OS temp dir');
+  t.equal(loadConfig({ GEMMA_SERVE_CACHE_DIR: '/var/cache/gemma' }).model.cacheDir, '/var/cache/gemma');
+  t.equal(loadConfig({ GEMMA_SERVE_CACHE_DIR: '' }).model.cacheDir, tmpdir(), 'empty means unset');
+  t.match(describeConfig(c), { model: { cacheDir: tmpdir() } }, 'logged at start');
+});
+
+t.test("engine options carry config's defaults; the engine has none of its own", async (t) => {
+  t.same(engineOptions(loadConfig({})), {
+    dir: undefined,
+    id: DEFAULT_MODEL_ID,
+    backend: 'auto',
+    cpuKernels: 'auto',
+    cpuThreads: availableParallelism(),
+    cacheDir: tmpdir(),
+    slots: 8,
+    capacity: 1024,
+    maxBatchSize: 8,
+    prefillChunk: 256,
+    topKCap: 64,
+  });
+  const env = {
+    MODEL_DIR: '/m/gemma-3-270m-it', BACKEND: 'wasm', CPU_KERNELS: 'tfjs', CPU_THREADS: '3', GEMMA_SERVE_CACHE_DIR: '/c',
+    SLOTS: '6', CACHE_CAPACITY: '512', MAX_BATCH_SIZE: '5', PREFILL_CHUNK: '128', TOPK_CAP: '32',
+  };
+  t.same(engineOptions(loadConfig(env)), {
+    dir: '/m/gemma-3-270m-it', id: 'gemma-3-270m-it', backend: 'wasm', cpuKernels: 'tfjs', cpuThreads: 3, cacheDir: '/c',
+    slots: 6, capacity: 512, maxBatchSize: 5, prefillChunk: 128, topKCap: 32,
+  }, 'each from its variable');
+
+  const o = engineOptions(loadConfig({}), { dir: '/fixtures/gemma3-tiny', slots: 2, capacity: 96, cpuKernels: undefined });
+  t.match(o, { dir: '/fixtures/gemma3-tiny', id: 'gemma3-tiny', slots: 2, capacity: 96, cpuKernels: 'auto', topKCap: 64 }, 'overrides on top; undefined ones count as unset');
+  t.equal(o.maxBatchSize, 2, 'the batch size stays within overridden slots, as MAX_BATCH_SIZE does');
+  t.equal(engineOptions(loadConfig({}), { dir: '/x/y', id: 'mine' }).id, 'mine');
+  t.equal(engineOptions(loadConfig({ MODEL_ID: 'served-as' })).id, 'served-as');
 });
 
 t.test('values, derived model id, empty means unset', async (t) => {

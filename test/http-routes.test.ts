@@ -98,9 +98,15 @@ t.test('metrics: exposition with gemma_serve_ names and request counts', async (
   const { app, metrics } = await makeApp({ scheduler: new ScriptedScheduler(() => reply(['a', 'b'])) });
   t.teardown(() => app.close());
   await app.inject({ method: 'POST', url: '/v1/chat/completions', payload: chat });
+  // Latencies have one clock, the scheduler's observer (wired in service.ts): the route records none.
+  const before = (await app.inject({ method: 'GET', url: '/metrics' })).body;
+  t.ok(before.includes('gemma_serve_time_to_first_token_seconds_count 0'), 'the route does not time the first token');
+  t.ok(before.includes('gemma_serve_inter_token_latency_seconds_count 0'), 'the route does not time tokens');
   metrics.setMemory({ weightsBytes: 1000, kvCacheBytes: 200, transientBytes: 30, backendBytes: 1300 });
   metrics.recordEviction('turn');
   metrics.observeStep(3);
+  metrics.observeFirstToken(40);
+  metrics.observeInterToken(7);
   const res = await app.inject({ method: 'GET', url: '/metrics' });
   t.match(res.headers['content-type'], /text\/plain/);
   const text = res.body;
@@ -119,6 +125,8 @@ t.test('metrics: exposition with gemma_serve_ names and request counts', async (
     'gemma_serve_queue_depth 0',
     'gemma_serve_time_to_first_token_seconds_count 1',
     'gemma_serve_inter_token_latency_seconds_count 1',
+    'gemma_serve_time_to_first_token_seconds_sum 0.04',
+    'gemma_serve_inter_token_latency_seconds_sum 0.007',
   ]) t.ok(text.includes(line), line);
 });
 

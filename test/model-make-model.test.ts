@@ -1,6 +1,7 @@
 import t from 'tap';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
+import { loadConfig } from '../config/index.js';
 import { makeModel, defaultModelDir, PRESETS, parameterCount, layerTypes } from '../src/model/make-model.js';
 import { readSafetensors } from '../src/model/safetensors.js';
 import { GemmaTokenizer } from '../src/model/tokenizer.js';
@@ -107,11 +108,9 @@ t.test('shape overrides and F32 storage', async (t) => {
 });
 
 t.test('defaultModelDir builds once, atomically', async (t) => {
-  const cache = t.testdir();
-  const prev = process.env.GEMMA_SERVE_CACHE_DIR;
-  process.env.GEMMA_SERVE_CACHE_DIR = cache;
-  t.teardown(() => { if (prev === undefined) delete process.env.GEMMA_SERVE_CACHE_DIR; else process.env.GEMMA_SERVE_CACHE_DIR = prev; });
-  const [d1, d2] = await Promise.all([defaultModelDir(123), defaultModelDir(123)]);
+  // The cache dir comes from config (GEMMA_SERVE_CACHE_DIR), as Engine.load passes it.
+  const cache = loadConfig({ GEMMA_SERVE_CACHE_DIR: t.testdir() }).model.cacheDir;
+  const [d1, d2] = await Promise.all([defaultModelDir(cache, 123), defaultModelDir(cache, 123)]);
   t.equal(d1, d2);
   t.equal(path.dirname(d1), cache);
   t.match(path.basename(d1), /^gemma-serve-.*-tiny-123$/);

@@ -4,6 +4,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Engine, engineParts } from '../src/engine/engine.js';
 import { modelDir } from './helpers/fixtures.js';
 import { driveSession, nextTurnIds, promptOf } from './helpers/session-driver.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
 const C = 48;
 const TOL = 1e-4;
@@ -27,7 +28,7 @@ async function fresh(engine: Engine, ids: number[]): Promise<Float32Array> {
 
 for (const name of ['gemma3-tiny-scaled', 'gemma2-tiny'] as const) {
   t.test(name, async (t) => {
-    const engine = await Engine.load({ modelDir: modelDir(name), backend: 'wasm', slots: 1, cacheCapacity: C });
+    const engine = await Engine.load(testEngineOptions({ dir: modelDir(name), backend: 'wasm', slots: 1, capacity: C }));
     t.teardown(() => engine.dispose());
     const baseline = tf.memory().numTensors;
 

@@ -9,6 +9,7 @@ import type { ChatTurn } from '../src/scheduler/types.js';
 import { modelDir } from './helpers/fixtures.js';
 import { chat, makeStack, scoped } from './helpers/stack.js';
 import { freePort } from './helpers/free-port.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
 async function until(cond: () => Promise<boolean>, ms: number): Promise<boolean> {
   const end = Date.now() + ms;
@@ -47,7 +48,7 @@ t.teardown(() => {
 
 t.test('a conversation goes on through a Redis outage and its metadata reaches Redis again', async (t) => {
   await startRedis();
-  const engine = await Engine.load({ modelDir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 1, cacheCapacity: 96 });
+  const engine = await Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 1, capacity: 96 }));
   t.teardown(() => engine.dispose());
   const store = new ResilientSessionStore({
     redis: new RedisSessionStore({ ttlSeconds: 300, redis: { port, host: '127.0.0.1', retryStrategy: () => 50 } }),

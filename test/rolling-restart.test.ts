@@ -6,13 +6,14 @@ import { Engine } from '../src/engine/engine.js';
 import type { ChatTurn } from '../src/scheduler/types.js';
 import { modelDir } from './helpers/fixtures.js';
 import { chat, makeStack, scoped } from './helpers/stack.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
 const C = 96;
 const PREFIX = `gemma-serve-test:restart-${process.pid}-${Date.now().toString(36)}:`;
 const ID = `restart-${process.pid}`;
 /** Where the slot manager and the store keep it. */
 const SID = scoped(ID);
-const load = () => Engine.load({ modelDir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 2, cacheCapacity: C });
+const load = () => Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 2, capacity: C }));
 
 const raw = new Redis({ host: '127.0.0.1', port: 6379 });
 t.teardown(async () => {

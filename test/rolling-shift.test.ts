@@ -6,10 +6,11 @@ import type { LayerType, RopeSettings } from '../src/model/hf-config.js';
 import { modelDir, reference } from './helpers/fixtures.js';
 import { ReferenceDecoder, rotate, type RefEntry } from './helpers/reference-decoder.js';
 import { driveSession, nextTurnIds, promptOf as promptOfTurns } from './helpers/session-driver.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
 // gemma3-tiny-scaled: global layers (3 and 7) use linear RoPE scaling x8, sliding layers window 12.
 const TOL = 1e-3;
-const load = (C: number) => Engine.load({ modelDir: modelDir('gemma3-tiny-scaled'), backend: 'wasm', slots: 1, cacheCapacity: C });
+const load = (C: number) => Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny-scaled'), backend: 'wasm', slots: 1, capacity: C }));
 // C = 48: sliding layers hold 48 entries. C = 96: they hold their window plus slack (76), so their rings wrap before the eviction.
 const small = await load(48);
 const ringed = await load(96);

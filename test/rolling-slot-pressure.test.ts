@@ -6,6 +6,7 @@ import { Engine } from '../src/engine/engine.js';
 import type { ChatTurn } from '../src/scheduler/types.js';
 import { modelDir } from './helpers/fixtures.js';
 import { chat, makeStack, scoped, type Stack } from './helpers/stack.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
 const C = 96;
 const ROUNDS = 5;
@@ -13,7 +14,7 @@ const PREFIX = `gemma-serve-test:pressure-${process.pid}-${Date.now().toString(3
 const NAMES = ['alpha', 'bravo', 'charlie', 'delta'];
 const PETS = ['cat', 'dog', 'parrot', 'goldfish'];
 
-const engine = await Engine.load({ modelDir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 2, cacheCapacity: C });
+const engine = await Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 2, capacity: C }));
 const raw = new Redis({ host: '127.0.0.1', port: 6379 });
 t.teardown(async () => {
   const keys = await raw.keys(`${PREFIX}*`);

@@ -7,8 +7,9 @@ import { reduceOnGraph } from '../src/engine/graph/reduce.js';
 import { DEFAULT_SAMPLING, type SamplingParams } from '../src/engine/types.js';
 import type { StepOutput } from '../src/engine/sampler.js';
 import { modelDir, reference } from './helpers/fixtures.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
-const engine = await Engine.load({ modelDir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 4, cacheCapacity: 256 });
+const engine = await Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 4, capacity: 256 }));
 t.teardown(() => engine.dispose());
 const baseline = tf.memory().numTensors;
 const prompt = engine.tokenizer.encodeChat([{ role: 'user', content: 'Tell me a story about a fox.' }]);

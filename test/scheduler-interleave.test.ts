@@ -5,8 +5,9 @@ import { Engine } from '../src/engine/engine.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
 import { modelDir } from './helpers/fixtures.js';
 import { makeStack } from './helpers/stack.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
-const engine = await Engine.load({ modelDir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 5, cacheCapacity: 256 });
+const engine = await Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 5, capacity: 256 }));
 t.teardown(() => engine.dispose());
 
 const CHUNK = 8;

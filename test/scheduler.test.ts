@@ -5,8 +5,9 @@ import { Engine, engineParts } from '../src/engine/engine.js';
 import { QueueFullError } from '../src/scheduler/errors.js';
 import { modelDir } from './helpers/fixtures.js';
 import { chat, makeStack } from './helpers/stack.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
-const engine = await Engine.load({ modelDir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 4, cacheCapacity: 256 });
+const engine = await Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 4, capacity: 256 }));
 t.teardown(() => engine.dispose());
 const baseline = tf.memory().numTensors;
 

@@ -5,13 +5,14 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Engine, engineParts } from '../src/engine/engine.js';
 import { modelDir } from './helpers/fixtures.js';
 import { WEBGPU_TESTABLE } from './helpers/backends.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
 const ids = (n: number, seed: number) => Array.from({ length: n }, (_, i) => 2 + ((i * 37 + seed * 101) % 4000));
 
 /** Runs the scenario and returns the logits of every decode step, per slot. */
 async function scenario(backend: 'wasm' | 'webgpu'): Promise<{ evicted: Float32Array[]; other: Float32Array[]; leaked: number }> {
   // gemma3-tiny-scaled: sliding window 12, so with capacity 96 its rings (76 entries) wrap before the eviction.
-  const engine = await Engine.load({ modelDir: modelDir('gemma3-tiny-scaled'), backend, slots: 2, cacheCapacity: 96 });
+  const engine = await Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny-scaled'), backend, slots: 2, capacity: 96 }));
   try {
     const { pool, path: model } = engineParts(engine);
     const baseline = tf.memory().numTensors;

@@ -5,6 +5,7 @@ import { ModelTooLargeError } from '../src/engine/weights.js';
 import { Metrics } from '../src/metrics.js';
 import type { ModelConfig } from '../src/model/hf-config.js';
 import { modelDir } from './helpers/fixtures.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
 const gauge = (body: string, name: string): number | undefined => {
   const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(body);
@@ -25,7 +26,7 @@ t.test('GPU memory gauges: 0 until a backend reports device bytes', async (t) =>
 });
 
 t.test('Engine.memory() on cpu has no device fields', async (t) => {
-  const engine = await Engine.load({ modelDir: modelDir('gemma3-tiny'), backend: 'cpu', slots: 1, cacheCapacity: 32 });
+  const engine = await Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny'), backend: 'cpu', slots: 1, capacity: 32 }));
   t.teardown(() => engine.dispose());
   const m = engine.memory();
   t.ok(m.weightsBytes > 0);

@@ -5,11 +5,12 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Engine, engineParts } from '../src/engine/engine.js';
 import { idsMatchUpToTies, modelDir, reference } from './helpers/fixtures.js';
 import { WEBGPU_TESTABLE } from './helpers/backends.js';
+import { testEngineOptions } from './helpers/engine-options.js';
 
 const TOL = 1e-3;
 
 t.test('a split embedding gives the reference logits', { skip: WEBGPU_TESTABLE ? false : 'no Vulkan driver installed' }, async (t) => {
-  const engine = await Engine.load({ modelDir: modelDir('gemma3-tiny'), backend: 'webgpu', slots: 1, cacheCapacity: 128, maxTensorBytes: 10_000_000 });
+  const engine = await Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny'), backend: 'webgpu', slots: 1, capacity: 128, maxTensorBytes: 10_000_000 }));
   t.teardown(() => engine.dispose());
   const parts = engineParts(engine).path.weights.embedParts;
   t.equal(parts.length, 4, 'four parts');

@@ -7,11 +7,13 @@
  * loading them may fail.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type { BackendChoice } from '../../config/index.js';
 import { GemmaServeError } from '../errors.js';
 import { probeWebGPU, releaseWebGPU, startWebGPU, webgpuLimits } from './webgpu/adapter.js';
 
-export type BackendName = 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
-export type BackendChoice = BackendName | 'auto';
+/** The choices are config's BACKENDS (BACKEND). */
+export type { BackendChoice };
+export type BackendName = Exclude<BackendChoice, 'auto'>;
 
 /** A requested backend could not be started. */
 export class BackendError extends GemmaServeError {

@@ -7,20 +7,23 @@
  *              its linear layers split by columns with a worker thread);
  *   tensorflow -> the graph.
  */
+import type { KernelChoice } from '../../config/index.js';
 import type { ModelConfig } from '../model/hf-config.js';
 import type { BackendName } from './backend.js';
 import type { ForwardPath, PathName } from './forward.js';
-import { ColumnSplit } from './graph/column-split.js';
+import { ColumnSplit, splitLayout } from './graph/column-split.js';
 import { GraphPath } from './graph/forward.js';
 import { reduceOnGraph } from './graph/reduce.js';
 import { NativeKernels, nativeAddon } from './native/kernels.js';
 import { NativePath } from './native/forward.js';
+import { nativeLayout } from './native/weights.js';
 import { supportsInPlace } from './tensor-memory.js';
 import { WebGPUPath } from './webgpu/forward.js';
 import { reduceFused } from './webgpu/reduce.js';
-import type { Weights } from './weights.js';
+import { tensorLayout, type WeightLayout, type Weights } from './weights.js';
 
-export type KernelChoice = 'auto' | 'native' | 'tfjs';
+/** The choices are config's CPU_KERNELS. */
+export type { KernelChoice };
 
 export interface PathOptions {
   /** On webgpu: the fused WGSL programs or the tfjs op graph. */
@@ -31,6 +34,8 @@ export interface PathOptions {
   threads: number;
   /** With the graph on wasm: 2 or more splits the linear layers with a worker thread. */
   graphThreads: number;
+  /** On webgpu with the fused programs: the most bytes one embedding part may hold. */
+  maxTensorBytes?: number;
   /** Sizes the worker thread's hand-off buffer. */
   maxBatch: number;
   prefillChunk: number;
@@ -44,6 +49,8 @@ export interface PathChoice {
   native?: NativeKernels;
   /** The worker thread that multiplies half of each weight (path 'graph' on wasm with 2+ threads). */
   split?: ColumnSplit;
+  /** Where the path keeps its weights. */
+  layout: WeightLayout;
   /** What runs the linear layers, and why (the start-up log's `linear`). */
   description: string;
 }
@@ -51,13 +58,16 @@ export interface PathChoice {
 /** Throws where 'native' was asked for and cannot run. */
 export function choosePath(config: ModelConfig, backend: BackendName, opts: PathOptions): PathChoice {
   if (backend === 'webgpu') {
-    return { name: opts.webgpuKernels === 'graph' ? 'graph' : 'webgpu', backend, description: 'webgpu backend' };
+    // The fused programs take the embedding in parts that fit one buffer binding; the graph needs it whole.
+    if (opts.webgpuKernels === 'graph') return { name: 'graph', backend, layout: tensorLayout(), description: 'webgpu backend' };
+    return { name: 'webgpu', backend, layout: tensorLayout(opts.maxTensorBytes), description: 'webgpu backend' };
   }
-  if (backend !== 'wasm' && backend !== 'cpu') return { name: 'graph', backend, description: `${backend} backend` };
+  if (backend !== 'wasm' && backend !== 'cpu') return { name: 'graph', backend, layout: tensorLayout(), description: `${backend} backend` };
   if (opts.kernels !== 'tfjs') {
     const { addon, reason } = nativeAddon();
     if (addon) {
-      return { name: 'native', backend, native: new NativeKernels(addon, opts.threads), description: `native kernels: ${reason}, ${opts.threads} thread(s)` };
+      const native = new NativeKernels(addon, opts.threads);
+      return { name: 'native', backend, native, layout: nativeLayout(native), description: `native kernels: ${reason}, ${opts.threads} thread(s)` };
     }
     if (opts.kernels === 'native') throw new Error(`the native CPU kernels cannot run: ${reason}`);
     return graphOnCpu(config, backend, opts, `tfjs graph (no native kernels: ${reason})`);
@@ -66,8 +76,9 @@ export function choosePath(config: ModelConfig, backend: BackendName, opts: Path
 }
 
 function graphOnCpu(config: ModelConfig, backend: BackendName, opts: PathOptions, description: string): PathChoice {
-  if (backend !== 'wasm' || opts.graphThreads < 2) return { name: 'graph', backend, description };
-  return { name: 'graph', backend, split: columnSplitFor(config, opts.maxBatch, opts.prefillChunk), description: `${description}, linear weights split with a wasm worker thread` };
+  if (backend !== 'wasm' || opts.graphThreads < 2) return { name: 'graph', backend, layout: tensorLayout(), description };
+  const split = columnSplitFor(config, opts.maxBatch, opts.prefillChunk);
+  return { name: 'graph', backend, split, layout: splitLayout(split), description: `${description}, linear weights split with a wasm worker thread` };
 }
 
 /** The path over its loaded weights. */
@@ -76,12 +87,13 @@ export function createPath(choice: PathChoice, config: ModelConfig, weights: Wei
     case 'webgpu':
       return new WebGPUPath(config, weights);
     case 'native':
-      return new NativePath(config, weights, choice.backend === 'wasm');
+      return new NativePath(config, weights, choice.native!, choice.backend === 'wasm');
     case 'graph':
       return new GraphPath(config, weights, {
         // On webgpu the graph's logits are reduced by the fused programs too: no [B, V] tfjs op runs there.
         reduce: choice.backend === 'webgpu' ? reduceFused : reduceOnGraph,
         inPlaceCache: supportsInPlace(choice.backend),
+        split: choice.split,
       });
   }
 }

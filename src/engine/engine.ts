@@ -9,18 +9,18 @@
  * their callers. Tensors never cross this boundary.
  */
 import { existsSync } from 'node:fs';
-import { basename, join, resolve } from 'node:path';
-import { availableParallelism } from 'node:os';
+import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadModelConfig, type ModelConfig } from '../model/hf-config.js';
 import { defaultModelDir } from '../model/make-model.js';
 import { readSafetensors } from '../model/safetensors.js';
 import { GemmaTokenizer } from '../model/tokenizer.js';
-import { backendTensorLimit, initBackend, releaseBackend, type BackendChoice, type BackendName } from './backend.js';
-import { choosePath, createPath, type KernelChoice } from './choose-path.js';
+import { backendTensorLimit, initBackend, releaseBackend, type BackendName } from './backend.js';
+import { choosePath, createPath } from './choose-path.js';
 import type { ForwardPath, PathName } from './forward.js';
 import type { KVPool } from './kv-pool.js';
 import { checkMemory } from './memory-check.js';
+import type { EngineOptions } from './options.js';
 import type { RowLogitsInput } from './reduce.js';
 import type { TopK } from './types.js';
 import { webgpuMemory } from './webgpu/adapter.js';
@@ -28,41 +28,8 @@ import { disposeWeights, loadWeights } from './weights.js';
 
 export { checkTensorLimit } from './memory-check.js';
 export type { KernelChoice } from './choose-path.js';
-
-export interface EngineOptions {
-  /** Hugging Face model directory; absent means the embedded default model. */
-  modelDir?: string;
-  /** Name the model is served under (defaults to the directory name). */
-  modelId?: string;
-  backend?: BackendChoice;
-  /** KV slots (sessions whose caches stay on the device). */
-  slots?: number;
-  /** Global-layer KV entries per slot. */
-  cacheCapacity?: number;
-  /** Largest K of the device-side top-k. */
-  topKCap?: number;
-  /** Largest batch a decode step runs (sizes the transient memory estimate). */
-  maxBatch?: number;
-  /** Largest prefill chunk (sizes the transient memory estimate). */
-  prefillChunk?: number;
-  /** On webgpu: the fused WGSL programs (default) or the tfjs op graph that the other backends run. */
-  webgpuKernels?: 'fused' | 'graph';
-  /**
-   * On wasm and cpu: the linear layers on the native AVX/FMA kernels, or on
-   * tfjs's own matmuls; 'auto' takes the native kernels where they are built
-   * and the CPU runs them (the default, as in the service).
-   */
-  kernels?: KernelChoice;
-  /**
-   * On wasm and cpu: threads for the native kernels (default: one per core;
-   * process-wide, the last engine loaded sets it),
-   * or with tfjs on wasm, 2 to split each linear weight by columns with a worker thread (default 1).
-   */
-  threads?: number;
-  /** On webgpu with the fused programs: the most bytes one embedding part may hold (default: the device's binding limit). */
-  maxTensorBytes?: number;
-}
-
+export { DEFAULT_MODEL_ID } from '../../config/index.js';
+export { engineOptions, type EngineOptions, type EngineTuning } from './options.js';
 
 export interface MemoryReport {
   /** Weight bytes in the backend and in the native kernels. */
@@ -71,8 +38,10 @@ export interface MemoryReport {
   /** Backend bytes held by neither weights nor KV (activations, packed copies, scratch). */
   transientBytes: number;
   backendBytes: number;
-  /** Host memory the path holds outside the backend: native weights and scratch buffers. */
+  /** Host memory the path holds outside the backend: native weights plus scratch buffers. */
   hostBytes: number;
+  /** The part of `hostBytes` that is weights (also counted in `weightsBytes`). */
+  hostWeightsBytes: number;
   /**
    * GPU memory as the webgpu backend's buffer manager counts it: bytes of
    * buffers holding live tensors, and bytes allocated on the device (those
@@ -84,8 +53,6 @@ export interface MemoryReport {
   /** Bytes of the wasm worker thread's backend (the remote columns of the weights and their packed copies), where one runs. */
   workerBytes?: number;
 }
-
-export const DEFAULT_MODEL_ID = 'gemma-serve-default';
 
 /** What the engine runs on, for logs and metrics. */
 export interface EngineInfo {
@@ -140,20 +107,18 @@ export class Engine {
     parts.set(this, { path, pool: this.pool });
   }
 
-  static async load(opts: EngineOptions = {}): Promise<Engine> {
+  static async load(opts: EngineOptions): Promise<Engine> {
     const t0 = performance.now();
-    const backend = await initBackend(opts.backend ?? 'auto');
-    const dir = resolve(opts.modelDir ?? (await defaultModelDir()));
+    const backend = await initBackend(opts.backend);
+    const dir = resolve(opts.dir ?? (await defaultModelDir(opts.cacheDir)));
     const config = await loadModelConfig(dir);
-    const slots = opts.slots ?? 4;
-    const capacity = opts.cacheCapacity ?? 1024;
-    const maxBatch = opts.maxBatch ?? slots;
-    const prefillChunk = opts.prefillChunk ?? 256;
+    const { slots, capacity, maxBatchSize: maxBatch, prefillChunk } = opts;
     const choice = choosePath(config, backend.name, {
       webgpuKernels: opts.webgpuKernels ?? 'fused',
-      kernels: opts.kernels ?? 'auto',
-      threads: opts.threads ?? availableParallelism(),
-      graphThreads: opts.threads ?? 1,
+      kernels: opts.cpuKernels,
+      threads: opts.cpuThreads,
+      graphThreads: opts.graphThreads ?? opts.cpuThreads,
+      maxTensorBytes: opts.maxTensorBytes ?? backendTensorLimit(backend.name)?.bytes,
       maxBatch,
       prefillChunk,
     });
@@ -163,11 +128,7 @@ export class Engine {
     const store = await readSafetensors(dir);
     let weights;
     try {
-      weights = await loadWeights(config, store, {
-        maxTensorBytes: choice.name === 'webgpu' ? opts.maxTensorBytes ?? backendTensorLimit(backend.name)?.bytes : undefined,
-        split: choice.split,
-        native: choice.native,
-      });
+      weights = await loadWeights(config, store, choice.layout);
       await choice.split?.start();
     } catch (err) {
       choice.split?.dispose();
@@ -176,13 +137,13 @@ export class Engine {
       await store.close();
     }
     const info: EngineInfo = {
-      modelId: opts.modelId ?? (opts.modelDir ? basename(dir) : DEFAULT_MODEL_ID),
+      modelId: opts.id,
       modelDir: dir,
       backend,
       path: choice.name,
       linearKernels: choice.description,
     };
-    const engine = new Engine(createPath(choice, config, weights), tokenizer, info, opts.topKCap ?? 64, slots, capacity);
+    const engine = new Engine(createPath(choice, config, weights), tokenizer, info, opts.topKCap, slots, capacity);
     engine.warmUp();
     engine.loadMs = performance.now() - t0;
     return engine;
@@ -286,6 +247,7 @@ export class Engine {
       kvCacheBytes,
       backendBytes,
       hostBytes: m.hostWeightBytes + m.hostScratchBytes,
+      hostWeightsBytes: m.hostWeightBytes,
       transientBytes: Math.max(0, backendBytes - m.backendWeightBytes - kvCacheBytes),
     };
     const device = this.backend.name === 'webgpu' ? webgpuMemory() : undefined;

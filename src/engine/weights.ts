@@ -1,17 +1,17 @@
 /**
- * Loads Hugging Face Gemma weights into the layout the forward pass wants on
- * wasm: every linear weight as [in, out] (XNNPACK's fast path; `transposeB`
- * is ~7x slower), q/k/v fused into one matrix and gate/up into another (fewer
- * kernels per token), norms stored as (1 + w), the norms that feed a
- * projection (input, pre-feedforward) folded into its rows, the query scale
- * folded into a weight, and the tied embedding kept once as [hidden, vocab] for the
- * unembedding (tokens are looked up with a gather on axis 1).
+ * Loads Hugging Face Gemma weights into the engine's layout: q/k/v fused into
+ * one matrix and gate/up into another (fewer kernels per token), norms stored
+ * as (1 + w), the query scale folded into a weight, and the tied embedding
+ * kept once for the unembedding. Where each linear weight and the embedding
+ * then live is the forward path's own `WeightLayout`: tfjs tensors as
+ * [in, out] (XNNPACK's fast path on wasm; `transposeB` is ~7x slower) with
+ * the norms that feed a projection folded into its rows (`tensorLayout`,
+ * here), split by columns with a worker thread (graph/), or packed for the
+ * native kernels (native/).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { GemmaServeError } from '../errors.js';
 import type { ModelConfig } from '../model/hf-config.js';
-import type { ColumnSplit, RemoteColumns } from './graph/column-split.js';
-import type { NativeKernels, NativeMatrix } from './native/kernels.js';
 
 /** What the weight loader needs from a safetensors reader. */
 export interface TensorSource {
@@ -21,10 +21,23 @@ export interface TensorSource {
   read(name: string): Promise<Float32Array>;
 }
 
-/** A linear weight as [in, out]: a tfjs tensor, or packed for the native CPU kernels. */
-export type Linear = tf.Tensor2D | NativeMatrix;
+/** A weight W [K, N] held outside tfjs by a path's own kernels (the native CPU kernels pack them). */
+export interface PackedMatrix {
+  readonly K: number;
+  readonly N: number;
+  readonly bytes: number;
+}
 
-export function isNative(w: tf.Tensor | NativeMatrix): w is NativeMatrix {
+/** Columns of a weight held by a worker thread (the graph path's column split). */
+export interface RemoteColumns {
+  id: number;
+  cols: number;
+}
+
+/** A linear weight as [in, out]: a tfjs tensor, or packed by a path's own kernels. */
+export type Linear = tf.Tensor2D | PackedMatrix;
+
+export function isNative(w: tf.Tensor | PackedMatrix): w is PackedMatrix {
   return !(w instanceof tf.Tensor);
 }
 
@@ -54,7 +67,7 @@ export interface LayerWeights {
   gateUp: Linear;
   /** [intermediate, hidden]. */
   down: Linear;
-  /** With a ColumnSplit: each projection above holds its first columns, the worker the rest. */
+  /** With a column split: each projection above holds its first columns, the worker the rest. */
   remote?: Record<'qkv' | 'o' | 'gateUp' | 'down', RemoteColumns>;
 }
 
@@ -71,15 +84,50 @@ export interface Weights {
   layers: LayerWeights[];
   /** Bytes held by all weight tensors (of this thread's backend). */
   bytes: number;
-  /** Bytes the native kernels hold (their packed weights). */
-  nativeBytes?: number;
-  /** The native CPU kernels, which hold every linear weight and the embedding when present. */
-  native?: NativeKernels;
-  /** The worker thread holding the remote columns of every linear weight (wasm, two cores). */
-  split?: ColumnSplit;
-  /** With a split: the embedding's remote columns, and its [vocab, hidden] rows for lookups. */
+  /** Bytes held outside tfjs (packed matrices). */
+  packedBytes: number;
+  /** With a column split: the embedding's remote columns, and its [vocab, hidden] rows for lookups. */
   embedRemote?: RemoteColumns;
   embedRows?: Float32Array;
+}
+
+/** Where a forward path keeps its weights. */
+export interface WeightLayout {
+  /**
+   * Whether the input and pre-feedforward norms are folded into the next
+   * projection's rows (the native kernels keep a bf16 checkpoint's values
+   * unscaled, so they stay 16-bit, and apply the norms themselves).
+   */
+  foldNorms: boolean;
+  /** A fused linear weight from PyTorch [out_i, in] parts; `keep` registers a tensor it creates. */
+  linear(parts: Float32Array[], outs: number[], inDim: number, keep: Keep): { t: Linear; remote?: RemoteColumns };
+  /** The tied embedding from its [vocab, hidden] rows. */
+  embedding(embed: Float32Array, c: ModelConfig, keep: Keep): Pick<Weights, 'embedT' | 'embedParts' | 'embedRemote' | 'embedRows'>;
+}
+
+/** Registers a tensor the loader created, so a failed load disposes it. */
+export type Keep = <T extends tf.Tensor>(t: T) => T;
+
+/**
+ * Every weight a tfjs tensor, as [in, out], norms folded; the embedding in
+ * parts no larger than `maxPartBytes` (webgpu binds a tensor whole, up to
+ * 2 GiB on NVIDIA's Vulkan driver), else whole.
+ */
+export function tensorLayout(maxPartBytes?: number): WeightLayout {
+  return {
+    foldNorms: true,
+    linear: (parts, outs, inDim, keep) => ({ t: keep(fuseTransposed(parts, outs, inDim)) }),
+    embedding: (embed, c, keep) => {
+      const H = c.hiddenSize;
+      const part = embeddingPartSize(c, maxPartBytes);
+      const embedParts: Weights['embedParts'] = [];
+      for (let from = 0; from < c.vocabSize; from += part) {
+        const count = Math.min(part, c.vocabSize - from);
+        embedParts.push({ table: keep(fuseTransposed([embed.subarray(from * H, (from + count) * H)], [count], H)), from });
+      }
+      return { embedT: embedParts[0]!.table, embedParts };
+    },
+  };
 }
 
 /** A tensor the model needs is absent or has the wrong shape. */
@@ -159,7 +207,7 @@ function transposeInto(src: Float32Array, rows: number, cols: number, dst: Float
 }
 
 /** Stacks PyTorch [out_i, in] matrices into one [in, sum(out_i)] matrix. */
-function fuseTransposedArray(parts: Float32Array[], outs: number[], inDim: number): Float32Array {
+export function fuseTransposedArray(parts: Float32Array[], outs: number[], inDim: number): Float32Array {
   const total = outs.reduce((a, b) => a + b, 0);
   const dst = new Float32Array(inDim * total);
   let offset = 0;
@@ -170,7 +218,8 @@ function fuseTransposedArray(parts: Float32Array[], outs: number[], inDim: numbe
   return dst;
 }
 
-function concat(parts: Float32Array[]): Float32Array {
+/** The parts one after another (PyTorch [out_i, in] matrices stacked as [sum(out_i), in]). */
+export function concat(parts: Float32Array[]): Float32Array {
   if (parts.length === 1) return parts[0];
   const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
@@ -205,15 +254,8 @@ export function embeddingPartSize(c: ModelConfig, maxBytes?: number): number {
   return Math.min(c.vocabSize, Math.max(1, fits));
 }
 
-/**
- * Reads every tensor, converts it to the engine's layout and uploads it to
- * the backend. `maxTensorBytes` splits the embedding into parts no larger.
- */
-export async function loadWeights(
-  c: ModelConfig,
-  src: TensorSource,
-  opts: { maxTensorBytes?: number; split?: ColumnSplit; native?: NativeKernels } = {},
-): Promise<Weights> {
+/** Reads every tensor, converts it to the engine's layout and hands it to the path's `layout`. */
+export async function loadWeights(c: ModelConfig, src: TensorSource, layout: WeightLayout): Promise<Weights> {
   const r = new Reader(src, textPrefix(src.names()));
   const H = c.hiddenSize;
   const hd = c.headDim;
@@ -222,21 +264,12 @@ export async function loadWeights(
   const I = c.intermediateSize;
   const scale = c.queryPreAttnScalar ** -0.5;
   const created: tf.Tensor[] = [];
-  const keep = <T extends tf.Tensor>(t: T): T => {
+  const keep: Keep = (t) => {
     created.push(t);
     return t;
   };
-  const { split, native } = opts;
-  // The native kernels keep the checkpoint's values as they are (see LayerWeights.inputNorm).
-  const fold = !native;
-  /** A fused [in, out] weight from PyTorch [out_i, in] parts: whole, split by columns with the worker, or packed natively. */
-  const linear = (parts: Float32Array[], outs: number[], inDim: number): { t: Linear; remote?: RemoteColumns } => {
-    const total = outs.reduce((a, b) => a + b, 0);
-    if (native) return { t: native.pack(concat(parts), inDim, total, true) };
-    if (!split) return { t: keep(fuseTransposed(parts, outs, inDim)) };
-    const { local, localCols, remote } = split.add(fuseTransposedArray(parts, outs, inDim), inDim, total);
-    return { t: keep(tf.tensor2d(local, [inDim, localCols])), remote };
-  };
+  const fold = layout.foldNorms;
+  const linear = (parts: Float32Array[], outs: number[], inDim: number) => layout.linear(parts, outs, inDim, keep);
   try {
     const norm = async (name: string, size = H, s = 1): Promise<tf.Tensor1D> => keep(tf.tensor1d(onePlus(await r.get(name, [size]), s)));
     const layers: LayerWeights[] = [];
@@ -281,36 +314,20 @@ export async function loadWeights(
       layers.push(layer);
     }
     const finalNorm = await norm('norm.weight');
-    const embed = await r.get('embed_tokens.weight', [c.vocabSize, H]);
-    if (native) {
-      const embedT = native.pack(embed, H, c.vocabSize, true);
-      const nativeBytes = [embedT, ...layers.flatMap((l) => [l.qkv, l.o, l.gateUp, l.down])].reduce((sum, w) => sum + (isNative(w) ? w.bytes : 0), 0);
-      const bytes = created.reduce((sum, t) => sum + t.size * 4, 0);
-      return { embedT, embedParts: [], finalNorm, layers, bytes, nativeBytes, native };
-    }
-    if (split) {
-      const e = linear([embed], [c.vocabSize], H);
-      const bytes = created.reduce((sum, t) => sum + t.size * 4, 0);
-      return { embedT: e.t, embedParts: [{ table: tensorOf(e.t), from: 0 }], finalNorm, layers, bytes, split, embedRemote: e.remote, embedRows: embed };
-    }
-    const part = embeddingPartSize(c, opts.maxTensorBytes);
-    const embedParts: Weights['embedParts'] = [];
-    for (let from = 0; from < c.vocabSize; from += part) {
-      const count = Math.min(part, c.vocabSize - from);
-      embedParts.push({ table: keep(fuseTransposed([embed.subarray(from * H, (from + count) * H)], [count], H)), from });
-    }
+    const embedding = layout.embedding(await r.get('embed_tokens.weight', [c.vocabSize, H]), c, keep);
+    const packedBytes = [embedding.embedT, ...layers.flatMap((l) => [l.qkv, l.o, l.gateUp, l.down])].reduce((sum, w) => sum + (isNative(w) ? w.bytes : 0), 0);
     const bytes = created.reduce((sum, t) => sum + t.size * 4, 0);
-    return { embedT: embedParts[0].table, embedParts, finalNorm, layers, bytes };
+    return { ...embedding, finalNorm, layers, bytes, packedBytes };
   } catch (err) {
     created.forEach((t) => t.dispose());
     throw err;
   }
 }
 
+/** Disposes the weights' tensors (packed matrices are freed with their handles, a worker's columns with the worker). */
 export function disposeWeights(w: Weights): void {
   for (const p of w.embedParts) p.table.dispose();
   w.finalNorm.dispose();
-  w.split?.dispose();
   for (const l of w.layers) {
     // Native matrices are freed with their handles.
     for (const t of [l.postAttnNorm, l.postFfwNorm, l.inputNorm, l.preFfwNorm, l.qkv, l.o, l.gateUp, l.down, l.qkNorm]) if (t && !isNative(t)) t.dispose();

@@ -7,7 +7,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fsp, readFileSync } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GemmaServeError } from '../errors.js';
@@ -237,19 +236,21 @@ function packageVersion(): string {
   }
 }
 
-const defaultDirs = new Map<number, Promise<string>>();
+const defaultDirs = new Map<string, Promise<string>>();
 
 /**
  * A directory holding the `tiny` preset, created once per machine under
- * GEMMA_SERVE_CACHE_DIR (or the OS temp dir). Built in a private temp dir and
- * renamed into place, so concurrent processes never see a half-written model.
+ * `cacheDir` (config's `model.cacheDir`: GEMMA_SERVE_CACHE_DIR, or the OS temp
+ * dir). Built in a private temp dir and renamed into place, so concurrent
+ * processes never see a half-written model.
  */
-export function defaultModelDir(seed: number = DEFAULT_SEED): Promise<string> {
-  let p = defaultDirs.get(seed);
+export function defaultModelDir(cacheDir: string, seed: number = DEFAULT_SEED): Promise<string> {
+  const key = `${seed}:${cacheDir}`;
+  let p = defaultDirs.get(key);
   if (!p) {
-    p = ensureDefaultModel(seed);
-    defaultDirs.set(seed, p);
-    p.catch(() => defaultDirs.delete(seed));
+    p = ensureDefaultModel(cacheDir, seed);
+    defaultDirs.set(key, p);
+    p.catch(() => defaultDirs.delete(key));
   }
   return p;
 }
@@ -260,8 +261,7 @@ async function isComplete(dir: string): Promise<boolean> {
   return ok.every(Boolean);
 }
 
-async function ensureDefaultModel(seed: number): Promise<string> {
-  const root = process.env.GEMMA_SERVE_CACHE_DIR || os.tmpdir();
+async function ensureDefaultModel(root: string, seed: number): Promise<string> {
   const dir = path.join(root, `gemma-serve-${packageVersion()}-g${GENERATOR_VERSION}-tiny-${seed}`);
   if (await isComplete(dir)) return dir;
   await fsp.mkdir(root, { recursive: true });

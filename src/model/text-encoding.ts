@@ -14,7 +14,12 @@
 import type { Tokenizer } from '@huggingface/tokenizers';
 import { Dictionary } from './dictionary.js';
 import { TokenizerFileError } from './tokenizer-errors.js';
-import type { ChatMessage } from './tokenizer.js';
+
+/** A chat message as the template renders it. */
+export interface ChatMessage {
+  role: string;
+  content: string | { type: 'text'; text: string }[];
+}
 
 /** An entry of tokenizer.json's `added_tokens`. */
 export interface AddedTokenJson {

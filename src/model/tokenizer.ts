@@ -15,15 +15,12 @@ import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
-import { TextEncoding, type AddedTokenJson, type TextEncodingConfig } from './text-encoding.js';
+import { TextEncoding, type AddedTokenJson, type ChatMessage, type TextEncodingConfig } from './text-encoding.js';
 import { ChatTemplateError, TokenIdError, TokenizerFileError } from './tokenizer-errors.js';
 
 export { ChatTemplateError, TokenIdError, TokenizerFileError };
 
-export interface ChatMessage {
-  role: string;
-  content: string | { type: 'text'; text: string }[];
-}
+export type { ChatMessage } from './text-encoding.js';
 
 interface TokenizerConfig extends TextEncodingConfig {
   chat_template?: string | { name: string; template: string }[];

@@ -32,11 +32,24 @@ export interface SchedulerOptions {
   requestLimits?: RequestLimits;
 }
 
-/** Hooks the metrics layer listens on. */
+/**
+ * Hooks the metrics layer listens on: the one clock of the latency metrics
+ * (the service feeds the Prometheus histograms from here, not from the routes).
+ * Times are milliseconds of `performance.now()`.
+ */
 export interface SchedulerObserver {
+  /** A decode step ran `rows` rows in `ms`. */
   step?(rows: number, ms: number): void;
+  /**
+   * A request's first generated token, `ms` after `submit` accepted it. The
+   * clock starts at submit, not at admission, so queueing (waiting for a batch
+   * row or a slot) and prefill count: that wait is part of what a client sees
+   * before its first token.
+   */
   firstToken?(ms: number): void;
+  /** `ms` between two consecutive tokens of one choice (row). */
   interToken?(ms: number): void;
+  /** A request completed (not cancelled or failed) with this usage. */
   finished?(usage: GenerationUsage): void;
 }
 
@@ -58,6 +71,7 @@ interface Job {
   cancelled: boolean;
   /** Why the server cancelled it; undefined when the client did (its events just end). */
   failure?: unknown;
+  /** When `submit` accepted it: time to first token counts from here, so queueing is included. */
   submittedAt: number;
   firstTokenAt?: number;
 }

@@ -10,6 +10,7 @@
  * 4. afterwards, record what the cache holds and give the slot back.
  */
 import { randomUUID } from 'node:crypto';
+import type { EvictionMode } from '../../config/index.js';
 import {
   appendTokens,
   applyEviction,
@@ -26,7 +27,8 @@ import type { Engine } from '../engine/engine.js';
 import type { Sequence } from '../engine/sampler.js';
 import type { ChatMessage } from '../model/tokenizer.js';
 
-export type EvictionMode = 'shift' | 'recompute';
+/** The modes are config's EVICTION_MODES (EVICTION_MODE). */
+export type { EvictionMode };
 
 export interface SessionTurnOptions {
   mode: EvictionMode;

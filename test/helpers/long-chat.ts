@@ -5,6 +5,7 @@ import { Engine, engineParts } from '../../src/engine/engine.js';
 import type { ChatTurn } from '../../src/scheduler/types.js';
 import { modelDir } from './fixtures.js';
 import { chat, scoped, type Stack } from './stack.js';
+import { testEngineOptions } from './engine-options.js';
 
 export const C = 64;
 const TURNS = 200;
@@ -15,7 +16,7 @@ const SYSTEM = 'You are a patient assistant. Answer briefly and never forget thi
 const TOPICS = ['rivers', 'owls', 'bread', 'comets', 'violins', 'glaciers', 'tea', 'lighthouses', 'chess', 'moss'];
 
 export function loadEngine(): Promise<Engine> {
-  return Engine.load({ modelDir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 1, cacheCapacity: C });
+  return Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 1, capacity: C }));
 }
 
 function userMessage(i: number): string {

@@ -1,19 +1,17 @@
-// A real engine + slot manager + scheduler, as the service wires them, for tests.
-import { MemorySessionStore, OPEN_NAMESPACE, scopedId, SlotManager, type SessionStore } from '../../src/cache/index.js';
+// A real engine + slot manager + scheduler, wired by the service's buildStack, for tests.
+import { MemorySessionStore, OPEN_NAMESPACE, scopedId, type SessionStore } from '../../src/cache/index.js';
 import type { Engine } from '../../src/engine/engine.js';
 import { DEFAULT_SAMPLING, type SamplingParams } from '../../src/engine/types.js';
-import { BatchScheduler, type SchedulerObserver } from '../../src/scheduler/scheduler.js';
-import { SessionTurns, type EvictionMode } from '../../src/scheduler/session-turns.js';
+import type { SchedulerObserver } from '../../src/scheduler/scheduler.js';
+import type { EvictionMode } from '../../src/scheduler/session-turns.js';
+import { buildStack, type Stack as BuiltStack } from '../../src/scheduler/stack.js';
 import type { ChatTurn, GenerationUsage } from '../../src/scheduler/types.js';
 
 /** The id the slot manager and the store keep a session's name under (requests without a key share the open namespace). */
 export const scoped = (name: string): string => scopedId(OPEN_NAMESPACE, name);
 
-export interface Stack {
-  engine: Engine;
-  slots: SlotManager;
-  turns: SessionTurns;
-  scheduler: BatchScheduler;
+/** The built stack, plus what it reported: each eviction, and the rows of each scheduler step. */
+export interface Stack extends BuiltStack {
   evictions: { kind: string; tokens: number }[];
   steps: number[];
 }
@@ -22,17 +20,15 @@ export function makeStack(
   engine: Engine,
   opts: { store?: SessionStore; mode?: EvictionMode; maxBatch?: number; maxQueue?: number; prefillChunk?: number; observer?: SchedulerObserver } = {},
 ): Stack {
-  const slots = new SlotManager({ slots: engine.slots, store: opts.store ?? new MemorySessionStore(), model: engine.modelId });
   const evictions: { kind: string; tokens: number }[] = [];
   const steps: number[] = [];
-  const turns = new SessionTurns(engine, slots, { mode: opts.mode ?? 'shift', onEvict: (kind, tokens) => evictions.push({ kind, tokens }) });
-  const scheduler = new BatchScheduler(
-    engine,
-    turns,
-    { maxBatch: opts.maxBatch ?? engine.slots, maxQueue: opts.maxQueue ?? 16, prefillChunk: opts.prefillChunk ?? 64 },
-    { step: (rows) => steps.push(rows), ...opts.observer },
-  );
-  return { engine, slots, turns, scheduler, evictions, steps };
+  const stack = buildStack(engine, {
+    store: opts.store ?? new MemorySessionStore(),
+    turns: { mode: opts.mode ?? 'shift', onEvict: (kind, tokens) => evictions.push({ kind, tokens }) },
+    scheduler: { maxBatch: opts.maxBatch ?? engine.slots, maxQueue: opts.maxQueue ?? 16, prefillChunk: opts.prefillChunk ?? 64 },
+    observer: { step: (rows) => steps.push(rows), ...opts.observer },
+  });
+  return { ...stack, evictions, steps };
 }
 
 export interface ChatResult {

@@ -10,12 +10,10 @@
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs-core';
+import { fuseTransposedArray, tensorOf, type RemoteColumns, type WeightLayout } from '../weights.js';
 
 /** Where a weight's remaining columns live in the worker. */
-export interface RemoteColumns {
-  id: number;
-  cols: number;
-}
+export type { RemoteColumns };
 
 const IDLE = 0;
 const REQUEST = 1;
@@ -161,4 +159,22 @@ export class ColumnSplit {
     Atomics.notify(this.ctrl, 0);
     void this.worker.terminate();
   }
+}
+
+/** The graph's weights with a worker thread: each linear weight and the embedding split by columns, norms folded. */
+export function splitLayout(split: ColumnSplit): WeightLayout {
+  const layout: WeightLayout = {
+    foldNorms: true,
+    linear: (parts, outs, inDim, keep) => {
+      const total = outs.reduce((a, b) => a + b, 0);
+      const { local, localCols, remote } = split.add(fuseTransposedArray(parts, outs, inDim), inDim, total);
+      return { t: keep(tf.tensor2d(local, [inDim, localCols])), remote };
+    },
+    embedding: (embed, c, keep) => {
+      const e = layout.linear([embed], [c.vocabSize], c.hiddenSize, keep);
+      // The rows stay in JS for lookups: a gather over split columns would need the worker too.
+      return { embedT: e.t, embedParts: [{ table: tensorOf(e.t), from: 0 }], embedRemote: e.remote, embedRows: embed };
+    },
+  };
+  return layout;
 }

@@ -14,7 +14,7 @@ import { applyRope, callPositions, ropeTables, rotateHalfMatrix } from '../rope.
 import type { TopK } from '../types.js';
 import { tensorOf, type LayerWeights, type Weights } from '../weights.js';
 import { attendRow, softcap } from './attention.js';
-import type { RemoteColumns } from './column-split.js';
+import type { ColumnSplit, RemoteColumns } from './column-split.js';
 
 const MASKED = -1e9;
 
@@ -36,6 +36,8 @@ export interface GraphSetup {
   reduce: (logits: tf.Tensor2D, rows: RowLogitsInput[]) => Promise<TopK[]>;
   /** Write new keys into the slot tensors' memory (wasm, cpu) instead of rebuilding them. */
   inPlaceCache: boolean;
+  /** The worker thread holding the remote columns of every linear weight (wasm, two threads); the path disposes it. */
+  split?: ColumnSplit;
 }
 
 export class GraphPath extends ForwardBase implements ForwardPath {
@@ -63,7 +65,7 @@ export class GraphPath extends ForwardBase implements ForwardPath {
   }
 
   memory(): PathMemory {
-    const split = this.weights.split;
+    const split = this.setup.split;
     return { backendWeightBytes: this.weights.bytes, hostWeightBytes: 0, hostScratchBytes: 0, ...(split ? { workerBytes: split.workerBytes } : {}) };
   }
 
@@ -164,14 +166,14 @@ export class GraphPath extends ForwardBase implements ForwardPath {
 
   /** x @ W, with W's remote columns multiplied on the worker thread at the same time when the weights are split. */
   private linear(x: tf.Tensor2D, w: tf.Tensor2D, remote?: RemoteColumns): tf.Tensor2D {
-    const split = this.weights.split;
+    const split = this.setup.split;
     return split && remote ? split.matMul(x, w, remote) : tf.matMul(x, w);
   }
 
   /** The gate and up projections; a split at the middle column already gives them apart. */
   private gateUp(x: tf.Tensor2D, w: LayerWeights): { gate: tf.Tensor2D; up: tf.Tensor2D } {
     const I = this.config.intermediateSize;
-    const split = this.weights.split;
+    const split = this.setup.split;
     const gateUp = tensorOf(w.gateUp);
     if (split && w.remote && gateUp.shape[1] === I) {
       const [gate, up] = split.matMulParts(x, gateUp, w.remote.gateUp);
@@ -265,6 +267,7 @@ export class GraphPath extends ForwardBase implements ForwardPath {
   dispose(): void {
     this.rotate.dispose();
     this.sqrtHidden.dispose();
+    this.setup.split?.dispose();
   }
 }
 

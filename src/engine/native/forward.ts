@@ -33,14 +33,14 @@ export class NativePath extends ForwardBase implements ForwardPath {
   constructor(
     readonly config: ModelConfig,
     readonly weights: Weights,
+    kernels: NativeKernels,
     private readonly reuseLogits: boolean,
   ) {
     super();
-    if (!weights.native) throw new Error('the native path needs weights loaded for the native kernels');
-    this.kernels = weights.native;
+    this.kernels = kernels;
     const native = (w: Linear): NativeMatrix => {
       if (!isNative(w)) throw new Error('the native path needs every linear weight packed for the native kernels');
-      return w;
+      return w as NativeMatrix;
     };
     const vector = (t: tf.Tensor | undefined): Float32Array => {
       if (!t) throw new Error('the native path needs the input and pre-feedforward norms unfolded');
@@ -80,7 +80,7 @@ export class NativePath extends ForwardBase implements ForwardPath {
   }
 
   memory(): PathMemory {
-    return { backendWeightBytes: this.weights.bytes, hostWeightBytes: this.weights.nativeBytes ?? 0, hostScratchBytes: this.logitsBuffer.byteLength };
+    return { backendWeightBytes: this.weights.bytes, hostWeightBytes: this.weights.packedBytes, hostScratchBytes: this.logitsBuffer.byteLength };
   }
 
   protected run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
