@@ -120,7 +120,7 @@ const chatCompletionRequestSchema = (limits: ProtocolLimits) => ({
     },
     temperature: numberIn(0, 2, '0 means greedy.'),
     top_logprobs: { type: ['integer', 'null'], minimum: 0, maximum: 20, description: 'Requires logprobs: true.' },
-    top_p: numberIn(0, 1),
+    top_p: { type: ['number', 'null'], minimum: 0, exclusiveMinimum: 0, maximum: 1, description: 'Greater than 0 (1 means off).' },
     user: {
       type: 'string',
       minLength: 1,
@@ -159,7 +159,7 @@ const chatCompletionRequestSchema = (limits: ProtocolLimits) => ({
     web_search_options: unsupported('web search'),
     top_k: { type: ['integer', 'null'], minimum: -1, description: 'vLLM extension: 0 or -1 means off; at most the server cap (TOPK_CAP).' },
     min_p: numberIn(0, 1, 'vLLM extension: 0 means off.'),
-    repetition_penalty: { type: ['number', 'null'], exclusiveMinimum: 0, maximum: 10, description: 'vLLM extension: 1 means off.' },
+    repetition_penalty: { type: ['number', 'null'], exclusiveMinimum: 0, maximum: 2, description: 'vLLM extension: 1 means off.' },
     stop_token_ids: {
       type: ['array', 'null'],
       maxItems: 64,
