@@ -49,14 +49,14 @@ SESSION="smoke-$$-$(date +%s)"
 log "streaming a chat completion (session $SESSION)"
 node test/compose/smoke-client.mjs "$APP_URL" "$SESSION"
 
-log "checking Redis for the session's metadata"
+log "checking Redis for the session's metadata (no API keys: stored in the open namespace)"
 keys=""
 for _ in $(seq 1 20); do
   keys=$(compose exec -T redis redis-cli -p "$REDIS_PORT" --scan --pattern 'gemma-serve:session:*' | tr -d '\r')
-  if printf '%s\n' "$keys" | grep -qx "gemma-serve:session:$SESSION"; then break; fi
+  if printf '%s\n' "$keys" | grep -qx "gemma-serve:session:open/$SESSION"; then break; fi
   sleep 0.5
 done
-printf '%s\n' "$keys" | grep -qx "gemma-serve:session:$SESSION" || { log "no gemma-serve:session:$SESSION in Redis (found: ${keys:-nothing})"; exit 1; }
+printf '%s\n' "$keys" | grep -qx "gemma-serve:session:open/$SESSION" || { log "no gemma-serve:session:open/$SESSION in Redis (found: ${keys:-nothing})"; exit 1; }
 
 APP=$(compose ps -q gemma-serve)
 log "waiting for the container's HEALTHCHECK to pass"
