@@ -8,11 +8,13 @@
  *   tensorflow -> the graph.
  */
 import type { KernelChoice } from '../../config/index.js';
+import { GemmaServeError } from '../errors.js';
 import type { ModelConfig } from '../model/hf-config.js';
 import type { BackendName } from './backend.js';
 import type { ForwardPath, PathName } from './forward.js';
 import { ColumnSplit, splitLayout } from './graph/column-split.js';
 import { GraphPath } from './graph/forward.js';
+import { Gemma4GraphPath } from './graph/gemma4.js';
 import { reduceOnGraph } from './graph/reduce.js';
 import { NativeKernels, nativeAddon } from './native/kernels.js';
 import { NativePath } from './native/forward.js';
@@ -55,8 +57,19 @@ export interface PathChoice {
   description: string;
 }
 
+/** Gemma 4 runs on the tfjs graph only (for now): the native and fused webgpu paths refuse it at load. */
+export class UnsupportedOnPathError extends GemmaServeError {
+  constructor(path: 'native' | 'webgpu', fix: string) {
+    super(`Gemma 4 runs on the graph path for now; the ${path === 'native' ? 'native CPU kernels do' : 'fused webgpu programs do'} not implement it (${fix})`, {
+      status: 500,
+      code: 'path_unsupported',
+    });
+  }
+}
+
 /** Throws where 'native' was asked for and cannot run. */
 export function choosePath(config: ModelConfig, backend: BackendName, opts: PathOptions): PathChoice {
+  if (config.gemma4) return gemma4Path(backend, opts);
   if (backend === 'webgpu') {
     // The fused programs take the embedding in parts that fit one buffer binding; the graph needs it whole.
     if (opts.webgpuKernels === 'graph') return { name: 'graph', backend, layout: tensorLayout(), description: 'webgpu backend' };
@@ -75,6 +88,13 @@ export function choosePath(config: ModelConfig, backend: BackendName, opts: Path
   return graphOnCpu(config, backend, opts, 'tfjs graph (CPU_KERNELS=tfjs)');
 }
 
+/** Gemma 4: the graph, without the column split; native or fused webgpu asked for explicitly is refused. */
+function gemma4Path(backend: BackendName, opts: PathOptions): PathChoice {
+  if (backend === 'webgpu' && opts.webgpuKernels !== 'graph') throw new UnsupportedOnPathError('webgpu', 'set the webgpu kernels to graph');
+  if ((backend === 'wasm' || backend === 'cpu') && opts.kernels === 'native') throw new UnsupportedOnPathError('native', 'set CPU_KERNELS=tfjs or auto');
+  return { name: 'graph', backend, layout: tensorLayout(), description: `tfjs graph (Gemma 4 runs on the graph path for now), ${backend} backend` };
+}
+
 function graphOnCpu(config: ModelConfig, backend: BackendName, opts: PathOptions, description: string): PathChoice {
   if (backend !== 'wasm' || opts.graphThreads < 2) return { name: 'graph', backend, layout: tensorLayout(), description };
   const split = columnSplitFor(config, opts.maxBatch, opts.prefillChunk);
@@ -85,11 +105,13 @@ function graphOnCpu(config: ModelConfig, backend: BackendName, opts: PathOptions
 export function createPath(choice: PathChoice, config: ModelConfig, weights: Weights): ForwardPath {
   switch (choice.name) {
     case 'webgpu':
+      if (config.gemma4) throw new UnsupportedOnPathError('webgpu', 'set the webgpu kernels to graph');
       return new WebGPUPath(config, weights);
     case 'native':
+      if (config.gemma4) throw new UnsupportedOnPathError('native', 'set CPU_KERNELS=tfjs or auto');
       return new NativePath(config, weights, choice.native!, choice.backend === 'wasm');
     case 'graph':
-      return new GraphPath(config, weights, {
+      return new (config.gemma4 ? Gemma4GraphPath : GraphPath)(config, weights, {
         // On webgpu the graph's logits are reduced by the fused programs too: no [B, V] tfjs op runs there.
         reduce: choice.backend === 'webgpu' ? reduceFused : reduceOnGraph,
         inPlaceCache: supportsInPlace(choice.backend),

@@ -21,6 +21,20 @@ import type { LayerType, ModelConfig } from '../model/hf-config.js';
 import { applyRope, ropeTables, rotateHalfMatrix } from './rope.js';
 import { memoryOf } from './tensor-memory.js';
 
+/**
+ * Layer l's K/V shape and whose cache it reads: its own, or (Gemma 4's
+ * KV-shared layers) an earlier layer's, in which case it holds none.
+ */
+export function layerKv(c: ModelConfig, l: number): { heads: number; headDim: number; source: number } {
+  const g = c.gemma4?.layers[l];
+  return g ? { heads: g.numKvHeads, headDim: g.headDim, source: g.kvSource } : { heads: c.numKvHeads, headDim: c.headDim, source: l };
+}
+
+/** Head size of a layer type's keys (Gemma 4's global layers are wider). */
+export function typeHeadDim(c: ModelConfig, type: LayerType): number {
+  return c.gemma4?.typeHeadDim[type] ?? c.headDim;
+}
+
 /** Entries beyond the window that sliding layers keep, so rolling back this many tokens needs no recompute. */
 export const SLIDING_SLACK = 64;
 
@@ -47,9 +61,9 @@ export type SlotWriter = (dst: tf.Tensor, offsetBytes: number, src: tf.Tensor) =
 
 export class KVPool {
   readonly entries: Record<LayerType, number>;
-  /** k[layer][slot]: [1, kvHeads, entries, headDim] (empty in the pooled layout). */
+  /** k[layer][slot]: [1, kvHeads, entries, headDim] (empty in the pooled layout, and for layers that read another layer's K/V). */
   readonly k: tf.Tensor4D[][] = [];
-  /** vT[layer][slot]: [1, kvHeads, headDim, entries] (empty in the pooled layout). */
+  /** vT[layer][slot]: [1, kvHeads, headDim, entries] (empty as k is). */
   readonly vT: tf.Tensor4D[][] = [];
   /**
    * The pooled layout (the fused webgpu programs): per layer one K [slots, kvHeads, entries, headDim] and
@@ -57,7 +71,7 @@ export class KVPool {
    */
   readonly pooled?: { k: tf.Tensor4D[]; vT: tf.Tensor4D[] };
   private readonly state: SlotState[];
-  private readonly rotate: tf.Tensor2D;
+  private readonly rotate: Record<LayerType, tf.Tensor2D>;
 
   /**
    * @param inPlace write new keys into the slot tensors' memory (wasm, cpu) instead of rebuilding them.
@@ -71,22 +85,25 @@ export class KVPool {
     private readonly writer?: SlotWriter,
   ) {
     this.entries = { global: capacity, sliding: Math.min(capacity, config.slidingWindow + SLIDING_SLACK) };
-    const { numKvHeads: H, headDim: D } = config;
     if (writer) {
       this.pooled = { k: [], vT: [] };
-      for (const type of config.layerTypes) {
+      config.layerTypes.forEach((type, l) => {
+        const { heads: H, headDim: D } = layerKv(config, l);
         const E = this.entries[type];
-        this.pooled.k.push(tf.zeros([slots, H, E, D]));
-        this.pooled.vT.push(tf.zeros([slots, H, D, E]));
-      }
+        this.pooled!.k.push(tf.zeros([slots, H, E, D]));
+        this.pooled!.vT.push(tf.zeros([slots, H, D, E]));
+      });
     }
-    for (const type of writer ? [] : config.layerTypes) {
+    (writer ? [] : config.layerTypes).forEach((type, l) => {
+      const { heads: H, headDim: D, source } = layerKv(config, l);
       const E = this.entries[type];
-      this.k.push(Array.from({ length: slots }, () => tf.zeros([1, H, E, D])));
-      this.vT.push(Array.from({ length: slots }, () => tf.zeros([1, H, D, E])));
-    }
+      const own = source === l;
+      this.k.push(own ? Array.from({ length: slots }, () => tf.zeros([1, H, E, D])) : []);
+      this.vT.push(own ? Array.from({ length: slots }, () => tf.zeros([1, H, D, E])) : []);
+    });
     this.state = Array.from({ length: slots }, () => this.emptyState());
-    this.rotate = rotateHalfMatrix(config.headDim);
+    const sliding = rotateHalfMatrix(typeHeadDim(config, 'sliding'));
+    this.rotate = { sliding, global: typeHeadDim(config, 'global') === typeHeadDim(config, 'sliding') ? sliding : rotateHalfMatrix(typeHeadDim(config, 'global')) };
   }
 
   private emptyState(): SlotState {
@@ -173,7 +190,7 @@ export class KVPool {
   }
 
   private writeInPlace(layer: number, k: tf.Tensor4D, v: tf.Tensor4D, plan: WritePlan): void {
-    const { numKvHeads: H, headDim: D } = this.config;
+    const { heads: H, headDim: D } = layerKv(this.config, layer);
     const T = plan.count;
     for (const { slot, row, tokens } of plan.rows) {
       const dk = this.k[layer][slot];
@@ -192,7 +209,7 @@ export class KVPool {
   }
 
   private writeByScatter(layer: number, k: tf.Tensor4D, v: tf.Tensor4D, plan: WritePlan): void {
-    const { numKvHeads: H, headDim: D } = this.config;
+    const { heads: H, headDim: D } = layerKv(this.config, layer);
     const T = plan.count;
     tf.tidy(() => {
       const flatK = tf.reshape(k, [-1, D]);
@@ -260,14 +277,16 @@ export class KVPool {
       const tables = {} as Record<LayerType, { cos: tf.Tensor; sin: tf.Tensor; from: tf.Tensor1D }>;
       for (const type of ['global', 'sliding'] as const) {
         const m = maps[type];
-        const { cos, sin } = ropeTables(m.delta, this.config.headDim, this.config.rope[type]);
-        const shape = [1, 1, this.entries[type], this.config.headDim];
+        const D = typeHeadDim(this.config, type);
+        const { cos, sin } = ropeTables(m.delta, D, this.config.rope[type]);
+        const shape = [1, 1, this.entries[type], D];
         tables[type] = { cos: tf.tensor(cos, shape), sin: tf.tensor(sin, shape), from: tf.tensor1d(m.from, 'int32') };
       }
       this.config.layerTypes.forEach((type, l) => {
+        if (layerKv(this.config, l).source !== l) return;
         const t = tables[type];
         const [k, vT] = this.slotTensors(l, slot);
-        const nk = applyRope(tf.gather(k, t.from, 2), t.cos, t.sin, this.rotate) as tf.Tensor4D;
+        const nk = applyRope(tf.gather(k, t.from, 2), t.cos, t.sin, this.rotate[type]) as tf.Tensor4D;
         const nv = tf.gather(vT, t.from, 3);
         if (this.pooled && this.writer) {
           this.writer(this.pooled.k[l], slot * nk.size * 4, nk);
@@ -290,6 +309,6 @@ export class KVPool {
   }
 
   dispose(): void {
-    for (const t of [...this.k.flat(), ...this.vT.flat(), ...(this.pooled?.k ?? []), ...(this.pooled?.vT ?? []), this.rotate]) t.dispose();
+    for (const t of [...this.k.flat(), ...this.vT.flat(), ...(this.pooled?.k ?? []), ...(this.pooled?.vT ?? []), ...new Set(Object.values(this.rotate))]) t.dispose();
   }
 }

@@ -6,7 +6,7 @@
 import { totalmem } from 'node:os';
 import type { ModelConfig } from '../model/hf-config.js';
 import { backendMemoryLimit, backendTensorLimit, type BackendName } from './backend.js';
-import { SLIDING_SLACK } from './kv-pool.js';
+import { layerKv, SLIDING_SLACK } from './kv-pool.js';
 import { ModelTooLargeError, parameterCount, weightBytesNeeded } from './weights.js';
 
 /** Fails before loading, with the figures, when the model and caches cannot fit the backend. */
@@ -34,7 +34,11 @@ export function checkMemory(
   // The native kernels hold the linear weights and the embedding outside the backend (the wasm heap).
   const weights = nativeWeights ? 4 * p.norms : weightBytesNeeded(c, backend);
   const sliding = Math.min(capacity, c.slidingWindow + SLIDING_SLACK);
-  const perSlot = c.layerTypes.reduce((s, t) => s + (t === 'global' ? capacity : sliding), 0) * c.numKvHeads * c.headDim * 8;
+  // Per layer with its own K/V (Gemma 4's KV-shared layers hold none), at its own KV heads and head size.
+  const perSlot = c.layerTypes.reduce((s, t, l) => {
+    const kv = layerKv(c, l);
+    return kv.source === l ? s + (t === 'global' ? capacity : sliding) * kv.heads * kv.headDim * 8 : s;
+  }, 0);
   const kv = perSlot * slots;
   const transient = 4 * (maxBatch * c.vocabSize * 3 + chunk * (4 * c.intermediateSize + 8 * c.hiddenSize) + c.numHeads * chunk * (capacity + chunk) * 2);
   const need = weights + kv + transient;

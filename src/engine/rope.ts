@@ -11,7 +11,9 @@ import type { RopeSettings } from '../model/hf-config.js';
 export function inverseFrequencies(headDim: number, rope: RopeSettings): Float64Array {
   const half = headDim / 2;
   const inv = new Float64Array(half);
-  for (let i = 0; i < half; i++) inv[i] = 1 / rope.base ** ((2 * i) / headDim) / rope.factor;
+  // Proportional RoPE (Gemma 4): pairs past the rotated share keep frequency 0 (cos 1, sin 0).
+  const rotated = rope.partialFactor === undefined ? half : Math.floor((rope.partialFactor * headDim) / 2);
+  for (let i = 0; i < rotated; i++) inv[i] = 1 / rope.base ** ((2 * i) / headDim) / rope.factor;
   return inv;
 }
 

@@ -12,6 +12,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { GemmaServeError } from '../errors.js';
 import type { ModelConfig } from '../model/hf-config.js';
+import { gemma4ParameterCount, gemma4Tensors, loadGemma4Weights, type Gemma4Weights } from './gemma4-weights.js';
 
 /** What the weight loader needs from a safetensors reader. */
 export interface TensorSource {
@@ -89,6 +90,8 @@ export interface Weights {
   /** With a column split: the embedding's remote columns, and its [vocab, hidden] rows for lookups. */
   embedRemote?: RemoteColumns;
   embedRows?: Float32Array;
+  /** Gemma 4 (gemma4-weights.ts): its layers live here and `layers` is empty. */
+  gemma4?: Gemma4Weights;
 }
 
 /** Where a forward path keeps its weights. */
@@ -154,6 +157,7 @@ export function textPrefix(names: string[]): string {
 
 /** Parameter count of the model as this engine stores it (for the memory check). */
 export function parameterCount(c: ModelConfig): { embedding: number; linear: number; norms: number } {
+  if (c.gemma4) return gemma4ParameterCount(c);
   const H = c.hiddenSize;
   const attn = H * (c.numHeads + 2 * c.numKvHeads) * c.headDim + c.numHeads * c.headDim * H;
   const mlp = 3 * H * c.intermediateSize;
@@ -256,6 +260,7 @@ export function embeddingPartSize(c: ModelConfig, maxBytes?: number): number {
 
 /** Reads every tensor, converts it to the engine's layout and hands it to the path's `layout`. */
 export async function loadWeights(c: ModelConfig, src: TensorSource, layout: WeightLayout): Promise<Weights> {
+  if (c.gemma4) return loadGemma4Weights(c, src, layout);
   const r = new Reader(src, textPrefix(src.names()));
   const H = c.hiddenSize;
   const hd = c.headDim;
@@ -328,6 +333,7 @@ export async function loadWeights(c: ModelConfig, src: TensorSource, layout: Wei
 export function disposeWeights(w: Weights): void {
   for (const p of w.embedParts) p.table.dispose();
   w.finalNorm.dispose();
+  if (w.gemma4) tf.dispose(gemma4Tensors(w.gemma4));
   for (const l of w.layers) {
     // Native matrices are freed with their handles.
     for (const t of [l.postAttnNorm, l.postFfwNorm, l.inputNorm, l.preFfwNorm, l.qkv, l.o, l.gateUp, l.down, l.qkNorm]) if (t && !isNative(t)) t.dispose();

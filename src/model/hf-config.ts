@@ -4,11 +4,14 @@
  * (`rope_theta`, `rope_local_base_freq`, `rope_scaling`,
  * `sliding_window_pattern`; Gemma 2 alternates layers) and the newer one
  * (`layer_types`, `rope_parameters` per layer type). Multimodal Gemma 3
- * checkpoints keep the text settings under `text_config`.
+ * checkpoints keep the text settings under `text_config`. Gemma 4 text
+ * configs (also under `text_config` in `Gemma4ForConditionalGeneration`)
+ * are read by gemma4-config.ts into the same shape plus `gemma4`.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { GemmaServeError } from '../errors.js';
+import { parseGemma4, type Gemma4Settings } from './gemma4-config.js';
 
 export type LayerType = 'sliding' | 'global';
 
@@ -16,10 +19,16 @@ export interface RopeSettings {
   base: number;
   /** Linear scaling: positions are divided by this (1 = none). */
   factor: number;
+  /**
+   * Gemma 4's proportional RoPE: only the first `partialFactor * headDim / 2`
+   * frequency pairs rotate (exponents over the whole head), the rest have
+   * frequency 0. Absent: every pair rotates.
+   */
+  partialFactor?: number;
 }
 
 export interface ModelConfig {
-  family: 'gemma2' | 'gemma3';
+  family: 'gemma2' | 'gemma3' | 'gemma4';
   architecture: string;
   vocabSize: number;
   hiddenSize: number;
@@ -42,6 +51,13 @@ export interface ModelConfig {
   bosId: number;
   padId: number;
   eosIds: number[];
+  /**
+   * Gemma 4 only: per-layer shapes, norm style, score scale, per-layer
+   * embeddings and MoE (gemma4-config.ts). There `headDim`, `numKvHeads` and
+   * `intermediateSize` are the sliding layers' values and
+   * `queryPreAttnScalar` is 1 (unscaled scores).
+   */
+  gemma4?: Gemma4Settings;
 }
 
 /** The model directory's config.json is missing, unreadable or not a supported Gemma. */
@@ -51,7 +67,9 @@ export class ModelConfigError extends GemmaServeError {
   }
 }
 
-const SUPPORTED: Record<string, 'gemma2' | 'gemma3'> = {
+const SUPPORTED: Record<string, 'gemma2' | 'gemma3' | 'gemma4'> = {
+  Gemma4ForCausalLM: 'gemma4',
+  Gemma4ForConditionalGeneration: 'gemma4',
   Gemma3ForCausalLM: 'gemma3',
   Gemma3ForConditionalGeneration: 'gemma3',
   Gemma2ForCausalLM: 'gemma2',
@@ -110,7 +128,9 @@ export function parseModelConfig(cfg: Json, generation: Json = {}, file = 'confi
         `expected one of ${Object.keys(SUPPORTED).join(', ')}`,
     );
   }
-  const text: Json = architecture === 'Gemma3ForConditionalGeneration' ? ((cfg.text_config ?? {}) as Json) : cfg;
+  const wrapped = architecture.endsWith('ForConditionalGeneration');
+  const text: Json = wrapped ? ((cfg.text_config ?? {}) as Json) : cfg;
+  if (family === 'gemma4') return parseGemma4(architecture, text, cfg, generation, file);
   const hiddenSize = num(text, 'hidden_size', file);
   const numHeads = num(text, 'num_attention_heads', file);
   const headDim = num(text, 'head_dim', file, hiddenSize / numHeads);

@@ -1,5 +1,5 @@
 /** Errors the scheduler throws before a request's first event; the HTTP layer maps them by status. */
-import { GemmaServeError } from '../errors.js';
+import { GemmaServeError, InvalidValueError } from '../errors.js';
 
 /** The wait queue is at MAX_QUEUE: the client should retry later. */
 export class QueueFullError extends GemmaServeError {
@@ -24,5 +24,17 @@ export class ShuttingDownError extends GemmaServeError {
       type: 'server_error',
       code: 'shutting_down',
     });
+  }
+}
+
+/** The prompt encodes to a token the model has no embedding for (its tokenizer is larger than its vocabulary). */
+export class TokenOutsideVocabularyError extends InvalidValueError {
+  constructor(id: number, vocabSize: number) {
+    super(
+      `The conversation encodes to token id ${id}, outside this model's vocabulary of ${vocabSize} tokens ` +
+        "(the model's tokenizer is larger than its embedding); use text this model can represent.",
+      'messages',
+      'token_outside_vocabulary',
+    );
   }
 }

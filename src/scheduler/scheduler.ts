@@ -12,7 +12,7 @@ import type { Engine } from '../engine/engine.js';
 import { Sampler, type RequestLimits, type Sequence, type StepOutput } from '../engine/sampler.js';
 import { GemmaServeError, InvalidValueError } from '../errors.js';
 import { EventQueue } from './event-queue.js';
-import { QueueFullError, ShuttingDownError } from './errors.js';
+import { QueueFullError, ShuttingDownError, TokenOutsideVocabularyError } from './errors.js';
 import type { Binding, SessionTurns } from './session-turns.js';
 import type {
   GenerationEvent,
@@ -103,6 +103,8 @@ export class BatchScheduler implements Scheduler {
     if (req.n > this.opts.maxBatch) throw new InvalidValueError(`n must be at most ${this.opts.maxBatch} (MAX_BATCH_SIZE), got ${req.n}`, 'n');
     if (this.queue.length >= this.opts.maxQueue) throw new QueueFullError(this.opts.maxQueue);
     const promptIds = this.engine.tokenizer.encodeChat(req.messages, { addGenerationPrompt: true });
+    const vocab = this.engine.config.vocabSize;
+    for (const id of promptIds) if (id >= vocab) throw new TokenOutsideVocabularyError(id, vocab);
     const job: Job = {
       req,
       promptIds,

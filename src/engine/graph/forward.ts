@@ -4,6 +4,8 @@
  * the graph). The KV cache is KVPool's per-slot layout, written in place on
  * wasm and cpu and by scatter elsewhere; on wasm with two threads the linear
  * layers are split by columns with a worker thread (column-split.ts).
+ * Gemma 4 extends it in gemma4.ts (its own layer, the same frame, masks and
+ * pool).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../../model/hf-config.js';
@@ -19,7 +21,7 @@ import type { ColumnSplit, RemoteColumns } from './column-split.js';
 const MASKED = -1e9;
 
 /** Per layer type: what every layer of that type shares within one call. */
-interface TypeContext {
+export interface TypeContext {
   cos: tf.Tensor;
   sin: tf.Tensor;
   /** Per row: additive mask [1, 1, 1, T, cached + T]. */
@@ -48,7 +50,7 @@ export class GraphPath extends ForwardBase implements ForwardPath {
   constructor(
     readonly config: ModelConfig,
     readonly weights: Weights,
-    private readonly setup: GraphSetup,
+    protected readonly setup: GraphSetup,
   ) {
     super();
     if (weights.embedParts.length > 1) throw new Error('the tfjs graph needs the embedding in one tensor; it is split only for the fused webgpu programs');
@@ -129,7 +131,7 @@ export class GraphPath extends ForwardBase implements ForwardPath {
    * A query at position q sees positions p <= q, and on sliding layers only
    * p > q - window.
    */
-  private masks(type: LayerType, starts: number[], T: number, writeFirst: boolean, c: TypeContext, pool?: KVPool, slots?: number[]): tf.Tensor[] {
+  protected masks(type: LayerType, starts: number[], T: number, writeFirst: boolean, c: TypeContext, pool?: KVPool, slots?: number[]): tf.Tensor[] {
     const window = type === 'sliding' ? this.config.slidingWindow : Infinity;
     return starts.map((start, b) => {
       const E = pool && c.useCache[b] ? c.filled[b] : 0;
@@ -152,7 +154,7 @@ export class GraphPath extends ForwardBase implements ForwardPath {
   }
 
   /** Embedding rows of `ids` times sqrt(hidden): a gather, or (split weights) a copy of the rows in JS. */
-  private embed(ids: number[]): tf.Tensor2D {
+  protected embed(ids: number[]): tf.Tensor2D {
     const rows = this.weights.embedRows;
     if (!rows) return tf.mul(tf.transpose(tf.gather(tensorOf(this.weights.embedT), tf.tensor1d(ids, 'int32'), 1)), this.sqrtHidden) as tf.Tensor2D;
     const H = this.config.hiddenSize;
@@ -185,7 +187,7 @@ export class GraphPath extends ForwardBase implements ForwardPath {
   }
 
   /** RMSNorm; without `w` its weight has been folded into the next projection. */
-  private rmsNorm<T extends tf.Tensor>(x: T, w?: tf.Tensor): T {
+  protected rmsNorm<T extends tf.Tensor>(x: T, w?: tf.Tensor): T {
     const normed: T = tf.mul(x, tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), this.config.rmsNormEps)));
     return w ? tf.mul(normed, w) : normed;
   }
@@ -258,7 +260,7 @@ export class GraphPath extends ForwardBase implements ForwardPath {
   }
 
   /** The first `n` entries of a slot's cache (all of them once its ring has wrapped). */
-  private filledCache(k: tf.Tensor4D, vT: tf.Tensor4D, n: number): { k: tf.Tensor4D; vT: tf.Tensor4D } {
+  protected filledCache(k: tf.Tensor4D, vT: tf.Tensor4D, n: number): { k: tf.Tensor4D; vT: tf.Tensor4D } {
     const [, nkv, E, hd] = k.shape;
     if (n >= E) return { k, vT };
     return { k: tf.slice(k, [0, 0, 0, 0], [1, nkv, n, hd]), vT: tf.slice(vT, [0, 0, 0, 0], [1, nkv, hd, n]) };
@@ -271,6 +273,6 @@ export class GraphPath extends ForwardBase implements ForwardPath {
   }
 }
 
-function disposeContext(c: TypeContext): void {
+export function disposeContext(c: TypeContext): void {
   tf.dispose([c.cos, c.sin, ...c.masks]);
 }

@@ -1,0 +1,190 @@
+/**
+ * Loads a Gemma 4 text checkpoint into the graph path's layout: every linear
+ * weight a tfjs tensor as [in, out], norms kept as their `w` (Gemma 4's
+ * RMSNorm multiplies by w, not 1 + w) and applied by the forward pass, K and
+ * V fused per layer (keys only where keys double as values), the router's
+ * own scales folded into its projection, and each expert's packed
+ * gate/up and down weights as separate [in, out] tensors. KV-shared layers
+ * have no K/V weights. The tied embedding goes through the path's
+ * `WeightLayout` like Gemma 2/3's.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { ModelConfig } from '../model/hf-config.js';
+import { fuseTransposedArray, textPrefix, WeightError, type Keep, type TensorSource, type WeightLayout, type Weights } from './weights.js';
+
+export interface Gemma4PerLayerInput {
+  /** [H, P]: per_layer_input_gate, transposed. */
+  gate: tf.Tensor2D;
+  /** [P, H]: per_layer_projection, transposed. */
+  proj: tf.Tensor2D;
+  postNorm: tf.Tensor1D;
+}
+
+export interface Gemma4Moe {
+  /** [H, E]: router.proj with router.scale * H^-0.5 folded into its rows. */
+  router: tf.Tensor2D;
+  perExpertScale: Float32Array;
+  preNorm2: tf.Tensor1D;
+  postNorm1: tf.Tensor1D;
+  postNorm2: tf.Tensor1D;
+  /** Per expert: [H, 2 * moeIntermediate] (gate columns, then up) and [moeIntermediate, H]. */
+  gateUp: tf.Tensor2D[];
+  down: tf.Tensor2D[];
+}
+
+export interface Gemma4Layer {
+  inputNorm: tf.Tensor1D;
+  postAttnNorm: tf.Tensor1D;
+  preFfwNorm: tf.Tensor1D;
+  postFfwNorm: tf.Tensor1D;
+  /** [H, heads * headDim]. */
+  q: tf.Tensor2D;
+  qNorm: tf.Tensor1D;
+  /** [H, 2 * kvHeads * headDim] (k then v), or [H, kvHeads * headDim] where keys are the values; absent on KV-shared layers. */
+  kv?: tf.Tensor2D;
+  kNorm?: tf.Tensor1D;
+  /** [heads * headDim, H]. */
+  o: tf.Tensor2D;
+  /** [H, 2 * I] (gate, then up) and [I, H]. */
+  gateUp: tf.Tensor2D;
+  down: tf.Tensor2D;
+  perLayer?: Gemma4PerLayerInput;
+  moe?: Gemma4Moe;
+  layerScalar: number;
+}
+
+export interface Gemma4Weights {
+  layers: Gemma4Layer[];
+  /** Per-layer embeddings: the table [vocabPerLayer, L * P], the model projection [H, L * P] and its norm [P]. */
+  perLayer?: { embed: tf.Tensor2D; proj: tf.Tensor2D; norm: tf.Tensor1D };
+}
+
+/** Reads a Gemma 4 checkpoint; `layout` places the tied embedding (the graph's tensor layout). */
+export async function loadGemma4Weights(c: ModelConfig, src: TensorSource, layout: WeightLayout): Promise<Weights> {
+  const g = c.gemma4!;
+  const prefix = textPrefix(src.names());
+  const H = c.hiddenSize;
+  const created: tf.Tensor[] = [];
+  const keep: Keep = (t) => {
+    created.push(t);
+    return t;
+  };
+  const get = async (name: string, shape: number[]): Promise<Float32Array> => {
+    const full = prefix + name;
+    if (!src.has(full)) throw new WeightError(`tensor "${full}" is missing from the checkpoint`);
+    const info = src.info(full);
+    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+      throw new WeightError(`tensor "${full}" has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`);
+    }
+    return src.read(full);
+  };
+  const vec = async (name: string, n = H) => keep(tf.tensor1d(await get(name, [n])));
+  /** PyTorch [out_i, in] parts as one [in, sum(out_i)] tensor. */
+  const linear = async (names: string[], outs: number[], inDim: number) => {
+    const parts = await Promise.all(names.map((n, i) => get(n, [outs[i], inDim])));
+    return keep(tf.tensor2d(fuseTransposedArray(parts, outs, inDim), [inDim, outs.reduce((a, b) => a + b, 0)]));
+  };
+  try {
+    const layers: Gemma4Layer[] = [];
+    for (let l = 0; l < c.numLayers; l++) {
+      const p = `layers.${l}.`;
+      const s = g.layers[l];
+      const qDim = c.numHeads * s.headDim;
+      const kvDim = s.numKvHeads * s.headDim;
+      const I = s.intermediateSize;
+      const scalar = await get(`${p}layer_scalar`, [1]);
+      const layer: Gemma4Layer = {
+        inputNorm: await vec(`${p}input_layernorm.weight`),
+        postAttnNorm: await vec(`${p}post_attention_layernorm.weight`),
+        preFfwNorm: await vec(`${p}pre_feedforward_layernorm.weight`),
+        postFfwNorm: await vec(`${p}post_feedforward_layernorm.weight`),
+        q: await linear([`${p}self_attn.q_proj.weight`], [qDim], H),
+        qNorm: await vec(`${p}self_attn.q_norm.weight`, s.headDim),
+        o: await linear([`${p}self_attn.o_proj.weight`], [H], qDim),
+        gateUp: await linear([`${p}mlp.gate_proj.weight`, `${p}mlp.up_proj.weight`], [I, I], H),
+        down: await linear([`${p}mlp.down_proj.weight`], [H], I),
+        layerScalar: scalar[0],
+      };
+      if (s.kvSource === l) {
+        const names = s.kEqV ? [`${p}self_attn.k_proj.weight`] : [`${p}self_attn.k_proj.weight`, `${p}self_attn.v_proj.weight`];
+        layer.kv = await linear(names, names.map(() => kvDim), H);
+        layer.kNorm = await vec(`${p}self_attn.k_norm.weight`, s.headDim);
+      }
+      if (g.perLayerInputSize) {
+        const P = g.perLayerInputSize;
+        layer.perLayer = {
+          gate: await linear([`${p}per_layer_input_gate.weight`], [P], H),
+          proj: await linear([`${p}per_layer_projection.weight`], [H], P),
+          postNorm: await vec(`${p}post_per_layer_input_norm.weight`),
+        };
+      }
+      if (g.moe) {
+        const { numExperts: E, intermediateSize: Im } = g.moe;
+        const router = await get(`${p}router.proj.weight`, [E, H]);
+        const scale = await get(`${p}router.scale`, [H]);
+        const root = H ** -0.5;
+        for (let i = 0; i < router.length; i++) router[i] *= scale[i % H] * root;
+        const gateUp = await get(`${p}experts.gate_up_proj`, [E, 2 * Im, H]);
+        const down = await get(`${p}experts.down_proj`, [E, H, Im]);
+        layer.moe = {
+          router: keep(tf.tensor2d(fuseTransposedArray([router], [E], H), [H, E])),
+          perExpertScale: await get(`${p}router.per_expert_scale`, [E]),
+          preNorm2: await vec(`${p}pre_feedforward_layernorm_2.weight`),
+          postNorm1: await vec(`${p}post_feedforward_layernorm_1.weight`),
+          postNorm2: await vec(`${p}post_feedforward_layernorm_2.weight`),
+          gateUp: Array.from({ length: E }, (_, e) => keep(tf.tensor2d(fuseTransposedArray([gateUp.subarray(e * 2 * Im * H, (e + 1) * 2 * Im * H)], [2 * Im], H), [H, 2 * Im]))),
+          down: Array.from({ length: E }, (_, e) => keep(tf.tensor2d(fuseTransposedArray([down.subarray(e * H * Im, (e + 1) * H * Im)], [H], Im), [Im, H]))),
+        };
+      }
+      layers.push(layer);
+    }
+    let perLayer: Gemma4Weights['perLayer'];
+    if (g.perLayerInputSize) {
+      const LP = c.numLayers * g.perLayerInputSize;
+      perLayer = {
+        embed: keep(tf.tensor2d(await get('embed_tokens_per_layer.weight', [g.perLayerVocabSize, LP]), [g.perLayerVocabSize, LP])),
+        proj: await linear(['per_layer_model_projection.weight'], [LP], H),
+        norm: await vec('per_layer_projection_norm.weight', g.perLayerInputSize),
+      };
+    }
+    const finalNorm = await vec('norm.weight');
+    const embedding = layout.embedding(await get('embed_tokens.weight', [c.vocabSize, H]), c, keep);
+    const bytes = created.reduce((sum, t) => sum + t.size * 4, 0);
+    return { ...embedding, finalNorm, layers: [], bytes, packedBytes: 0, gemma4: { layers, perLayer } };
+  } catch (err) {
+    created.forEach((t) => t.dispose());
+    throw err;
+  }
+}
+
+/** Every tensor of the Gemma 4 part of the weights. */
+export function gemma4Tensors(w: Gemma4Weights): tf.Tensor[] {
+  const out: tf.Tensor[] = [];
+  for (const l of w.layers) {
+    out.push(l.inputNorm, l.postAttnNorm, l.preFfwNorm, l.postFfwNorm, l.q, l.qNorm, l.o, l.gateUp, l.down);
+    if (l.kv) out.push(l.kv);
+    if (l.kNorm) out.push(l.kNorm);
+    if (l.perLayer) out.push(l.perLayer.gate, l.perLayer.proj, l.perLayer.postNorm);
+    if (l.moe) out.push(l.moe.router, l.moe.preNorm2, l.moe.postNorm1, l.moe.postNorm2, ...l.moe.gateUp, ...l.moe.down);
+  }
+  if (w.perLayer) out.push(w.perLayer.embed, w.perLayer.proj, w.perLayer.norm);
+  return out;
+}
+
+/** Gemma 4's parameter count as this engine stores it (the memory check): per-layer shapes, per-layer embeddings, experts. */
+export function gemma4ParameterCount(c: ModelConfig): { embedding: number; linear: number; norms: number } {
+  const g = c.gemma4!;
+  const H = c.hiddenSize;
+  let linear = 0;
+  let norms = H;
+  g.layers.forEach((s, l) => {
+    const qDim = c.numHeads * s.headDim;
+    const kvDim = s.kvSource === l ? (s.kEqV ? 1 : 2) * s.numKvHeads * s.headDim : 0;
+    linear += H * (qDim + kvDim) + qDim * H + 3 * H * s.intermediateSize;
+    norms += 4 * H + 2 * s.headDim;
+    if (g.perLayerInputSize) linear += 2 * H * g.perLayerInputSize;
+    if (g.moe) linear += H * g.moe.numExperts + g.moe.numExperts * 3 * H * g.moe.intermediateSize;
+  });
+  const perLayer = g.perLayerInputSize ? g.perLayerVocabSize * c.numLayers * g.perLayerInputSize + H * c.numLayers * g.perLayerInputSize : 0;
+  return { embedding: c.vocabSize * H + perLayer, linear, norms };
+}
