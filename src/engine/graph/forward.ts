@@ -9,7 +9,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../../model/hf-config.js';
-import { callFrame, ForwardBase, lastRows, type ForwardPath, type PathMemory, type PrefillOptions } from '../forward.js';
+import { callFrame, ForwardBase, lastRows, type CallFrame, type ForwardPath, type PathMemory, type PrefillOptions } from '../forward.js';
 import { KVPool, type WritePlan } from '../kv-pool.js';
 import type { RowLogitsInput } from '../reduce.js';
 import { applyRope, callPositions, ropeTables, rotateHalfMatrix } from '../rope.js';
@@ -76,21 +76,8 @@ export class GraphPath extends ForwardBase implements ForwardPath {
     const frame = callFrame(ids, opts);
     const { B, T, starts } = frame;
     const { pool, slots } = opts;
-    // A decode step writes its token into the cache before attending, so it
-    // attends over the slot tensors as they are; a prompt chunk attends over
-    // the cache plus its own keys and is written afterwards.
-    const writeFirst = T === 1 && pool !== undefined;
-    const useCache = starts.map((s) => pool !== undefined && (writeFirst || s > 0));
-
+    const { ctx, writeFirst } = this.contexts(frame, pool, slots, () => c.headDim);
     // Each layer runs in its own tidy so only one layer's activations are alive at a time.
-    const ctx = {} as Record<LayerType, TypeContext>;
-    for (const type of ['global', 'sliding'] as const) {
-      const entries = pool ? pool.entries[type] : 0;
-      const filled = starts.map((s) => Math.min(entries, s + (writeFirst ? T : 0)));
-      ctx[type] = { ...this.ropeContext(type, starts, T), write: pool && slots ? pool.planWrite(slots, T, type) : undefined, masks: [], useCache, filled };
-    }
-    if (writeFirst && slots) pool.commitWrite(slots, T);
-    for (const type of ['global', 'sliding'] as const) ctx[type].masks = this.masks(type, starts, T, writeFirst, ctx[type], pool, slots);
     let x = tf.tidy(() => this.embed(ids.flat()));
     try {
       this.weights.layers.forEach((w, l) => {
@@ -117,12 +104,31 @@ export class GraphPath extends ForwardBase implements ForwardPath {
     return result;
   }
 
-  /** Rope tables for the call's positions, for one layer type. */
-  private ropeContext(type: LayerType, starts: number[], T: number): { cos: tf.Tensor; sin: tf.Tensor } {
+  /**
+   * What every layer of a type shares within one call: rope tables (for that
+   * type's head size), the cache-write plan and masks. A decode step writes its
+   * token into the cache before attending, so it attends over the slot tensors
+   * as they are (its positions are committed here); a prompt chunk attends over
+   * the cache plus its own keys and is written after its layers ran.
+   */
+  protected contexts(frame: CallFrame, pool: KVPool | undefined, slots: number[] | undefined, headDim: (type: LayerType) => number) {
+    const { B, T, starts } = frame;
     const c = this.config;
+    const writeFirst = T === 1 && pool !== undefined;
+    const useCache = starts.map((s) => pool !== undefined && (writeFirst || s > 0));
     const positions = callPositions(starts, T);
-    const { cos, sin } = ropeTables(positions, c.headDim, c.rope[type]);
-    return { cos: tf.tensor(cos, [starts.length * T, 1, c.headDim]), sin: tf.tensor(sin, [starts.length * T, 1, c.headDim]) };
+    const ctx = {} as Record<LayerType, TypeContext>;
+    for (const type of ['global', 'sliding'] as const) {
+      const entries = pool ? pool.entries[type] : 0;
+      const filled = starts.map((s) => Math.min(entries, s + (writeFirst ? T : 0)));
+      const D = headDim(type);
+      const { cos, sin } = ropeTables(positions, D, c.rope[type]);
+      const write = pool && slots ? pool.planWrite(slots, T, type) : undefined;
+      ctx[type] = { cos: tf.tensor(cos, [B * T, 1, D]), sin: tf.tensor(sin, [B * T, 1, D]), write, masks: [], useCache, filled };
+    }
+    if (writeFirst && pool && slots) pool.commitWrite(slots, T);
+    for (const type of ['global', 'sliding'] as const) ctx[type].masks = this.masks(type, starts, T, writeFirst, ctx[type], pool, slots);
+    return { ctx, writeFirst };
   }
 
   /**

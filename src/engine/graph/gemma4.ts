@@ -13,7 +13,7 @@ import type { LayerType } from '../../model/hf-config.js';
 import { callFrame, lastRows, type PrefillOptions } from '../forward.js';
 import type { Gemma4Layer } from '../gemma4-weights.js';
 import { type KVPool, type WritePlan, typeHeadDim } from '../kv-pool.js';
-import { applyRope, callPositions, ropeTables, rotateHalfMatrix } from '../rope.js';
+import { applyRope, rotateHalfMatrix } from '../rope.js';
 import { tensorOf } from '../weights.js';
 import { attendRow, softcap } from './attention.js';
 import { disposeContext, GraphPath, type TypeContext } from './forward.js';
@@ -46,21 +46,10 @@ export class Gemma4GraphPath extends GraphPath {
     const c = this.config;
     const g4 = this.weights.gemma4!;
     const frame = callFrame(ids, opts);
-    const { B, T, starts } = frame;
+    const { B, T } = frame;
     const { pool, slots } = opts;
-    // As in the Gemma 2/3 graph: a decode step writes first, a prompt chunk after its layers ran.
-    const writeFirst = T === 1 && pool !== undefined;
-    const useCache = starts.map((s) => pool !== undefined && (writeFirst || s > 0));
-    const ctx = {} as Record<LayerType, TypeContext>;
-    for (const type of ['global', 'sliding'] as const) {
-      const entries = pool ? pool.entries[type] : 0;
-      const filled = starts.map((s) => Math.min(entries, s + (writeFirst ? T : 0)));
-      const D = typeHeadDim(c, type);
-      const { cos, sin } = ropeTables(callPositions(starts, T), D, c.rope[type]);
-      ctx[type] = { cos: tf.tensor(cos, [B * T, 1, D]), sin: tf.tensor(sin, [B * T, 1, D]), write: pool && slots ? pool.planWrite(slots, T, type) : undefined, masks: [], useCache, filled };
-    }
-    if (writeFirst && slots) pool.commitWrite(slots, T);
-    for (const type of ['global', 'sliding'] as const) ctx[type].masks = this.masks(type, starts, T, writeFirst, ctx[type], pool, slots);
+    // Each type's rope tables at its own head size (global layers are wider).
+    const { ctx, writeFirst } = this.contexts(frame, pool, slots, (type) => typeHeadDim(c, type));
 
     const flat = ids.flat();
     let x = tf.tidy(() => this.embed(flat));
