@@ -24,6 +24,7 @@ import type { EngineOptions } from './options.js';
 import type { RowLogitsInput } from './reduce.js';
 import type { TopK } from './types.js';
 import { webgpuMemory } from './webgpu/adapter.js';
+import { loadGemma4Weights } from './gemma4-weights.js';
 import { disposeWeights, loadWeights } from './weights.js';
 
 export { checkTensorLimit } from './memory-check.js';
@@ -128,7 +129,7 @@ export class Engine {
     const store = await readSafetensors(dir);
     let weights;
     try {
-      weights = await loadWeights(config, store, choice.layout);
+      weights = await (config.gemma4 ? loadGemma4Weights : loadWeights)(config, store, choice.layout);
       await choice.split?.start();
     } catch (err) {
       choice.split?.dispose();

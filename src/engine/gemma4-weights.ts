@@ -10,54 +10,10 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../model/hf-config.js';
+import type { Gemma4Layer, Gemma4Weights } from './gemma4-types.js';
 import { fuseTransposedArray, textPrefix, WeightError, type Keep, type TensorSource, type WeightLayout, type Weights } from './weights.js';
 
-export interface Gemma4PerLayerInput {
-  /** [H, P]: per_layer_input_gate, transposed. */
-  gate: tf.Tensor2D;
-  /** [P, H]: per_layer_projection, transposed. */
-  proj: tf.Tensor2D;
-  postNorm: tf.Tensor1D;
-}
-
-export interface Gemma4Moe {
-  /** [H, E]: router.proj with router.scale * H^-0.5 folded into its rows. */
-  router: tf.Tensor2D;
-  perExpertScale: Float32Array;
-  preNorm2: tf.Tensor1D;
-  postNorm1: tf.Tensor1D;
-  postNorm2: tf.Tensor1D;
-  /** Per expert: [H, 2 * moeIntermediate] (gate columns, then up) and [moeIntermediate, H]. */
-  gateUp: tf.Tensor2D[];
-  down: tf.Tensor2D[];
-}
-
-export interface Gemma4Layer {
-  inputNorm: tf.Tensor1D;
-  postAttnNorm: tf.Tensor1D;
-  preFfwNorm: tf.Tensor1D;
-  postFfwNorm: tf.Tensor1D;
-  /** [H, heads * headDim]. */
-  q: tf.Tensor2D;
-  qNorm: tf.Tensor1D;
-  /** [H, 2 * kvHeads * headDim] (k then v), or [H, kvHeads * headDim] where keys are the values; absent on KV-shared layers. */
-  kv?: tf.Tensor2D;
-  kNorm?: tf.Tensor1D;
-  /** [heads * headDim, H]. */
-  o: tf.Tensor2D;
-  /** [H, 2 * I] (gate, then up) and [I, H]. */
-  gateUp: tf.Tensor2D;
-  down: tf.Tensor2D;
-  perLayer?: Gemma4PerLayerInput;
-  moe?: Gemma4Moe;
-  layerScalar: number;
-}
-
-export interface Gemma4Weights {
-  layers: Gemma4Layer[];
-  /** Per-layer embeddings: the table [vocabPerLayer, L * P], the model projection [H, L * P] and its norm [P]. */
-  perLayer?: { embed: tf.Tensor2D; proj: tf.Tensor2D; norm: tf.Tensor1D };
-}
+export type { Gemma4Layer, Gemma4Moe, Gemma4PerLayerInput, Gemma4Weights } from './gemma4-types.js';
 
 /** Reads a Gemma 4 checkpoint; `layout` places the tied embedding (the graph's tensor layout). */
 export async function loadGemma4Weights(c: ModelConfig, src: TensorSource, layout: WeightLayout): Promise<Weights> {
@@ -155,36 +111,4 @@ export async function loadGemma4Weights(c: ModelConfig, src: TensorSource, layou
     created.forEach((t) => t.dispose());
     throw err;
   }
-}
-
-/** Every tensor of the Gemma 4 part of the weights. */
-export function gemma4Tensors(w: Gemma4Weights): tf.Tensor[] {
-  const out: tf.Tensor[] = [];
-  for (const l of w.layers) {
-    out.push(l.inputNorm, l.postAttnNorm, l.preFfwNorm, l.postFfwNorm, l.q, l.qNorm, l.o, l.gateUp, l.down);
-    if (l.kv) out.push(l.kv);
-    if (l.kNorm) out.push(l.kNorm);
-    if (l.perLayer) out.push(l.perLayer.gate, l.perLayer.proj, l.perLayer.postNorm);
-    if (l.moe) out.push(l.moe.router, l.moe.preNorm2, l.moe.postNorm1, l.moe.postNorm2, ...l.moe.gateUp, ...l.moe.down);
-  }
-  if (w.perLayer) out.push(w.perLayer.embed, w.perLayer.proj, w.perLayer.norm);
-  return out;
-}
-
-/** Gemma 4's parameter count as this engine stores it (the memory check): per-layer shapes, per-layer embeddings, experts. */
-export function gemma4ParameterCount(c: ModelConfig): { embedding: number; linear: number; norms: number } {
-  const g = c.gemma4!;
-  const H = c.hiddenSize;
-  let linear = 0;
-  let norms = H;
-  g.layers.forEach((s, l) => {
-    const qDim = c.numHeads * s.headDim;
-    const kvDim = s.kvSource === l ? (s.kEqV ? 1 : 2) * s.numKvHeads * s.headDim : 0;
-    linear += H * (qDim + kvDim) + qDim * H + 3 * H * s.intermediateSize;
-    norms += 4 * H + 2 * s.headDim;
-    if (g.perLayerInputSize) linear += 2 * H * g.perLayerInputSize;
-    if (g.moe) linear += H * g.moe.numExperts + g.moe.numExperts * 3 * H * g.moe.intermediateSize;
-  });
-  const perLayer = g.perLayerInputSize ? g.perLayerVocabSize * c.numLayers * g.perLayerInputSize + H * c.numLayers * g.perLayerInputSize : 0;
-  return { embedding: c.vocabSize * H + perLayer, linear, norms };
 }

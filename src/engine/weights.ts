@@ -12,7 +12,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { GemmaServeError } from '../errors.js';
 import type { ModelConfig } from '../model/hf-config.js';
-import { gemma4ParameterCount, gemma4Tensors, loadGemma4Weights, type Gemma4Weights } from './gemma4-weights.js';
+import { gemma4ParameterCount } from '../model/gemma4-config.js';
+import { gemma4Tensors, type Gemma4Weights } from './gemma4-types.js';
 
 /** What the weight loader needs from a safetensors reader. */
 export interface TensorSource {
@@ -258,9 +259,8 @@ export function embeddingPartSize(c: ModelConfig, maxBytes?: number): number {
   return Math.min(c.vocabSize, Math.max(1, fits));
 }
 
-/** Reads every tensor, converts it to the engine's layout and hands it to the path's `layout`. */
+/** Reads a Gemma 2/3 checkpoint, converts it to the engine's layout and hands it to the path's `layout` (Gemma 4: gemma4-weights.ts). */
 export async function loadWeights(c: ModelConfig, src: TensorSource, layout: WeightLayout): Promise<Weights> {
-  if (c.gemma4) return loadGemma4Weights(c, src, layout);
   const r = new Reader(src, textPrefix(src.names()));
   const H = c.hiddenSize;
   const hd = c.headDim;

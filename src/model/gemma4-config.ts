@@ -6,37 +6,11 @@
  * width) is spelled out per layer so the paths never re-derive it. A field
  * whose value the engine does not implement is refused here, naming it.
  */
-import type { LayerType, ModelConfig, RopeSettings } from './hf-config.js';
-import { ModelConfigError } from './hf-config.js';
+import { ModelConfigError, type Gemma4LayerShape, type Gemma4Settings, type LayerType, type ModelConfig, type RopeSettings } from './model-config.js';
+
+export type { Gemma4LayerShape, Gemma4Settings };
 
 type Json = Record<string, unknown>;
-
-/** One decoder layer's shapes. */
-export interface Gemma4LayerShape {
-  headDim: number;
-  numKvHeads: number;
-  /** The layer whose K/V this layer attends over: itself, or (KV-shared layers) the last earlier layer of its type. */
-  kvSource: number;
-  /** Keys double as values (no v_proj): global layers with `attention_k_eq_v`. */
-  kEqV: boolean;
-  /** The dense MLP's width (twice intermediate_size on KV-shared layers with `use_double_wide_mlp`). */
-  intermediateSize: number;
-}
-
-export interface Gemma4Settings {
-  layers: Gemma4LayerShape[];
-  /** Head size per layer type (global layers use `global_head_dim`). */
-  typeHeadDim: Record<LayerType, number>;
-  /** RMSNorm multiplies by w (not 1 + w); the value norm has no weight. */
-  normStyle: 'w';
-  /** Attention scores are multiplied by this (1: unscaled). */
-  scoreScale: number;
-  /** Per-layer embeddings: size per layer and their vocabulary (0 / null: none). */
-  perLayerInputSize: number;
-  perLayerVocabSize: number;
-  /** The mixture-of-experts block beside the dense MLP, in every layer, or null. */
-  moe: { numExperts: number; topK: number; intermediateSize: number } | null;
-}
 
 function field(text: Json, key: string, file: string): number | null {
   const v = text[key];
@@ -181,4 +155,22 @@ export function parseGemma4(architecture: string, text: Json, cfg: Json, generat
     eosIds: eosIds.length > 0 ? eosIds : [1],
     gemma4: { layers, typeHeadDim, normStyle: 'w', scoreScale: 1, perLayerInputSize, perLayerVocabSize, moe },
   };
+}
+
+/** Gemma 4's parameter count as this engine stores it (the memory check): per-layer shapes, per-layer embeddings, experts. */
+export function gemma4ParameterCount(c: ModelConfig): { embedding: number; linear: number; norms: number } {
+  const g = c.gemma4!;
+  const H = c.hiddenSize;
+  let linear = 0;
+  let norms = H;
+  g.layers.forEach((s, l) => {
+    const qDim = c.numHeads * s.headDim;
+    const kvDim = s.kvSource === l ? (s.kEqV ? 1 : 2) * s.numKvHeads * s.headDim : 0;
+    linear += H * (qDim + kvDim) + qDim * H + 3 * H * s.intermediateSize;
+    norms += 4 * H + 2 * s.headDim;
+    if (g.perLayerInputSize) linear += 2 * H * g.perLayerInputSize;
+    if (g.moe) linear += H * g.moe.numExperts + g.moe.numExperts * 3 * H * g.moe.intermediateSize;
+  });
+  const perLayer = g.perLayerInputSize ? g.perLayerVocabSize * c.numLayers * g.perLayerInputSize + H * c.numLayers * g.perLayerInputSize : 0;
+  return { embedding: c.vocabSize * H + perLayer, linear, norms };
 }

@@ -10,62 +10,11 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { GemmaServeError } from '../errors.js';
-import { parseGemma4, type Gemma4Settings } from './gemma4-config.js';
+import { parseGemma4 } from './gemma4-config.js';
+import { ModelConfigError, type LayerType, type ModelConfig, type RopeSettings } from './model-config.js';
 
-export type LayerType = 'sliding' | 'global';
+export { ModelConfigError, type Gemma4LayerShape, type Gemma4Settings, type LayerType, type ModelConfig, type RopeSettings } from './model-config.js';
 
-export interface RopeSettings {
-  base: number;
-  /** Linear scaling: positions are divided by this (1 = none). */
-  factor: number;
-  /**
-   * Gemma 4's proportional RoPE: only the first `partialFactor * headDim / 2`
-   * frequency pairs rotate (exponents over the whole head), the rest have
-   * frequency 0. Absent: every pair rotates.
-   */
-  partialFactor?: number;
-}
-
-export interface ModelConfig {
-  family: 'gemma2' | 'gemma3' | 'gemma4';
-  architecture: string;
-  vocabSize: number;
-  hiddenSize: number;
-  intermediateSize: number;
-  numLayers: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  rmsNormEps: number;
-  /** Scores are scaled by queryPreAttnScalar ** -0.5. */
-  queryPreAttnScalar: number;
-  slidingWindow: number;
-  layerTypes: LayerType[];
-  rope: Record<LayerType, RopeSettings>;
-  attnLogitSoftcap: number | null;
-  finalLogitSoftcap: number | null;
-  /** Gemma 3 normalizes q and k per head before RoPE. */
-  qkNorm: boolean;
-  maxPositions: number;
-  bosId: number;
-  padId: number;
-  eosIds: number[];
-  /**
-   * Gemma 4 only: per-layer shapes, norm style, score scale, per-layer
-   * embeddings and MoE (gemma4-config.ts). There `headDim`, `numKvHeads` and
-   * `intermediateSize` are the sliding layers' values and
-   * `queryPreAttnScalar` is 1 (unscaled scores).
-   */
-  gemma4?: Gemma4Settings;
-}
-
-/** The model directory's config.json is missing, unreadable or not a supported Gemma. */
-export class ModelConfigError extends GemmaServeError {
-  constructor(message: string) {
-    super(message, { status: 500, type: 'server_error', code: 'model_config' });
-  }
-}
 
 const SUPPORTED: Record<string, 'gemma2' | 'gemma3' | 'gemma4'> = {
   Gemma4ForCausalLM: 'gemma4',
