@@ -3,7 +3,7 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
-import { Engine } from '../src/engine/engine.js';
+import { Engine, checkTensorLimit } from '../src/engine/engine.js';
 import { choosePath, type PathOptions } from '../src/engine/choose-path.js';
 import { ModelConfigError, parseModelConfig } from '../src/model/hf-config.js';
 import { modelDir, reference } from './helpers/fixtures.js';
@@ -122,4 +122,16 @@ t.test('the native kernels and the fused webgpu programs refuse Gemma 4; auto pi
     /Gemma 4 runs on the graph path for now/,
     'CPU_KERNELS=native refuses the model at load',
   );
+});
+
+t.test('the one-buffer check sizes Gemma 4 projections at the widest layer', async (t) => {
+  const c = parseModelConfig(await fixtureConfig('gemma4-tiny-ple'));
+  // q/k/v of a global layer: 4 heads x 32 + 2 x 2 KV heads x 32 = 256 columns (a sliding layer's are 128); gate/up of a double-wide layer 2 x 192.
+  const H = c.hiddenSize;
+  const just = (cols: number) => ({ bytes: 4 * H * cols, what: 'test limit' });
+  t.doesNotThrow(() => checkTensorLimit(c, 'webgpu', just(2 * 192), true), 'the widest layers fit exactly');
+  t.throws(() => checkTensorLimit(c, 'webgpu', just(2 * 192 - 1), true), { message: /gate\/up projection \[48 x 384\]/ }, 'a double-wide MLP is counted');
+  const qkvOnly = parseModelConfig({ ...(await fixtureConfig('gemma4-tiny-ple')), use_double_wide_mlp: false, intermediate_size: 16 });
+  t.throws(() => checkTensorLimit(qkvOnly, 'webgpu', just(255), true), { message: /q\/k\/v projection \[48 x 256\]/ }, 'global layers at global_head_dim');
+  t.doesNotThrow(() => checkTensorLimit(qkvOnly, 'webgpu', just(256), true));
 });

@@ -40,7 +40,7 @@ export function checkMemory(
     return kv.source === l ? s + (t === 'global' ? capacity : sliding) * kv.heads * kv.headDim * 8 : s;
   }, 0);
   const kv = perSlot * slots;
-  const transient = 4 * (maxBatch * c.vocabSize * 3 + chunk * (4 * c.intermediateSize + 8 * c.hiddenSize) + c.numHeads * chunk * (capacity + chunk) * 2);
+  const transient = 4 * (maxBatch * c.vocabSize * 3 + chunk * (4 * widestMlp(c) + 8 * c.hiddenSize) + c.numHeads * chunk * (capacity + chunk) * 2);
   const need = weights + kv + transient;
   if (need > limit) {
     throw new ModelTooLargeError(
@@ -61,8 +61,8 @@ export function checkTensorLimit(c: ModelConfig, backend: BackendName, limit = b
   const largest: Array<[string, number[]]> = [
     // The fused webgpu programs split the embedding by token ids; the graph needs it whole.
     ...(embeddingSplits ? [] : ([['the tied embedding', [H, c.vocabSize]]] as Array<[string, number[]]>)),
-    ['the fused gate/up projection', [H, 2 * c.intermediateSize]],
-    ['the fused q/k/v projection', [H, (c.numHeads + 2 * c.numKvHeads) * c.headDim]],
+    ['the fused gate/up projection', [H, 2 * widestMlp(c)]],
+    ['the fused q/k/v projection', [H, widestQkv(c)]],
   ];
   for (const [what, shape] of largest) {
     const bytes = 4 * shape[0] * shape[1];
@@ -75,4 +75,16 @@ export function checkTensorLimit(c: ModelConfig, backend: BackendName, limit = b
       );
     }
   }
+}
+
+/** The widest dense MLP of any layer (Gemma 4's KV-shared layers may be double wide). */
+function widestMlp(c: ModelConfig): number {
+  return Math.max(c.intermediateSize, ...(c.gemma4?.layers.map((s) => s.intermediateSize) ?? []));
+}
+
+/** The widest fused q/k/v projection of any layer, at each layer's own head size and KV heads. */
+function widestQkv(c: ModelConfig): number {
+  const g = c.gemma4;
+  if (!g) return (c.numHeads + 2 * c.numKvHeads) * c.headDim;
+  return Math.max(...g.layers.map((s) => (c.numHeads + 2 * s.numKvHeads) * s.headDim));
 }
