@@ -8,7 +8,8 @@ import { RedisSessionStore } from '../src/cache/index.js';
 import { Engine, engineParts } from '../src/engine/engine.js';
 import { layerKv } from '../src/engine/kv-pool.js';
 import { modelDir } from './helpers/fixtures.js';
-import { continueHistory, driveWithStore, firstPrompt, runTurn, USER_TURNS, type TurnResult } from './helpers/turn-runner.js';
+import { driveSession } from './helpers/session-driver.js';
+import { continueHistory, firstPrompt, runTurn, USER_TURNS, type TurnResult } from './helpers/turn-runner.js';
 import { testEngineOptions } from './helpers/engine-options.js';
 
 const C = 128;
@@ -62,7 +63,7 @@ for (const name of ['gemma4-tiny-ple', 'gemma4-tiny-moe'] as const) {
       await storeA.close();
       engineA.dispose();
     });
-    const a = driveWithStore(engineA, id, 'recompute', SYSTEM, storeA);
+    const a = driveSession(engineA, id, 'recompute', SYSTEM, storeA);
     let history = firstPrompt(engineA, SYSTEM, USER_TURNS[0]);
     // Until A has evicted and the next turn fits A's slot without evicting again (the plan keeps C/4 free for the
     // reply): then A answers from the cache it built up, B from a rebuild, and agreement is not a foregone conclusion.
@@ -85,7 +86,7 @@ for (const name of ['gemma4-tiny-ple', 'gemma4-tiny-moe'] as const) {
       await storeB.close();
       engineB.dispose();
     });
-    const b = driveWithStore(engineB, id, 'recompute', SYSTEM, storeB);
+    const b = driveSession(engineB, id, 'recompute', SYSTEM, storeB);
     t.notOk(b.turns.slots.isCached(id), 'B has never seen the session');
     const baselineB = tf.memory().numTensors;
     const fromB = await runTurn(b, history, REPLY);

@@ -1,5 +1,5 @@
 // Drives one session through SessionTurns and a Sampler by hand, so a test can look at the cache between the steps the scheduler would run.
-import { MemorySessionStore, SlotManager } from '../../src/cache/index.js';
+import { MemorySessionStore, SlotManager, type SessionStore } from '../../src/cache/index.js';
 import type { Engine } from '../../src/engine/engine.js';
 import { Sampler, type Sequence } from '../../src/engine/sampler.js';
 import { DEFAULT_SAMPLING, type SamplingParams } from '../../src/engine/types.js';
@@ -37,9 +37,13 @@ export interface Driven {
   bind(prompt: number[]): Promise<{ b: Binding; seq: Sequence }>;
 }
 
-/** One session on a one-slot SlotManager, in `mode`; room is made by calling `turns.makeRoom` before a step, as the scheduler does. */
-export function driveSession(engine: Engine, id: string, mode: EvictionMode, system: string): Driven {
-  const slots = new SlotManager({ slots: 1, store: new MemorySessionStore(), model: engine.modelId });
+/**
+ * One session on a one-slot SlotManager, in `mode`, on `store` (a Redis store
+ * lets a second engine find it); room is made by calling `turns.makeRoom`
+ * before a step, as the scheduler does.
+ */
+export function driveSession(engine: Engine, id: string, mode: EvictionMode, system: string, store: SessionStore = new MemorySessionStore()): Driven {
+  const slots = new SlotManager({ slots: 1, store, model: engine.modelId });
   const evictions: { kind: string; tokens: number }[] = [];
   const turns = new SessionTurns(engine, slots, { mode, onEvict: (kind, tokens) => evictions.push({ kind, tokens }) });
   const sampler = new Sampler(engine);

@@ -1,27 +1,8 @@
 // Whole conversation turns through SessionTurns and a Sampler, as the scheduler runs them, on raw token ids
-// (so fixtures whose vocabulary is smaller than the tokenizer's can be driven), with any session store.
-import { SlotManager, type SessionStore } from '../../src/cache/index.js';
+// (so fixtures whose vocabulary is smaller than the tokenizer's can be driven).
 import type { Engine } from '../../src/engine/engine.js';
-import { Sampler } from '../../src/engine/sampler.js';
-import { SessionTurns, type Binding, type EvictionMode } from '../../src/scheduler/session-turns.js';
-import { GREEDY, nextTurnIds, promptOf, type Driven } from './session-driver.js';
-
-/** driveSession's one-slot session, on the given store (a Redis store lets a second engine find it). */
-export function driveWithStore(engine: Engine, id: string, mode: EvictionMode, system: string, store: SessionStore): Driven {
-  const slots = new SlotManager({ slots: 1, store, model: engine.modelId });
-  const evictions: { kind: string; tokens: number }[] = [];
-  const turns = new SessionTurns(engine, slots, { mode, onEvict: (kind, tokens) => evictions.push({ kind, tokens }) });
-  const sampler = new Sampler(engine);
-  return {
-    turns,
-    evictions,
-    sampler,
-    async bind(prompt) {
-      const b = await turns.bind(id, [{ role: 'system', content: system }], prompt, GREEDY.maxTokens);
-      return { b, seq: await sampler.add({ slot: b.slot, promptIds: b.promptIds, reuseTokens: b.reuse, params: GREEDY }) };
-    },
-  };
-}
+import type { Binding } from '../../src/scheduler/session-turns.js';
+import { nextTurnIds, promptOf, type Driven } from './session-driver.js';
 
 export interface TurnResult {
   /** Greedy ids generated (the last one sampled but not yet fed to the model). */

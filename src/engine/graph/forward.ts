@@ -89,16 +89,25 @@ export class GraphPath extends ForwardBase implements ForwardPath {
       for (const t of Object.values(ctx)) disposeContext(t);
     }
     if (pool && slots && !writeFirst) pool.commitWrite(slots, T);
-    const hidden = x;
+    return this.unembed(x, frame, opts);
+  }
+
+  /**
+   * The logits of a call from its last hidden state (disposed here): the last
+   * position of each row only (or every position with allPositions), final
+   * norm, the tied embedding, soft-capping. None for a chunk with noLogits.
+   */
+  protected unembed(hidden: tf.Tensor2D, frame: CallFrame, opts: PrefillOptions): tf.Tensor2D | undefined {
     if (opts.noLogits) {
       hidden.dispose();
       return undefined;
     }
+    const cap = this.config.finalLogitSoftcap;
     const result = tf.tidy(() => {
       let last = hidden;
-      if (!opts.allPositions && T > 1) last = tf.gather(hidden, tf.tensor1d(lastRows(frame), 'int32'));
+      if (!opts.allPositions && frame.T > 1) last = tf.gather(hidden, tf.tensor1d(lastRows(frame), 'int32'));
       const logits = this.linear(this.rmsNorm(last, this.weights.finalNorm), tensorOf(this.weights.embedT), this.weights.embedRemote);
-      return (c.finalLogitSoftcap ? softcap(logits, c.finalLogitSoftcap) : logits) as tf.Tensor2D;
+      return (cap ? softcap(logits, cap) : logits) as tf.Tensor2D;
     });
     hidden.dispose();
     return result;

@@ -10,12 +10,11 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType } from '../../model/hf-config.js';
-import { callFrame, lastRows, type PrefillOptions } from '../forward.js';
+import { callFrame, type PrefillOptions } from '../forward.js';
 import type { Gemma4Layer } from '../gemma4-weights.js';
 import { type KVPool, type WritePlan, typeHeadDim } from '../kv-pool.js';
 import { applyRope, rotateHalfMatrix } from '../rope.js';
-import { tensorOf } from '../weights.js';
-import { attendRow, softcap } from './attention.js';
+import { attendRow } from './attention.js';
 import { disposeContext, GraphPath, type TypeContext } from './forward.js';
 
 /** A source layer's keys and values of this call, [B, kvHeads, T, headDim], for the layers that share them. */
@@ -72,19 +71,7 @@ export class Gemma4GraphPath extends GraphPath {
       perLayer?.dispose();
     }
     if (pool && slots && !writeFirst) pool.commitWrite(slots, T);
-    const hidden = x;
-    if (opts.noLogits) {
-      hidden.dispose();
-      return undefined;
-    }
-    const result = tf.tidy(() => {
-      let last = hidden;
-      if (!opts.allPositions && T > 1) last = tf.gather(hidden, tf.tensor1d(lastRows(frame), 'int32'));
-      const logits = tf.matMul(this.rmsNorm(last, this.weights.finalNorm), tensorOf(this.weights.embedT));
-      return (c.finalLogitSoftcap ? softcap(logits, c.finalLogitSoftcap) : logits) as tf.Tensor2D;
-    });
-    hidden.dispose();
-    return result;
+    return this.unembed(x, frame, opts);
   }
 
   /**
