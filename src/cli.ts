@@ -3,7 +3,7 @@
  * `gemma-serve <command>`: serve (the HTTP service), score (top-k logits at
  * every position, one JSON object: how the engine is checked against outside
  * references), generate (a quick greedy chat completion, streamed), and
- * make-model (a random-weight Gemma 3 model directory with the real tokenizer).
+ * make-model (a random-weight Gemma 3 or Gemma 4 model directory with the real tokenizer).
  */
 import { parseArgs } from 'node:util';
 import { loadConfig, type BackendChoice } from '../config/index.js';
@@ -15,7 +15,8 @@ const USAGE = `usage:
   gemma-serve serve                      start the HTTP service (configured by environment variables; see README)
   gemma-serve score --model DIR --ids 2,105,1645 [--top-k 20] [--backend wasm|cpu|webgpu|tensorflow]
   gemma-serve generate [--model DIR] --prompt "..." [--max-tokens N] [--backend ...]
-  gemma-serve make-model --out DIR [--preset tiny|270m|1b] [--seed N] [--dtype bf16|f32]`;
+  gemma-serve make-model --out DIR [--arch gemma3|gemma4] [--preset NAME] [--seed N] [--dtype bf16|f32]
+      presets: gemma3 tiny|270m|1b (default tiny), gemma4 tiny|e2b|e4b|26b-a4b|31b`;
 
 /**
  * Engine options for score and generate: the flags on top of the
@@ -75,19 +76,27 @@ async function generateCmd(args: string[]): Promise<void> {
 async function makeModelCmd(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
-    options: { out: { type: 'string' }, preset: { type: 'string', default: 'tiny' }, seed: { type: 'string' }, dtype: { type: 'string', default: 'bf16' } },
+    options: {
+      out: { type: 'string' },
+      arch: { type: 'string', default: 'gemma3' },
+      preset: { type: 'string', default: 'tiny' },
+      seed: { type: 'string' },
+      dtype: { type: 'string', default: 'bf16' },
+    },
   });
   if (!values.out) throw new UsageError('make-model needs --out DIR');
+  if (values.arch !== 'gemma3' && values.arch !== 'gemma4') throw new UsageError('--arch must be gemma3 or gemma4');
   const { makeModel } = await import('./model/make-model.js');
   const dtype = values.dtype.toUpperCase();
   if (dtype !== 'BF16' && dtype !== 'F32') throw new UsageError('--dtype must be bf16 or f32');
   await makeModel({
     out: values.out,
-    preset: values.preset as 'tiny' | '270m' | '1b',
+    arch: values.arch,
+    preset: values.preset as 'tiny',
     seed: values.seed === undefined ? undefined : Number(values.seed),
     dtype,
   });
-  process.stderr.write(`wrote ${values.preset} model to ${values.out}\n`);
+  process.stderr.write(`wrote ${values.arch} ${values.preset} model to ${values.out}\n`);
 }
 
 async function serve(): Promise<void> {

@@ -1,6 +1,6 @@
 /**
- * Writes a Gemma-3-architecture model with deterministic random weights as a
- * Hugging Face directory (config.json, generation_config.json,
+ * Writes a Gemma 3 (or, with `arch: 'gemma4'`, Gemma 4: make-model-gemma4.ts)
+ * model with deterministic random weights as a Hugging Face directory (config.json, generation_config.json,
  * model.safetensors, tokenizer files), so the service runs without
  * downloading a checkpoint. Tensors are generated and streamed chunk by chunk,
  * so even the 1B preset never sits in memory.
@@ -10,7 +10,9 @@ import { promises as fsp, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GemmaServeError } from '../errors.js';
-import { SafetensorsWriter, type TensorSpec, type WritableDType } from './safetensors.js';
+import { gemma4HfConfig, gemma4TensorSpecs, GEMMA4_PRESETS, type Gemma4PresetName, type Gemma4Shape } from './make-model-gemma4.js';
+import { specElements, writeRandomSafetensors, type GenSpec } from './random-tensors.js';
+import type { WritableDType } from './safetensors.js';
 import { defaultTokenizerFiles } from './tokenizer.js';
 
 export type PresetName = 'tiny' | '270m' | '1b';
@@ -98,12 +100,6 @@ export function hfConfig(s: ModelShape): Record<string, unknown> {
   };
 }
 
-interface GenSpec extends TensorSpec {
-  /** Normal(mean, std) per element. */
-  mean: number;
-  std: number;
-}
-
 /** Tensor names, shapes (PyTorch [out, in]) and init scales, in file order. */
 export function tensorSpecs(s: ModelShape, dtype: WritableDType = 'BF16'): GenSpec[] {
   const H = s.hiddenSize, hd = s.headDim, I = s.intermediateSize;
@@ -138,86 +134,59 @@ export function tensorSpecs(s: ModelShape, dtype: WritableDType = 'BF16'): GenSp
 }
 
 export function parameterCount(s: ModelShape): number {
-  return tensorSpecs(s).reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
+  return specElements(tensorSpecs(s));
 }
 
-/** FNV-1a of the name mixed with the seed: each tensor gets its own stream, independent of order. */
-function tensorSeed(seed: number, name: string): number {
-  let h = 0x811c9dc5 ^ Math.imul(seed | 0, 0x9e3779b9);
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
-  return h >>> 0;
-}
-
-/** mulberry32 + Box-Muller; deterministic normal samples. */
-class NormalStream {
-  private s: number;
-  constructor(seed: number) { this.s = seed | 0; }
-
-  fill(out: Float32Array, mean: number, std: number): void {
-    let a = this.s;
-    const n = out.length;
-    for (let i = 0; i < n; i += 2) {
-      a = (a + 0x6d2b79f5) | 0;
-      let t = Math.imul(a ^ (a >>> 15), 1 | a);
-      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-      const u1 = 1 - ((t ^ (t >>> 14)) >>> 0) / 4294967296; // (0, 1]
-      a = (a + 0x6d2b79f5) | 0;
-      t = Math.imul(a ^ (a >>> 15), 1 | a);
-      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-      const u2 = ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-      const r = Math.sqrt(-2 * Math.log(u1)) * std;
-      const th = 2 * Math.PI * u2;
-      out[i] = mean + r * Math.cos(th);
-      if (i + 1 < n) out[i + 1] = mean + r * Math.sin(th);
-    }
-    this.s = a;
-  }
-}
-
-const CHUNK = 1 << 20;
+export type Architecture = 'gemma3' | 'gemma4';
 
 export interface MakeModelOptions {
   out: string;
-  preset: PresetName;
+  /** Gemma 3 (default) or Gemma 4; each has its own presets. */
+  arch?: Architecture;
+  preset: PresetName | Gemma4PresetName;
   seed?: number;
   /** Storage dtype of model.safetensors (default BF16, as released checkpoints). */
   dtype?: WritableDType;
   /** Overrides of the preset's shape (tests). */
-  shape?: Partial<ModelShape>;
+  shape?: Partial<ModelShape> | Partial<Gemma4Shape>;
+}
+
+/** The preset names of an architecture. */
+export function presetNames(arch: Architecture = 'gemma3'): string[] {
+  return Object.keys(arch === 'gemma4' ? GEMMA4_PRESETS : PRESETS);
+}
+
+/** The config.json and tensors of the model `opts` asks for. */
+function modelFiles(opts: MakeModelOptions): { config: Record<string, unknown>; specs: GenSpec[]; eos: number[] } {
+  const arch = opts.arch ?? 'gemma3';
+  const presets: Readonly<Record<string, object>> = arch === 'gemma4' ? GEMMA4_PRESETS : PRESETS;
+  const base = Object.hasOwn(presets, opts.preset) ? presets[opts.preset] : undefined;
+  if (!base) throw new MakeModelError(`unknown ${arch} preset ${JSON.stringify(opts.preset)}; known: ${presetNames(arch).join(', ')}`);
+  const dtype = opts.dtype ?? 'BF16';
+  if (arch === 'gemma4') {
+    const shape = { ...base, ...opts.shape } as Gemma4Shape;
+    return { config: gemma4HfConfig(shape), specs: gemma4TensorSpecs(shape, dtype), eos: [1, 106] };
+  }
+  const shape = { ...base, ...opts.shape } as ModelShape;
+  return { config: hfConfig(shape), specs: tensorSpecs(shape, dtype), eos: [1, 106] };
 }
 
 /** Writes the model directory `out` (created if missing; existing files are overwritten). */
 export async function makeModel(opts: MakeModelOptions): Promise<void> {
-  const base = PRESETS[opts.preset];
-  if (!base) throw new MakeModelError(`unknown preset ${JSON.stringify(opts.preset)}; known: ${Object.keys(PRESETS).join(', ')}`);
-  const shape: ModelShape = { ...base, ...opts.shape };
+  const { config, specs, eos } = modelFiles(opts);
   const seed = opts.seed ?? DEFAULT_SEED;
   await fsp.mkdir(opts.out, { recursive: true });
-  const specs = tensorSpecs(shape, opts.dtype ?? 'BF16');
-  const w = await SafetensorsWriter.create(
-    path.join(opts.out, 'model.safetensors'),
-    specs.map(({ name, dtype, shape: sh }) => ({ name, dtype, shape: sh })),
-    { format: 'pt', generator: `gemma-serve make-model v${GENERATOR_VERSION}`, preset: opts.preset, seed: String(seed) },
-  );
-  try {
-    const buf = new Float32Array(CHUNK);
-    for (const t of specs) {
-      const rng = new NormalStream(tensorSeed(seed, t.name));
-      let left = t.shape.reduce((a, b) => a * b, 1);
-      while (left > 0) {
-        const chunk = left >= CHUNK ? buf : buf.subarray(0, left);
-        rng.fill(chunk, t.mean, t.std);
-        await w.append(chunk);
-        left -= chunk.length;
-      }
-    }
-  } finally {
-    await w.close();
-  }
+  await writeRandomSafetensors(path.join(opts.out, 'model.safetensors'), specs, seed, {
+    format: 'pt',
+    generator: `gemma-serve make-model v${GENERATOR_VERSION}`,
+    ...(opts.arch === 'gemma4' ? { arch: 'gemma4' } : {}),
+    preset: opts.preset,
+    seed: String(seed),
+  });
   const json = (o: unknown) => JSON.stringify(o, null, 2) + '\n';
-  await fsp.writeFile(path.join(opts.out, 'config.json'), json(hfConfig(shape)));
+  await fsp.writeFile(path.join(opts.out, 'config.json'), json(config));
   await fsp.writeFile(path.join(opts.out, 'generation_config.json'),
-    json({ bos_token_id: 2, eos_token_id: [1, 106], pad_token_id: 0, do_sample: true, top_k: 64, top_p: 0.95 }));
+    json({ bos_token_id: 2, eos_token_id: eos, pad_token_id: 0, do_sample: true, top_k: 64, top_p: 0.95 }));
   const tok = defaultTokenizerFiles();
   await fsp.copyFile(tok.tokenizerJson, path.join(opts.out, 'tokenizer.json'));
   await fsp.copyFile(tok.tokenizerConfig, path.join(opts.out, 'tokenizer_config.json'));
