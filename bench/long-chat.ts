@@ -1,7 +1,8 @@
 /**
  * `npm run bench:long-chat`: one conversation through the scheduler, the
  * client resending the whole history every turn, until it is at least 16
- * times the cache capacity C long, with the `270m` preset. After every turn
+ * times the cache capacity C long, with the `270m` preset (or `-- --arch
+ * gemma4 --preset e2b`, see model-dir.ts). After every turn
  * it records the conversation's length so far, the mean decode latency of
  * that turn's reply (time between its tokens), and the backend's bytes; once
  * the cache is full the last two must stay flat. Prints one JSON object.
@@ -18,7 +19,7 @@ import { Engine } from '../src/engine/engine.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
 import { buildStack } from '../src/scheduler/stack.js';
 import type { ChatTurn, GenerationUsage } from '../src/scheduler/types.js';
-import { benchEngineOptions, benchModelDir } from './model-dir.js';
+import { benchEngineOptions, benchModelArgs, benchModelDir } from './model-dir.js';
 
 const C = Number(process.env.BENCH_CACHE ?? 512);
 const MULTIPLE = Number(process.env.BENCH_MULTIPLE ?? 16);
@@ -40,10 +41,13 @@ interface Point {
   tokens: number;
   ms_per_token: number;
   backend_bytes: number;
+  /** The process's resident bytes (the native path's weights and scratch live outside the backend). */
+  rss_bytes: number;
 }
 
 async function main(): Promise<void> {
-  const dir = await benchModelDir();
+  const model = benchModelArgs();
+  const dir = await benchModelDir(model.preset, 'BF16', model.arch);
   const engine = await Engine.load(benchEngineOptions(dir, { slots: 1, capacity: C, maxBatchSize: 1, prefillChunk: 256, graphThreads: 1 }));
   const evictions: Record<string, number> = { turn: 0, token: 0 };
   let gaps: number[] = [];
@@ -81,7 +85,7 @@ async function main(): Promise<void> {
     evicted += usage!.evictedTokens;
     const tokens = usage!.promptTokens + usage!.completionTokens;
     if (!full && usage!.evictedTokens > 0) full = { turn, tokens };
-    const point = { tokens, ms_per_token: round(gaps.reduce((a, b) => a + b, 0) / gaps.length), backend_bytes: tf.memory().numBytes };
+    const point = { tokens, ms_per_token: round(gaps.reduce((a, b) => a + b, 0) / gaps.length), backend_bytes: tf.memory().numBytes, rss_bytes: process.memoryUsage().rss };
     points.push(point);
     console.error(`turn ${turn}: ${JSON.stringify(point)} cache ${engine.slotLength(0)}/${C}, ${Math.round((performance.now() - t0) / 1000)} s`);
   }
@@ -93,7 +97,7 @@ async function main(): Promise<void> {
     JSON.stringify({
       cache_length: C,
       points,
-      model: '270m preset (Gemma 3 270M shape, random weights, float32 compute)',
+      model: model.label,
       backend: engine.backend.name,
       eviction_mode: MODE,
       turns: points.length,
@@ -101,7 +105,11 @@ async function main(): Promise<void> {
       evictions,
       evicted_tokens: evicted,
       cache_full_from_tokens: full?.tokens,
-      once_full: { ms_per_token: spread(after.map((p) => p.ms_per_token)), backend_bytes: spread(after.map((p) => p.backend_bytes)) },
+      once_full: {
+        ms_per_token: spread(after.map((p) => p.ms_per_token)),
+        backend_bytes: spread(after.map((p) => p.backend_bytes)),
+        rss_bytes: spread(after.map((p) => p.rss_bytes)),
+      },
       wall_s: Math.round((performance.now() - t0) / 1000),
     }),
   );

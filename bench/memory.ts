@@ -1,8 +1,10 @@
 /**
  * `npm run bench:memory`: peak backend bytes while generating 64 vs 2048
  * tokens at batch 1 vs 8, and while prefilling 1024 tokens, with the `270m`
- * preset; beside each, what a kept [B, T, V] float32 logits buffer would have
- * cost. Prints one JSON object.
+ * preset (or `-- --arch gemma4 --preset e2b`); beside each, what a kept
+ * [B, T, V] float32 logits buffer would have cost, and the KV bytes a cached
+ * token costs per layer type, with and without layers that share another
+ * layer's K/V. Prints one JSON object.
  *
  * Peak bytes: the backend's byte count after every step, and the within-step
  * peak (tf.profile) of every 64th step and of the last one; steps have the
@@ -15,7 +17,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Engine, engineParts } from '../src/engine/engine.js';
 import { Sampler, type Sequence } from '../src/engine/sampler.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
-import { benchEngineOptions, benchModelDir, promptIds } from './model-dir.js';
+import type { ModelConfig } from '../src/model/hf-config.js';
+import { layerKv } from '../src/engine/kv-pool.js';
+import { benchEngineOptions, benchModelArgs, benchModelDir, promptIds } from './model-dir.js';
 
 const PROMPT = 32;
 const LONG = Number(process.env.BENCH_LONG_TOKENS ?? 2048);
@@ -54,8 +58,33 @@ async function generatePeak(engine: Engine, batch: number, tokens: number): Prom
   return peak;
 }
 
+/**
+ * KV bytes (float32 K and V) one cached token costs, per layer type, as the
+ * pool holds them (layers that read another layer's K/V hold none), and as
+ * they would be if every layer held its own.
+ */
+function kvPerToken(c: ModelConfig) {
+  const per = (shared: boolean) => {
+    const out = { global: 0, sliding: 0 };
+    c.layerTypes.forEach((type, l) => {
+      const { heads, headDim, source } = layerKv(c, l);
+      if (shared && source !== l) return;
+      out[type] += 2 * heads * headDim * 4;
+    });
+    return out;
+  };
+  const layers = c.layerTypes.map((_, l) => layerKv(c, l));
+  return {
+    layers_holding_kv: layers.filter((k, l) => k.source === l).length,
+    layers: c.numLayers,
+    bytes_per_token: per(true),
+    bytes_per_token_without_sharing: per(false),
+  };
+}
+
 async function main(): Promise<void> {
-  const dir = await benchModelDir();
+  const model = benchModelArgs();
+  const dir = await benchModelDir(model.preset, 'BF16', model.arch);
   // The service's BACKEND, CPU_KERNELS and CPU_THREADS; the tfjs graph on wasm stays on one thread.
   const engine = await Engine.load(benchEngineOptions(dir, { slots: 8, capacity: Math.max(1024, PROMPT + LONG + 64), maxBatchSize: 8, prefillChunk: 1024, graphThreads: 1 }));
   engineUnderTest = engine;
@@ -82,12 +111,13 @@ async function main(): Promise<void> {
   const mem = engine.memory();
   console.log(
     JSON.stringify({
-      model: '270m preset (Gemma 3 270M shape, random weights, float32)',
+      model: model.label,
       backend: engine.backend.name,
       path: engine.pathName,
       peak_bytes: peak,
       weights_bytes: mem.weightsBytes,
       kv_cache_bytes: mem.kvCacheBytes,
+      kv: { ...kvPerToken(engine.config), entries: engineParts(engine).pool.entries, slots: 8 },
       host_bytes: mem.hostBytes,
       // Above weights and KV: activations, logits, scratch; never negative now that host weights count on both sides.
       transient_peak_bytes: Object.fromEntries(Object.entries(peak).map(([k, v]) => [k, v - mem.weightsBytes - mem.kvCacheBytes])),
