@@ -1,7 +1,8 @@
 /**
  * `npm run bench:compare`: our engine against llama.cpp (node-llama-cpp
- * 3.21.1, prebuilt, 2 threads) on the same model, the `270m` preset written by
- * make-model and converted to GGUF f32 by bench/peers/gguf.ts, with the same
+ * 3.21.1, prebuilt, 2 threads) on the same model, a preset written by
+ * make-model (Gemma 3 `270m` unless asked otherwise) and converted to GGUF by
+ * bench/peers/gguf.ts (Gemma 4: peers/gguf-gemma4.ts), with the same
  * prompt ids on both sides: prefill of a 512-token prompt, greedy decode at
  * batch 1, and aggregate greedy decode of 8 concurrent sequences. It also
  * checks that both compute the same function (`parity`: top-10 next tokens of
@@ -13,16 +14,27 @@
  * the project, and llama.cpp runs in a child process (peers/llamacpp-child.ts)
  * first; our side runs afterwards in this process.
  *
- * Options: --preset tiny|270m|1b (270m), --dtype BF16|F32 (the checkpoint's
- * storage, BF16 as released checkpoints; llama.cpp gets float32 either way),
+ * Options: --arch gemma3|gemma4 (gemma3), --preset: gemma3 tiny|270m|1b
+ * (270m), gemma4 tiny|e2b|e4b|26b-a4b|31b (e2b), --dtype BF16|F32 (the
+ * checkpoint's storage, BF16 as released checkpoints), --gguf f32|f16|bf16
+ * (llama.cpp's storage: f32 for Gemma 3 and for tiny; bf16 for the other
+ * Gemma 4 presets, which holds a BF16 checkpoint exactly, at half f32's
+ * bytes, and which llama.cpp's CPU backend multiplies natively on AVX512-BF16),
+ * --parity-kv f16|f32 (llama.cpp's K/V cache for the parity and greedy runs:
+ * f16 with flash attention 'auto', its defaults and what the timings use, or
+ * f32 with flash attention off, which takes llama.cpp's K/V rounding out of
+ * the comparison; Gemma 4's unscaled scores over normed q and k magnify it),
  * --steps N decode steps (64),
  * --reps N timed runs per figure, the median is reported (3),
  * --parity-only, --out FILE (also write the JSON there).
  * Environment: BACKEND (auto), CPU_KERNELS and CPU_THREADS (as the service), BENCH_PEER_DIR (scratch folder, default
  * gemma-serve-peer-llamacpp under GEMMA_SERVE_CACHE_DIR, else the OS temp dir), BENCH_MODEL_DIR (see model-dir.ts).
+ *
+ * The GGUF is converted once into BENCH_PEER_DIR and reused while it is newer
+ * than the checkpoint.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { basename, join } from 'node:path';
@@ -34,15 +46,20 @@ import { loadConfig } from '../config/index.js';
 import { Engine, engineParts } from '../src/engine/engine.js';
 import { Sampler, type Sequence } from '../src/engine/sampler.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
-import { loadModelConfig } from '../src/model/hf-config.js';
-import { parameterCount, PRESETS, type PresetName } from '../src/model/make-model.js';
+import { loadModelConfig, type ModelConfig } from '../src/model/hf-config.js';
+import { parameterCount, PRESETS, type Architecture, type PresetName } from '../src/model/make-model.js';
+import { GEMMA4_PRESETS, gemma4ParameterCounts, type Gemma4PresetName } from '../src/model/make-model-gemma4.js';
+import type { WritableDType } from '../src/model/safetensors.js';
 import { GemmaTokenizer, type ChatMessage } from '../src/model/tokenizer.js';
 import { startService } from '../src/service.js';
 import { benchEngineOptions, benchModelDir, promptIds } from './model-dir.js';
-import { convertToGguf } from './peers/gguf.js';
+import { convertToGguf, GGUF_TYPES, type GgufType } from './peers/gguf.js';
 import type { LlamaJob, LlamaResult } from './peers/llamacpp-child.js';
 
+// The oldest release whose llama.cpp ("v0.4.0") has both gemma3 and gemma4.
 const NLC_VERSION = '3.21.1';
+/** Bumped when the converters' output changes, so cached GGUF files are rewritten. */
+const GGUF_REVISION = 1;
 const THREADS = 2;
 const TOP_K = 10;
 const GREEDY_TOKENS = 16;
@@ -196,19 +213,56 @@ async function engineThreads(engine: Engine): Promise<number | null> {
   return (await import('@tensorflow/tfjs-backend-wasm')).getThreadsCount() + (engine.memory().workerBytes !== undefined ? 1 : 0);
 }
 
+/** The model both sides run (every preset's KV-shared layers are ones llama.cpp maps as transformers does; the converter refuses others). */
+function peerModelDir(arch: Architecture, preset: string, dtype: WritableDType): Promise<string> {
+  return arch === 'gemma3' ? benchModelDir(preset as PresetName, dtype) : benchModelDir(preset as Gemma4PresetName, dtype, arch);
+}
+
+/** Converts `dir` to `file` unless a GGUF newer than the checkpoint is there; returns its size. */
+async function cachedGguf(dir: string, file: string, type: GgufType): Promise<{ bytes: number; cached: boolean }> {
+  const newest = Math.max(...['config.json', 'model.safetensors', 'tokenizer.json'].filter((f) => existsSync(join(dir, f))).map((f) => statSync(join(dir, f)).mtimeMs));
+  if (existsSync(file) && statSync(file).mtimeMs > newest) return { bytes: statSync(file).size, cached: true };
+  return { bytes: (await convertToGguf(dir, file, type)).bytes, cached: false };
+}
+
+/** Shape figures for meta.model. */
+function modelMeta(arch: Architecture, preset: string, cfg: ModelConfig): Record<string, unknown> {
+  const common = {
+    arch, preset, layers: cfg.numLayers, hidden: cfg.hiddenSize, heads: cfg.numHeads, kv_heads: cfg.numKvHeads, head_dim: cfg.headDim,
+    intermediate: cfg.intermediateSize, vocab: cfg.vocabSize, sliding_window: cfg.slidingWindow,
+  };
+  if (arch === 'gemma3') return { ...common, parameters: parameterCount(PRESETS[preset as PresetName]) };
+  const g = cfg.gemma4!;
+  const counts = gemma4ParameterCounts(GEMMA4_PRESETS[preset as Gemma4PresetName]);
+  return {
+    ...common, global_head_dim: g.typeHeadDim.global, kv_shared_layers: g.layers.filter((s, l) => s.kvSource !== l).length,
+    per_layer_input: g.perLayerInputSize, experts: g.moe, parameters: counts.total, active_parameters: counts.active,
+  };
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
-      preset: { type: 'string', default: '270m' },
+      arch: { type: 'string', default: 'gemma3' },
+      preset: { type: 'string' },
       dtype: { type: 'string', default: 'BF16' },
+      gguf: { type: 'string' },
+      'parity-kv': { type: 'string', default: 'f16' },
       steps: { type: 'string', default: '64' },
       reps: { type: 'string', default: '3' },
       'parity-only': { type: 'boolean', default: false },
       out: { type: 'string' },
     },
   });
-  const preset = values.preset as PresetName;
-  if (!(preset in PRESETS)) throw new Error(`--preset must be one of ${Object.keys(PRESETS).join(', ')}`);
+  const arch = values.arch as Architecture;
+  if (arch !== 'gemma3' && arch !== 'gemma4') throw new Error('--arch must be gemma3 or gemma4');
+  const presets = Object.keys(arch === 'gemma4' ? GEMMA4_PRESETS : PRESETS);
+  const preset = values.preset ?? (arch === 'gemma4' ? 'e2b' : '270m');
+  if (!presets.includes(preset)) throw new Error(`--preset must be one of ${presets.join(', ')} for ${arch}`);
+  const ggufType = (values.gguf ?? (arch === 'gemma4' && preset !== 'tiny' ? 'bf16' : 'f32')) as GgufType;
+  if (!GGUF_TYPES.includes(ggufType)) throw new Error(`--gguf must be one of ${GGUF_TYPES.join(', ')}`);
+  const parityKv = values['parity-kv'];
+  if (parityKv !== 'f16' && parityKv !== 'f32') throw new Error('--parity-kv must be f16 or f32');
   const steps = Number(values.steps);
   const reps = Number(values.reps);
   if (!(Number.isInteger(steps) && steps > 0 && Number.isInteger(reps) && reps > 0)) throw new Error('--steps and --reps must be positive integers');
@@ -225,13 +279,13 @@ async function main(): Promise<void> {
 
   const dtype = values.dtype as 'BF16' | 'F32';
   if (dtype !== 'BF16' && dtype !== 'F32') throw new Error('--dtype must be BF16 or F32');
-  const dir = await phase('model', () => benchModelDir(preset, dtype));
+  const dir = await phase('model', () => peerModelDir(arch, preset, dtype));
   const cfg = await loadModelConfig(dir);
   const scratch = process.env.BENCH_PEER_DIR ?? join(loadConfig(process.env).model.cacheDir, 'gemma-serve-peer-llamacpp');
   await mkdir(scratch, { recursive: true });
   const installMs = await phase('install', () => ensureNodeLlamaCpp(scratch));
-  const ggufFile = join(scratch, `${basename(dir)}-f32.gguf`);
-  const gguf = await phase('convert', () => convertToGguf(dir, ggufFile, 'f32'));
+  const ggufFile = join(scratch, `${basename(dir)}-${ggufType}.r${GGUF_REVISION}.gguf`);
+  const gguf = await phase('convert', () => cachedGguf(dir, ggufFile, ggufType));
 
   const tok = await GemmaTokenizer.fromModelDir(dir);
   const decodePrompts = Array.from({ length: SLOTS }, (_, b) => promptIds(DECODE_PROMPT_TOKENS, b + 2));
@@ -244,9 +298,9 @@ async function main(): Promise<void> {
   const job: LlamaJob = {
     nlcDir: scratch, modelPath: ggufFile, threads: THREADS, bench, prefillPrompt: promptIds(PREFILL_TOKENS), decodePrompts, steps, reps,
     contextSize: CAPACITY, parityPrompts, topK: TOP_K, greedyTokens: GREEDY_TOKENS, texts: TEXTS,
+    ...(parityKv === 'f32' ? { parityKv: { type: 'F32', flashAttention: false } } : {}),
   };
   const llama = await phase('llamacpp', () => runLlama(job, scratch));
-  await rm(ggufFile, { force: true });
 
   const engine = await phase('load', () => Engine.load(benchEngineOptions(dir, { slots: SLOTS, capacity: CAPACITY, maxBatchSize: SLOTS, prefillChunk: PREFILL_TOKENS })));
   const sampler = new Sampler(engine);
@@ -357,7 +411,7 @@ async function main(): Promise<void> {
       decode_b8_aggregate_tps: round((SLOTS * steps * 1000) / median(llama.decodeB8Ms)),
     };
     result.ours = { ...o, ttft_http_over_prefill: round(o.ttft_http_ms / o.prefill_engine_ms, 3) };
-    result.llamacpp_f32 = l;
+    result[`llamacpp_${ggufType}`] = l;
     result.ratio = {
       prefill_tps: round(o.prefill_tps / l.prefill_tps, 3),
       decode_b1_tps: round(o.decode_b1_tps / l.decode_b1_tps, 3),
@@ -367,7 +421,7 @@ async function main(): Promise<void> {
       ours: { prefill: ours.prefillMs.map((x) => round(x, 1)), decode_b1: ours.b1.map((x) => round(x, 1)), decode_b8: ours.b8.map((x) => round(x, 1)),
         prefill_engine: engineTtft.one.map((x) => round(x, 1)), prefill_engine_service_chunks: engineTtft.chunked.map((x) => round(x, 1)),
         ttft_http: http.map((r) => round(r.ttftMs, 1)) },
-      llamacpp_f32: { prefill: llama.prefillMs.map((x) => round(x, 1)), decode_b1: llama.decodeB1Ms.map((x) => round(x, 1)), decode_b8: llama.decodeB8Ms.map((x) => round(x, 1)) },
+      [`llamacpp_${ggufType}`]: { prefill: llama.prefillMs.map((x) => round(x, 1)), decode_b1: llama.decodeB1Ms.map((x) => round(x, 1)), decode_b8: llama.decodeB8Ms.map((x) => round(x, 1)) },
     };
     result.ours_setup = { backend: backend.name, backend_reason: backend.reason, linear: engine.linearKernels, threads: ourThreads, load_ms: Math.round(loadMs), weights_bytes: weightsBytes,
       slots: SLOTS, cache_capacity: CAPACITY, service_prefill_chunk: serviceChunk };
@@ -381,15 +435,16 @@ async function main(): Promise<void> {
     machine: { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, memory_gib: round(totalmem() / 2 ** 30, 1), node: process.version },
     threads: { llamacpp: THREADS, ours: ourThreads },
     model: {
-      preset, layers: cfg.numLayers, hidden: cfg.hiddenSize, heads: cfg.numHeads, kv_heads: cfg.numKvHeads, head_dim: cfg.headDim,
-      intermediate: cfg.intermediateSize, vocab: cfg.vocabSize, sliding_window: cfg.slidingWindow, parameters: parameterCount(PRESETS[preset]),
-      weights: `random (make-model), ${dtype} checkpoint; float32 arithmetic on both sides, llama.cpp holds float32, ours holds the checkpoint's values (${dtype === 'BF16' ? 'in 16 bits' : 'in 32 bits'})`,
+      ...modelMeta(arch, preset, cfg),
+      weights: `random (make-model), ${dtype} checkpoint; llama.cpp holds ${ggufType} (${ggufType === 'f32' || (ggufType === 'bf16' && dtype === 'BF16') ? 'exact' : 'rounded'}`
+        + `${ggufType === 'f32' ? '' : `, and rounds activations to ${ggufType} for its matrix products`}), ours holds the checkpoint's values (${dtype === 'BF16' ? 'in 16 bits' : 'in 32 bits'}) `
+        + 'and multiplies in float32',
     },
     prompts: { prefill_tokens: PREFILL_TOKENS, decode_prompt_tokens: DECODE_PROMPT_TOKENS, decode_steps: steps, concurrent_sequences: SLOTS,
       reps, statistic: 'median of reps, after one warm-up run', sampling: 'greedy' },
     llamacpp: {
       node_llama_cpp: llama.version, release: llama.llamaCppRelease, flash_attention: llama.flashAttention, context_per_sequence: CAPACITY,
-      gguf_bytes: gguf.bytes, install_ms: installMs === null ? null : Math.round(installMs), load_ms: Math.round(llama.loadMs),
+      parity_kv_cache: parityKv === 'f32' ? 'F32, flash attention off' : 'F16 (default), flash attention auto', gguf_type: ggufType, gguf_bytes: gguf.bytes, gguf_cached: gguf.cached, install_ms: installMs === null ? null : Math.round(installMs), load_ms: Math.round(llama.loadMs),
       system_info: llama.systemInfo, logs: llama.logs,
     },
     phases_s: phases,

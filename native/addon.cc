@@ -7,56 +7,12 @@
 #include <vector>
 
 #include "kernels.h"
+#include "napi-glue.h"
 
 namespace {
 
 using gemma::Matrix;
-
-bool check(napi_env env, napi_status s, const char* what) {
-  if (s == napi_ok) return true;
-  napi_throw_error(env, nullptr, what);
-  return false;
-}
-
-template <typename T>
-bool typedArray(napi_env env, napi_value v, napi_typedarray_type want, T** data, size_t* length) {
-  napi_typedarray_type type;
-  void* ptr;
-  napi_value buffer;
-  size_t offset;
-  if (napi_get_typedarray_info(env, v, &type, length, &ptr, &buffer, &offset) != napi_ok || type != want) {
-    napi_throw_type_error(env, nullptr, want == napi_float32_array ? "expected a Float32Array" : "expected an Int32Array");
-    return false;
-  }
-  *data = static_cast<T*>(ptr);
-  return true;
-}
-
-// The call's first N arguments into argv; throws (and returns false) when fewer were passed.
-template <size_t N>
-bool args(napi_env env, napi_callback_info info, napi_value (&argv)[N], const char* name) {
-  size_t argc = N;
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
-  if (argc >= N) return true;
-  const std::string message = std::string(name) + ": expected " + std::to_string(N) + " arguments";
-  napi_throw_type_error(env, nullptr, message.c_str());
-  return false;
-}
-
-bool integer(napi_env env, napi_value v, int64_t* out) {
-  return check(env, napi_get_value_int64(env, v, out), "expected an integer");
-}
-
-bool boolean(napi_env env, napi_value v, bool* out) {
-  return check(env, napi_get_value_bool(env, v, out), "expected a boolean");
-}
-
-bool matrix(napi_env env, napi_value v, Matrix** out) {
-  void* handle;
-  if (!check(env, napi_get_value_external(env, v, &handle), "expected a packed matrix")) return false;
-  *out = static_cast<Matrix*>(handle);
-  return true;
-}
+using namespace glue;
 
 void freeMatrix(napi_env env, void* data, void*) {
   Matrix* m = static_cast<Matrix*>(data);
@@ -174,18 +130,6 @@ napi_value Gather(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
-napi_value element(napi_env env, napi_value array, uint32_t i) {
-  napi_value v = nullptr;
-  napi_get_element(env, array, i, &v);
-  return v;
-}
-
-bool isNull(napi_env env, napi_value v) {
-  napi_valuetype t;
-  napi_typeof(env, v, &t);
-  return t == napi_null || t == napi_undefined;
-}
-
 // layer(shape: Float64Array [hidden, heads, kvHeads, headDim, intermediate, eps, attnSoftcap, window],
 //       matrices: [qkv, o, gateUp, down], norms: [input, postAttn, preFfw, postFfw, qkNorm | null],
 //       x: Float32Array [B*T, hidden] (updated in place), B, T, cos, sin: Float32Array [B*T, headDim],
@@ -234,24 +178,8 @@ napi_value Layer(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, nullptr, "layer: x, cos or sin is shorter than B * T rows");
     return nullptr;
   }
-  std::vector<gemma::RowCache> caches(static_cast<size_t>(B), gemma::RowCache{nullptr, nullptr, nullptr, 0, 0});
-  for (uint32_t b = 0; b < B; b++) {
-    napi_value c = element(env, argv[8], b);
-    if (!c || isNull(env, c)) continue;
-    gemma::RowCache& r = caches[b];
-    size_t kl, vl, pl;
-    int32_t* positions;
-    if (!typedArray(env, element(env, c, 0), napi_float32_array, &r.k, &kl) || !typedArray(env, element(env, c, 1), napi_float32_array, &r.vT, &vl) ||
-        !typedArray(env, element(env, c, 2), napi_int32_array, &positions, &pl) || !integer(env, element(env, c, 3), &r.entries) ||
-        !integer(env, element(env, c, 4), &r.start))
-      return nullptr;
-    r.positions = positions;
-    const size_t need = static_cast<size_t>(s.kvHeads * r.entries * s.headDim);
-    if (r.entries <= 0 || kl < need || vl < need || pl < static_cast<size_t>(r.entries) || r.start < 0) {
-      napi_throw_range_error(env, nullptr, "layer: a cache is shorter than its entries");
-      return nullptr;
-    }
-  }
+  std::vector<gemma::RowCache> caches;
+  if (!rowCaches(env, argv[8], B, s.kvHeads, s.headDim, caches)) return nullptr;
   const gemma::LayerWeights w{m[0], m[1], m[2], m[3], norms[0], norms[1], norms[2], norms[3], norms[4]};
   const int64_t width = (s.heads + 2 * s.kvHeads) * s.headDim;
   if (m[0]->rows != s.hidden || m[0]->cols != width || m[1]->rows != s.heads * s.headDim || m[1]->cols != s.hidden ||
@@ -334,6 +262,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"reduce", nullptr, Reduce, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  glue::defineGemma4(env, exports);
   return exports;
 }
 

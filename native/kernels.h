@@ -1,5 +1,5 @@
-// Shared declarations of the CPU kernels (matmul.cc, layer.cc) and the
-// Node-API glue (addon.cc).
+// Shared declarations of the CPU kernels (matmul.cc, layer.cc, gemma4.cc) and the
+// Node-API glue (addon.cc, addon-gemma4.cc).
 #pragma once
 
 #include <cstddef>
@@ -37,6 +37,11 @@ void gatherColumns(const Matrix& w, const int32_t* ids, int64_t n, float scale, 
 void rmsNorm(float* x, int64_t M, int64_t n, const float* w, float eps);
 bool cpuSupported();
 
+// Small vector helpers of layer.cc: a . b, out += p * v, and rotate_half rope in place.
+float dot(const float* a, const float* b, int64_t n);
+void axpy(float p, const float* v, float* out, int64_t n);
+void rope(float* x, const float* cos, const float* sin, int64_t hd);
+
 // Per row of logits [B, V]: the top K values and ids (largest first, ties to
 // the lower id) and the log-sum-exp of x and of x * scales[b].
 void reduceRows(const float* logits, int64_t B, int64_t V, int64_t K, const float* scales, float* values, int32_t* ids, double* lse, double* scaledLse);
@@ -70,5 +75,39 @@ struct RowCache {
 // entries where a row has no cache); the rows' new keys and values are
 // written into them after attention. cos/sin: [B * T, headDim].
 void decoderLayer(const LayerShape& s, const LayerWeights& w, float* x, int64_t B, int64_t T, const float* cos, const float* sin, const RowCache* cache);
+
+// One Gemma 4 decoder layer's shapes (gemma4.cc).
+struct Gemma4Shape {
+  int64_t hidden, heads, kvHeads, headDim, intermediate;
+  float eps;
+  int64_t window;
+  int64_t experts, topK, expertIntermediate;  // experts 0: no MoE block
+  int64_t perLayer;                            // per-layer input size, 0: none
+  float layerScalar;
+  bool ownKv;       // computes its K/V (else reads the source layer's from kv)
+  bool kEqV;        // keys double as values
+  bool writeCache;  // writes its new K/V into the caches after attention
+};
+
+struct Gemma4Weights {
+  const Matrix *q, *kv, *o, *gateUp, *down;  // kv: null on KV-shared layers
+  const Matrix *pleGate, *pleProj;           // null without per-layer inputs
+  const Matrix* router;                      // null without MoE
+  const Matrix* const* experts;              // per expert: gate/up [H, 2 Im], then down [Im, H]
+  const float *inputNorm, *postAttnNorm, *preFfwNorm, *postFfwNorm, *qNorm, *kNorm;
+  const float* plePostNorm;
+  const float *preNorm2, *postNorm1, *postNorm2, *expertScale;
+};
+
+// Runs one Gemma 4 layer on x [B * T, hidden] in place. kv [B * T, 2 * kvHeads
+// * headDim] holds the call's keys then values per token: written by a layer
+// that owns its K/V (may be null then, if no later layer needs them), read by
+// a KV-shared layer. pli: this layer's per-layer inputs [B * T, perLayer].
+// Returns the number of expert products run (one per expert with routed rows).
+int64_t gemma4Layer(const Gemma4Shape& s, const Gemma4Weights& w, float* x, int64_t B, int64_t T, const float* cos, const float* sin, float* kv,
+                    const float* pli, const RowCache* cache);
+
+// Writes the call's keys and values kv (layout as above) into the rows' caches (the last `entries` tokens of a row).
+void writeKv(int64_t kvHeads, int64_t headDim, const float* kv, int64_t B, int64_t T, const RowCache* cache);
 
 }  // namespace gemma

@@ -14,7 +14,6 @@
 #include "kernels.h"
 
 namespace gemma {
-namespace {
 
 #define KERNEL __attribute__((target("avx,fma")))
 
@@ -49,6 +48,8 @@ void rope(float* x, const float* cos, const float* sin, int64_t hd) {
     x[half + i] = b * cos[half + i] + a * sin[half + i];
   }
 }
+
+namespace {
 
 // Attention for every (row, query head, token): the visible cache entries,
 // then the row's own keys up to the token. Scores are already scaled (the

@@ -1,17 +1,26 @@
-// Gemma 4 on the tfjs graph against Hugging Face transformers: every case of both Gemma 4 fixtures, on wasm (tfjs kernels) and cpu.
+// Gemma 4 against Hugging Face transformers: every case of both Gemma 4 fixtures, on the tfjs graph (wasm, cpu) and on the
+// native CPU kernels (wasm, cpu), where they are built.
 import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
 import { Engine, engineParts } from '../src/engine/engine.js';
+import { nativeAddon } from '../src/engine/native/kernels.js';
 import { idsMatchUpToTies, modelDir, reference } from './helpers/fixtures.js';
 import { testEngineOptions } from './helpers/engine-options.js';
 
 const TOL = 1e-3;
 const GEMMA4_MODELS = ['gemma4-tiny-ple', 'gemma4-tiny-moe'] as const;
-// 'auto' with two threads: where the native kernels are built they would run Gemma 2/3; Gemma 4 still gets the graph (no column split).
+const NATIVE = typeof nativeAddon().addon?.gemma4Layer === 'function';
+// 'auto' with two threads: the native kernels where they are built (with the Gemma 4 layer), else the graph (no column split).
 const VARIANTS = [
   { label: 'wasm', backend: 'wasm', kernels: 'tfjs', threads: undefined },
   { label: 'cpu', backend: 'cpu', kernels: 'tfjs', threads: undefined },
   { label: 'wasm, kernels auto, 2 threads', backend: 'wasm', kernels: 'auto', threads: 2 },
+  ...(NATIVE
+    ? ([
+        { label: 'wasm, native kernels', backend: 'wasm', kernels: 'native', threads: undefined },
+        { label: 'cpu, native kernels, 2 threads', backend: 'cpu', kernels: 'native', threads: 2 },
+      ] as const)
+    : []),
 ] as const;
 
 for (const { label, backend, kernels, threads } of VARIANTS) {
@@ -19,7 +28,8 @@ for (const { label, backend, kernels, threads } of VARIANTS) {
     t.test(`${name} on ${label}`, async (t) => {
       const engine = await Engine.load(testEngineOptions({ dir: modelDir(name), backend, cpuKernels: kernels, cpuThreads: threads, slots: 2, capacity: 128 }));
       t.teardown(() => engine.dispose());
-      t.equal(engine.pathName, 'graph', 'Gemma 4 runs on the graph path');
+      const expected = kernels === 'native' || (kernels === 'auto' && NATIVE) ? 'native' : 'graph';
+      t.equal(engine.pathName, expected, `Gemma 4 runs on the ${expected} path`);
       const baseline = tf.memory().numTensors;
 
       for (const c of reference(name).cases) {

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { Engine, checkTensorLimit } from '../src/engine/engine.js';
 import { choosePath, type PathOptions } from '../src/engine/choose-path.js';
+import { nativeAddon } from '../src/engine/native/kernels.js';
 import { ModelConfigError, parseModelConfig } from '../src/model/hf-config.js';
 import { modelDir, reference } from './helpers/fixtures.js';
 import { testEngineOptions } from './helpers/engine-options.js';
@@ -108,20 +109,17 @@ t.test('Gemma4ForConditionalGeneration: the text part under text_config and mode
   });
 });
 
-t.test('the native kernels and the fused webgpu programs refuse Gemma 4; auto picks the graph', async (t) => {
+t.test('Gemma 4 takes the native kernels and the fused webgpu programs as Gemma 2/3 do', async (t) => {
   const c = parseModelConfig(await fixtureConfig('gemma4-tiny-ple'));
   const opts: PathOptions = { webgpuKernels: 'fused', kernels: 'auto', threads: 2, graphThreads: 2, maxBatch: 4, prefillChunk: 64 };
-  t.equal(choosePath(c, 'wasm', opts).name, 'graph');
-  t.equal(choosePath(c, 'cpu', opts).name, 'graph');
+  const built = nativeAddon().addon !== undefined;
+  t.equal(choosePath(c, 'wasm', opts).name, built ? 'native' : 'graph', 'auto: the native kernels where they are built');
+  t.equal(choosePath(c, 'cpu', { ...opts, kernels: 'tfjs' }).name, 'graph', 'CPU_KERNELS=tfjs: the graph');
+  t.equal(choosePath(c, 'webgpu', opts).name, 'webgpu', 'webgpu: the fused programs');
   t.equal(choosePath(c, 'webgpu', { ...opts, webgpuKernels: 'graph' }).name, 'graph');
-  t.throws(() => choosePath(c, 'cpu', { ...opts, kernels: 'native' }), /Gemma 4 runs on the graph path for now/);
-  t.throws(() => choosePath(c, 'wasm', { ...opts, kernels: 'native' }), /native CPU kernels/);
-  t.throws(() => choosePath(c, 'webgpu', opts), /Gemma 4 runs on the graph path for now.*fused webgpu/);
-  await t.rejects(
-    Engine.load(testEngineOptions({ dir: modelDir('gemma4-tiny-ple'), backend: 'cpu', cpuKernels: 'native', slots: 1, capacity: 32 })),
-    /Gemma 4 runs on the graph path for now/,
-    'CPU_KERNELS=native refuses the model at load',
-  );
+  t.notOk(choosePath(c, 'wasm', { ...opts, kernels: 'tfjs' }).split, 'no column split for Gemma 4 on the graph');
+  if (built) t.equal(choosePath(c, 'cpu', { ...opts, kernels: 'native' }).name, 'native');
+  else t.throws(() => choosePath(c, 'cpu', { ...opts, kernels: 'native' }), /native CPU kernels/);
 });
 
 t.test('the one-buffer check sizes Gemma 4 projections at the widest layer', async (t) => {

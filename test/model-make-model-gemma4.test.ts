@@ -46,14 +46,14 @@ t.test('the tiny Gemma 4 preset writes a directory the engine serves', async (t)
   const out = path.join(t.testdir(), 'g4');
   await makeModel({ out, arch: 'gemma4', preset: 'tiny', seed: 3 });
   const config = JSON.parse(await fsp.readFile(path.join(out, 'config.json'), 'utf8'));
-  t.match(config, { architectures: ['Gemma4ForCausalLM'], model_type: 'gemma4_text', num_kv_shared_layers: 2, use_double_wide_mlp: true, hidden_size_per_layer_input: 16 });
+  t.match(config, { architectures: ['Gemma4ForCausalLM'], model_type: 'gemma4_text', num_kv_shared_layers: 3, use_double_wide_mlp: true, hidden_size_per_layer_input: 16 });
   const c = await loadModelConfig(out);
   t.equal(c.family, 'gemma4');
-  t.same(c.gemma4!.layers.map((l) => l.kvSource), [0, 1, 2, 3, 3, 2], 'the last two layers read the K/V of the last earlier layer of their type');
-  t.same(c.gemma4!.layers.map((l) => l.intermediateSize), [128, 128, 128, 128, 256, 256], 'KV-shared layers have the double-wide MLP');
+  t.same(c.gemma4!.layers.map((l) => l.kvSource), [0, 1, 2, 1, 1, 2], 'the last three layers read the K/V of the last earlier layer of their type');
+  t.same(c.gemma4!.layers.map((l) => l.intermediateSize), [128, 128, 128, 256, 256, 256], 'KV-shared layers have the double-wide MLP');
 
   const s = await readSafetensors(out);
-  t.notOk(s.has('model.layers.4.self_attn.k_proj.weight'), 'KV-shared layers have no K/V weights');
+  t.notOk(s.has('model.layers.3.self_attn.k_proj.weight'), 'KV-shared layers have no K/V weights');
   t.same(s.info('model.embed_tokens_per_layer.weight').shape, [262144, 6 * 16]);
   t.same((await s.read('model.layers.1.layer_scalar'))[0], 1);
   await s.close();

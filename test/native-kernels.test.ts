@@ -80,3 +80,34 @@ t.test('bad arguments throw instead of reading or writing past an array', async 
   t.throws(() => kernels.reduce(random(10), 1, 10, 11, [1]), /K is not in 1\.\.V/);
   t.throws(() => kernels.reduce(random(10), 1, 10, 3, [0]), /positive/);
 });
+
+t.test('writeKv puts the last `entries` tokens of a call at their ring entries, V transposed', async (t) => {
+  const [nkv, hd, T, E, start] = [2, 4, 5, 3, 1];
+  const kv = random(T * 2 * nkv * hd);
+  const k = new Float32Array(nkv * E * hd);
+  const vT = new Float32Array(nkv * hd * E);
+  kernels.writeKv(nkv, hd, kv, 1, T, [[k, vT, new Int32Array(E).fill(-1), E, start]]);
+  let same = true;
+  for (let tok = T - E; tok < T; tok++) {
+    const e = (start + tok) % E;
+    for (let h = 0; h < nkv; h++)
+      for (let d = 0; d < hd; d++) {
+        same &&= k[(h * E + e) * hd + d] === kv[tok * 2 * nkv * hd + h * hd + d];
+        same &&= vT[(h * hd + d) * E + e] === kv[tok * 2 * nkv * hd + (nkv + h) * hd + d];
+      }
+  }
+  t.ok(same, 'every held key and value where the ring puts it');
+  t.throws(() => kernels.writeKv(nkv, hd, kv.subarray(1), 1, T, [null]), /shorter/);
+});
+
+t.test('the Gemma 4 layer refuses weights that do not match its shape', async (t) => {
+  const [H, nq, nkv, hd, I] = [8, 2, 1, 4, 6];
+  const m = (K: number, N: number) => kernels.pack(random(K * N), K, N, false);
+  const layer = { q: m(H, nq * hd), kv: m(H, 2 * nkv * hd), o: m(nq * hd, H), gateUp: m(H, 2 * I), down: m(I, H), inputNorm: random(H), postAttnNorm: random(H), preFfwNorm: random(H), postFfwNorm: random(H), qNorm: random(hd), kNorm: random(hd), layerScalar: 1 };
+  const shape = { hidden: H, heads: nq, kvHeads: nkv, headDim: hd, intermediate: I, eps: 1e-6, window: 4, experts: 0, topK: 0, expertIntermediate: 0, perLayer: 0, layerScalar: 1, ownKv: true, kEqV: false, writeCache: true };
+  const run = (s: typeof shape, w: typeof layer) => kernels.gemma4Layer(s, w, random(2 * H), 1, 2, random(2 * hd), random(2 * hd), null, null, [null]);
+  t.equal(run(shape, layer), 0, 'a dense layer runs no experts');
+  t.throws(() => run({ ...shape, intermediate: I + 1 }, layer), /does not match/);
+  t.throws(() => run({ ...shape, kEqV: true }, layer), /does not match/);
+  t.throws(() => run({ ...shape, ownKv: false }, layer), /shorter|Float32Array/, 'a KV-shared layer needs its source K/V');
+});

@@ -7,6 +7,7 @@ import { Redis } from 'ioredis';
 import { RedisSessionStore } from '../src/cache/index.js';
 import { Engine, engineParts } from '../src/engine/engine.js';
 import { layerKv } from '../src/engine/kv-pool.js';
+import { nativeAddon } from '../src/engine/native/kernels.js';
 import { modelDir } from './helpers/fixtures.js';
 import { driveSession } from './helpers/session-driver.js';
 import { continueHistory, firstPrompt, runTurn, USER_TURNS, type TurnResult } from './helpers/turn-runner.js';
@@ -17,7 +18,9 @@ const PREFIX = `gemma-serve-test:g4-restart-${process.pid}-${Date.now().toString
 const SYSTEM = 'You are a good and kind';
 // Short turns (about 14 tokens with the markers), shorter than the C/8 an eviction frees at least, so some turns fit.
 const REPLY = 3;
-const load = (name: string) => Engine.load(testEngineOptions({ dir: modelDir(name), backend: 'wasm', cpuKernels: 'tfjs', slots: 1, capacity: C }));
+// The graph (tfjs kernels), and the native CPU kernels where they are built with the Gemma 4 layer.
+const KERNELS = ['tfjs', ...(typeof nativeAddon().addon?.gemma4Layer === 'function' ? ['native'] : [])] as Array<'tfjs' | 'native'>;
+const load = (name: string, kernels: 'tfjs' | 'native') => Engine.load(testEngineOptions({ dir: modelDir(name), backend: 'wasm', cpuKernels: kernels, slots: 1, capacity: C }));
 
 const raw = new Redis({ host: '127.0.0.1', port: 6379 });
 t.teardown(async () => {
@@ -53,11 +56,11 @@ function cacheDiff(a: Engine, b: Engine): { positions: boolean; worst: number } 
   return { positions, worst };
 }
 
-for (const name of ['gemma4-tiny-ple', 'gemma4-tiny-moe'] as const) {
-  t.test(`${name}: a second engine continues a session from Redis and answers as the first would`, async (t) => {
-    const id = `g4-restart-${name}`;
+for (const [name, kernels] of KERNELS.flatMap((k) => (['gemma4-tiny-ple', 'gemma4-tiny-moe'] as const).map((n) => [n, k] as const))) {
+  t.test(`${name}, ${kernels} kernels: a second engine continues a session from Redis and answers as the first would`, async (t) => {
+    const id = `g4-restart-${name}-${kernels}`;
     // Process A: turns until the rolling cache has evicted, each recorded in Redis.
-    const engineA = await load(name);
+    const engineA = await load(name, kernels);
     const storeA = new RedisSessionStore({ ttlSeconds: 300, keyPrefix: PREFIX });
     t.teardown(async () => {
       await storeA.close();
@@ -80,7 +83,7 @@ for (const name of ['gemma4-tiny-ple', 'gemma4-tiny-moe'] as const) {
     t.ok(JSON.parse((await raw.get(`${PREFIX}session:${id}`))!).keptIds.length > 0, 'under <prefix>session:<id>');
 
     // Process B: a new engine and slot manager on the same Redis.
-    const engineB = await load(name);
+    const engineB = await load(name, kernels);
     const storeB = new RedisSessionStore({ ttlSeconds: 300, keyPrefix: PREFIX });
     t.teardown(async () => {
       await storeB.close();

@@ -1,10 +1,11 @@
-// The rolling cache on Gemma 4 (graph path, wasm, tfjs kernels): shift eviction re-rotates kept keys with each layer type's
+// The rolling cache on Gemma 4 (wasm; the graph path, and the native kernels where built): shift eviction re-rotates kept keys with each layer type's
 // own head size and partial ("proportional") RoPE, KV-shared layers hold nothing, recompute equals a fresh pass, and long
 // conversations in both modes run with flat memory.
 import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
 import { Engine, engineParts } from '../src/engine/engine.js';
 import { layerKv } from '../src/engine/kv-pool.js';
+import { nativeAddon } from '../src/engine/native/kernels.js';
 import type { LayerType, RopeSettings } from '../src/model/hf-config.js';
 import { modelDir } from './helpers/fixtures.js';
 import { driveSession, promptOf } from './helpers/session-driver.js';
@@ -16,7 +17,10 @@ const C = 48;
 // Folded below the 4096-token vocabulary (helpers/session-driver.ts), so the system prefix is recognized as the sink.
 const SYSTEM = 'You are a good and kind';
 const TURNS = ['Tell me a story', 'Once upon a time', 'Go on'];
-const load = (name: string, slots: number, capacity = C) => Engine.load(testEngineOptions({ dir: modelDir(name), backend: 'wasm', cpuKernels: 'tfjs', slots, capacity }));
+// The graph (tfjs kernels), and the native CPU kernels where they are built with the Gemma 4 layer.
+const KERNELS = ['tfjs', ...(typeof nativeAddon().addon?.gemma4Layer === 'function' ? ['native'] : [])] as Array<'tfjs' | 'native'>;
+const load = (name: string, slots: number, capacity = C, kernels: 'tfjs' | 'native' = 'tfjs') =>
+  Engine.load(testEngineOptions({ dir: modelDir(name), backend: 'wasm', cpuKernels: kernels, slots, capacity }));
 const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
 
 /** Held positions a query at `length` attends to (global layers: all; sliding: within the window), ascending. */
@@ -109,14 +113,15 @@ function inject(engine: Engine, slot: number, s: Snapshot, moved: Map<number, nu
 }
 
 // C = 48: the sliding rings hold every token. C = 96: they hold window + 64 = 76 entries and wrap before the eviction.
-for (const capacity of [C, 2 * C]) {
-  t.test(`gemma4-tiny-ple, C = ${capacity}, shift eviction while generating`, async (t) => {
+for (const [capacity, kernels] of KERNELS.flatMap((k) => [C, 2 * C].map((cap) => [cap, k] as const))) {
+  t.test(`gemma4-tiny-ple, C = ${capacity}, ${kernels} kernels, shift eviction while generating`, async (t) => {
     // Two slots: the session's (0) and one for the independently re-rotated copy of its cache (1).
-    const engine = await load('gemma4-tiny-ple', 2, capacity);
+    const engine = await load('gemma4-tiny-ple', 2, capacity, kernels);
     t.teardown(() => engine.dispose());
     const cfg = engine.config;
     const { pool } = engineParts(engine);
-    t.equal(engine.pathName, 'graph', 'Gemma 4 runs on the graph path');
+    const expected = kernels === 'native' ? 'native' : 'graph';
+    t.equal(engine.pathName, expected, `Gemma 4 runs on the ${expected} path`);
     t.ok(cfg.rope.global.partialFactor === 0.25 && cfg.gemma4!.typeHeadDim.global !== cfg.gemma4!.typeHeadDim.sliding, 'global layers: wider heads, partial RoPE');
     const baseline = tf.memory().numTensors;
 
@@ -192,9 +197,9 @@ for (const capacity of [C, 2 * C]) {
   });
 }
 
-for (const name of ['gemma4-tiny-ple', 'gemma4-tiny-moe'] as const) {
-  t.test(`${name}, recompute eviction while generating: the next logits equal a fresh pass over sink + kept + token`, async (t) => {
-    const engine = await load(name, 1);
+for (const [name, kernels] of KERNELS.flatMap((k) => (['gemma4-tiny-ple', 'gemma4-tiny-moe'] as const).map((n) => [n, k] as const))) {
+  t.test(`${name}, ${kernels} kernels, recompute eviction while generating: the next logits equal a fresh pass over sink + kept + token`, async (t) => {
+    const engine = await load(name, 1, C, kernels);
     t.teardown(() => engine.dispose());
     const { path, pool } = engineParts(engine);
     const baseline = tf.memory().numTensors;
@@ -228,10 +233,10 @@ for (const name of ['gemma4-tiny-ple', 'gemma4-tiny-moe'] as const) {
   });
 }
 
-for (const name of ['gemma4-tiny-ple', 'gemma4-tiny-moe'] as const) {
+for (const [name, kernels] of KERNELS.flatMap((k) => (['gemma4-tiny-ple', 'gemma4-tiny-moe'] as const).map((n) => [n, k] as const))) {
   for (const mode of ['shift', 'recompute'] as const) {
-    t.test(`${name}, ${mode}: a conversation many times the cache completes every turn with flat memory`, async (t) => {
-      const engine = await load(name, 1);
+    t.test(`${name}, ${kernels} kernels, ${mode}: a conversation many times the cache completes every turn with flat memory`, async (t) => {
+      const engine = await load(name, 1, C, kernels);
       t.teardown(() => engine.dispose());
       const d = driveSession(engine, `g4-long-${mode}`, mode, SYSTEM);
       const TURN_COUNT = 24;

@@ -5,20 +5,25 @@
  *  - every `*norm.weight` gets +1: HF's Gemma3RMSNorm computes x * (1 + w),
  *    llama.cpp's RMS norm x * w;
  *  - tied embeddings: no output.weight (llama.cpp reuses token_embd);
- *  - 1-D tensors stay F32, 2-D tensors are F32 or F16;
+ *  - 1-D tensors stay F32, 2-D tensors are F32, F16 or BF16;
  *  - the tokenizer is written SentencePiece-style (`llama`): tokens, scores
  *    (-rank of the first BPE merge that yields the token, 0 for none), token
  *    types, special ids, chat template.
+ * Gemma 4 checkpoints go to llama.cpp's `gemma4` architecture
+ * (gguf-gemma4.ts), through the same metadata, tokenizer and tensor writer.
+ * Tensors are streamed from the checkpoint in chunks, so a multi-gigabyte
+ * table (Gemma 4's per-layer embeddings) never sits in memory whole.
  *
- * usage: node dist/bench/peers/gguf.js MODEL_DIR OUT.gguf [f32|f16]
+ * usage: node dist/bench/peers/gguf.js MODEL_DIR OUT.gguf [f32|f16|bf16]
  */
-import { open, readFile, rename } from 'node:fs/promises';
+import { open, readFile, rename, type FileHandle } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadModelConfig, type ModelConfig } from '../../src/model/hf-config.js';
-import { readSafetensors } from '../../src/model/safetensors.js';
+import { bf16ToF32, f32ToBf16, readSafetensors, type TensorStore } from '../../src/model/safetensors.js';
 
-export type GgufType = 'f32' | 'f16';
+export type GgufType = 'f32' | 'f16' | 'bf16';
+export const GGUF_TYPES: readonly GgufType[] = ['f32', 'f16', 'bf16'];
 
 export interface ConvertResult {
   file: string;
@@ -33,9 +38,10 @@ const ALIGN = 32;
 const GGUF_VERSION = 3;
 // gguf metadata value types
 const U32 = 4, I32 = 5, F32 = 6, BOOL = 7, STR = 8, ARR = 9;
-// ggml tensor types, and llama_ftype for general.file_type
-const GGML = { f32: 0, f16: 1 } as const;
-const FTYPE = { f32: 0, f16: 1 } as const;
+// ggml tensor types (ggml.h), and llama_ftype (llama.h) for general.file_type
+const GGML = { f32: 0, f16: 1, bf16: 30 } as const;
+const FTYPE = { f32: 0, f16: 1, bf16: 32 } as const;
+const ELEMENT_BYTES: Record<GgufType, number> = { f32: 4, f16: 2, bf16: 2 };
 // llama.cpp token types
 const TOK = { normal: 1, unknown: 2, control: 3, userDefined: 4, unused: 5, byte: 6 } as const;
 
@@ -69,7 +75,7 @@ export function ggufName(hf: string): string | null {
 }
 
 /** Metadata section: key/value pairs encoded as they are added. */
-class Metadata {
+export class Metadata {
   readonly parts: Buffer[] = [];
   count = 0;
   private key(k: string, type: number): void {
@@ -82,7 +88,11 @@ class Metadata {
   bool(k: string, v: boolean): void { this.key(k, BOOL); this.parts.push(Buffer.from([v ? 1 : 0])); }
   strings(k: string, v: string[]): void { this.key(k, ARR); this.parts.push(u32(STR), u64(v.length), Buffer.concat(v.map(str))); }
   f32s(k: string, v: Float32Array): void { this.key(k, ARR); this.parts.push(u32(F32), u64(v.length), Buffer.from(v.buffer, v.byteOffset, v.byteLength)); }
-  i32s(k: string, v: Int32Array): void { this.key(k, ARR); this.parts.push(u32(I32), u64(v.length), Buffer.from(v.buffer, v.byteOffset, v.byteLength)); }
+  i32s(k: string, v: Int32Array | readonly number[]): void {
+    const a = v instanceof Int32Array ? v : Int32Array.from(v);
+    this.key(k, ARR); this.parts.push(u32(I32), u64(a.length), Buffer.from(a.buffer, a.byteOffset, a.byteLength));
+  }
+  bools(k: string, v: readonly boolean[]): void { this.key(k, ARR); this.parts.push(u32(BOOL), u64(v.length), Buffer.from(v.map((b) => (b ? 1 : 0)))); }
 }
 
 function u32(v: number): Buffer { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; }
@@ -102,7 +112,7 @@ interface TokenizerConfig {
 }
 
 /** Writes the tokenizer keys; returns the special ids it chose. */
-async function addTokenizer(meta: Metadata, dir: string, c: ModelConfig): Promise<Record<string, number>> {
+export async function addTokenizer(meta: Metadata, dir: string, c: ModelConfig): Promise<Record<string, number>> {
   const tj = JSON.parse(await readFile(join(dir, 'tokenizer.json'), 'utf8')) as TokenizerJson;
   const tc = JSON.parse(await readFile(join(dir, 'tokenizer_config.json'), 'utf8').catch(() => '{}')) as TokenizerConfig;
   const model = tj.model ?? {};
@@ -212,20 +222,156 @@ export function toHalf(x: number): number {
   return sign | (half + (rem > mid || (rem === mid && half & 1) ? 1 : 0));
 }
 
-export async function convertToGguf(modelDir: string, out: string, type: GgufType = 'f32'): Promise<ConvertResult> {
-  const dir = resolve(modelDir);
-  const c = await loadModelConfig(dir);
-  checkSupported(c, dir);
-  const raw = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as { tie_word_embeddings?: boolean; text_config?: { tie_word_embeddings?: boolean } };
-  const tied = (raw.text_config?.tie_word_embeddings ?? raw.tie_word_embeddings) !== false;
+/** One tensor of the GGUF: its name, PyTorch-order shape, storage type, and where its values come from. */
+export interface PlannedTensor {
+  name: string;
+  /** Dimensions slowest-varying first (PyTorch's order); ggml's is the reverse. */
+  shape: number[];
+  type: GgufType;
+  /** A checkpoint tensor (plus `add` on every element), or values computed here. */
+  source: { hf: string; add?: number } | { values: Float32Array };
+}
 
-  const A = 'gemma3';
-  const meta = new Metadata();
-  meta.string('general.architecture', A);
+/** The checkpoint tensors a conversion reads, by name, and those with no llama.cpp counterpart. */
+export interface TensorTable {
+  tensors: PlannedTensor[];
+  skipped: string[];
+}
+
+/** The storage of a 2-D-or-more tensor; 1-D tensors (norms, scales) stay float32, as llama.cpp's converter keeps them. */
+export const storageType = (shape: number[], type: GgufType): GgufType => (shape.length === 1 ? 'f32' : type);
+
+/** llama.cpp's order: embeddings first, blocks in index order, output norm and head last; by name within a block. */
+export function llamaOrder(tensors: PlannedTensor[]): PlannedTensor[] {
+  const rank = (n: string) => (/^(token_embd|per_layer|rope_freqs)/.test(n) ? -1 : n.startsWith('output') ? 1e9 : Number(/^blk\.(\d+)\./.exec(n)?.[1] ?? 1e8));
+  return [...tensors].sort((a, b) => rank(a.name) - rank(b.name) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
+const CHUNK_ELEMENTS = 1 << 22;
+
+/** float32 values -> the bytes of `type`. */
+function encode(x: Float32Array, type: GgufType): Uint8Array {
+  if (type === 'f32') return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+  if (type === 'bf16') return new Uint8Array(f32ToBf16(x).buffer);
+  const h = new Uint16Array(x.length);
+  for (let i = 0; i < x.length; i++) h[i] = toHalf(x[i]!);
+  return new Uint8Array(h.buffer);
+}
+
+function halfToFloat(h: number): number {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >>> 10) & 0x1f;
+  const m = h & 0x3ff;
+  if (e === 0) return s * m * 2 ** -24;
+  if (e === 31) return m ? NaN : s * Infinity;
+  return s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+/** A checkpoint tensor's bytes as `type`, in chunks of CHUNK_ELEMENTS, read straight from its file. */
+async function* tensorChunks(store: TensorStore, hf: string, add: number, type: GgufType): AsyncGenerator<Uint8Array> {
+  const info = store.info(hf);
+  const inBytes = ({ F32: 4, BF16: 2, F16: 2 } as Record<string, number>)[info.dtype];
+  if (!inBytes) throw new Error(`${hf}: dtype ${info.dtype} cannot be converted (BF16, F16, F32 can)`);
+  // Stored as wanted and unchanged: copy the bytes.
+  const copy = add === 0 && ((info.dtype === 'F32' && type === 'f32') || (info.dtype === 'BF16' && type === 'bf16'));
+  const fh: FileHandle = await open(info.file, 'r');
+  try {
+    for (let done = 0; done < info.byteLength;) {
+      const len = Math.min(info.byteLength - done, CHUNK_ELEMENTS * inBytes);
+      const raw = new Uint8Array(len);
+      for (let got = 0; got < len;) {
+        const { bytesRead } = await fh.read(raw, got, len - got, info.byteOffset + done + got);
+        if (bytesRead === 0) throw new Error(`${info.file}: unexpected end reading ${hf}`);
+        got += bytesRead;
+      }
+      done += len;
+      if (copy) {
+        yield raw;
+        continue;
+      }
+      let x: Float32Array;
+      if (info.dtype === 'F32') x = new Float32Array(raw.buffer, 0, len / 4);
+      else if (info.dtype === 'BF16') x = bf16ToF32(new Uint16Array(raw.buffer, 0, len / 2));
+      else x = Float32Array.from(new Uint16Array(raw.buffer, 0, len / 2), halfToFloat);
+      if (add !== 0) for (let i = 0; i < x.length; i++) x[i] += add;
+      yield encode(x, type);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Writes a GGUF v3 file: header, metadata, tensor infos, then the tensors' data, each aligned; returns its size. */
+export async function writeGguf(out: string, meta: Metadata, tensors: PlannedTensor[], store: TensorStore): Promise<number> {
+  const infos: Buffer[] = [];
+  const sizes: number[] = [];
+  let off = 0;
+  for (const t of tensors) {
+    off += padTo(off);
+    // ggml lists dimensions fastest-varying first, the reverse of PyTorch's order.
+    infos.push(str(t.name), u32(t.shape.length), ...[...t.shape].reverse().map(u64), u32(GGML[t.type]), u64(off));
+    const bytes = t.shape.reduce((a, b) => a * b, 1) * ELEMENT_BYTES[t.type];
+    sizes.push(bytes);
+    off += bytes;
+  }
+  const head = Buffer.concat([Buffer.from('GGUF'), u32(GGUF_VERSION), u64(tensors.length), u64(meta.count), ...meta.parts, Buffer.concat(infos)]);
+
+  const tmp = `${out}.partial-${process.pid}`;
+  const fh = await open(tmp, 'w');
+  let size = 0;
+  const write = async (b: Uint8Array) => { await fh.write(b); size += b.length; };
+  try {
+    await write(Buffer.concat([head, Buffer.alloc(padTo(head.length))]));
+    let pos = 0;
+    for (const [i, t] of tensors.entries()) {
+      const pad = padTo(pos);
+      if (pad) await write(Buffer.alloc(pad));
+      pos += pad;
+      let n = 0;
+      const src = t.source;
+      if ('values' in src) {
+        const data = encode(src.values, t.type);
+        await write(data);
+        n = data.length;
+      } else {
+        for await (const data of tensorChunks(store, src.hf, src.add ?? 0, t.type)) {
+          await write(data);
+          n += data.length;
+        }
+      }
+      if (n !== sizes[i]) throw new Error(`${t.name}: ${n} bytes, expected ${sizes[i]}`);
+      pos += n;
+    }
+    // Flushed now, the gigabytes of dirty pages are not written back while a benchmark runs.
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, out);
+  return size;
+}
+
+/** The general.* keys every conversion writes. */
+export function addGeneral(meta: Metadata, arch: string, dir: string, type: GgufType): void {
+  meta.string('general.architecture', arch);
   meta.string('general.type', 'model');
   meta.string('general.name', basename(dir));
   meta.u32('general.file_type', FTYPE[type]);
   meta.u32('general.quantization_version', 2);
+}
+
+/** `tie_word_embeddings` as config.json states it (true when absent, as transformers defaults it for Gemma). */
+export async function tiedEmbeddings(dir: string): Promise<boolean> {
+  const raw = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as { tie_word_embeddings?: boolean; text_config?: { tie_word_embeddings?: boolean } };
+  return (raw.text_config?.tie_word_embeddings ?? raw.tie_word_embeddings) !== false;
+}
+
+/** Gemma 3 metadata and tensor table. */
+async function gemma3Table(dir: string, c: ModelConfig, meta: Metadata, store: TensorStore, type: GgufType): Promise<TensorTable> {
+  checkSupported(c, dir);
+  const tied = await tiedEmbeddings(dir);
+  const A = 'gemma3';
+  addGeneral(meta, A, dir, type);
   meta.u32(`${A}.context_length`, c.maxPositions);
   meta.u32(`${A}.embedding_length`, c.hiddenSize);
   meta.u32(`${A}.block_count`, c.numLayers);
@@ -244,69 +390,35 @@ export async function convertToGguf(modelDir: string, out: string, type: GgufTyp
     meta.string(`${A}.rope.scaling.type`, 'linear');
     meta.f32(`${A}.rope.scaling.factor`, c.rope.global.factor);
   }
-  const special = await addTokenizer(meta, dir, c);
+  const skipped: string[] = [];
+  const tensors: PlannedTensor[] = [];
+  for (const hf of store.names()) {
+    const name = ggufName(hf);
+    if (name === null || (name === 'output.weight' && tied)) {
+      skipped.push(hf);
+      continue;
+    }
+    const shape = store.info(hf).shape;
+    // Gemma3RMSNorm computes x * (1 + w); llama.cpp's RMS norm x * w.
+    tensors.push({ name, shape, type: storageType(shape, type), source: { hf, add: hf.endsWith('norm.weight') ? 1 : 0 } });
+  }
+  return { tensors, skipped };
+}
 
+export async function convertToGguf(modelDir: string, out: string, type: GgufType = 'f32'): Promise<ConvertResult> {
+  const dir = resolve(modelDir);
+  const c = await loadModelConfig(dir);
+  const meta = new Metadata();
   const store = await readSafetensors(dir);
   try {
-    const skipped: string[] = [];
-    const plan: { name: string; hf: string; shape: number[]; ggml: number; bytes: number }[] = [];
-    for (const hf of store.names()) {
-      const name = ggufName(hf);
-      if (name === null || (name === 'output.weight' && tied)) {
-        skipped.push(hf);
-        continue;
-      }
-      const shape = store.info(hf).shape;
-      const ggml = shape.length === 1 ? GGML.f32 : GGML[type];
-      const bytes = shape.reduce((a, b) => a * b, 1) * (ggml === GGML.f32 ? 4 : 2);
-      plan.push({ name, hf, shape, ggml, bytes });
-    }
-    // llama.cpp's order: embeddings, blocks in index order, output norm and head last.
-    const rank = (n: string) => (n === 'token_embd.weight' ? -1 : n.startsWith('output') ? 1e9 : Number(/^blk\.(\d+)\./.exec(n)?.[1] ?? 1e8));
-    plan.sort((a, b) => rank(a.name) - rank(b.name) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-
-    const infos: Buffer[] = [];
-    let off = 0;
-    for (const t of plan) {
-      off += padTo(off);
-      // ggml lists dimensions fastest-varying first, the reverse of PyTorch's order.
-      infos.push(str(t.name), u32(t.shape.length), ...[...t.shape].reverse().map(u64), u32(t.ggml), u64(off));
-      off += t.bytes;
-    }
-    const head = Buffer.concat([Buffer.from('GGUF'), u32(GGUF_VERSION), u64(plan.length), u64(meta.count), ...meta.parts, Buffer.concat(infos)]);
-
-    const tmp = `${out}.partial-${process.pid}`;
-    const fh = await open(tmp, 'w');
-    let size = 0;
-    const write = async (b: Uint8Array) => { await fh.write(b); size += b.length; };
-    try {
-      await write(Buffer.concat([head, Buffer.alloc(padTo(head.length))]));
-      let pos = 0;
-      for (const t of plan) {
-        const pad = padTo(pos);
-        if (pad) await write(Buffer.alloc(pad));
-        pos += pad;
-        const x = await store.read(t.hf);
-        if (t.hf.endsWith('norm.weight')) for (let i = 0; i < x.length; i++) x[i] += 1;
-        let data: Uint8Array;
-        if (t.ggml === GGML.f16) {
-          const h = new Uint16Array(x.length);
-          for (let i = 0; i < x.length; i++) h[i] = toHalf(x[i]!);
-          data = new Uint8Array(h.buffer);
-        } else {
-          data = new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
-        }
-        if (data.length !== t.bytes) throw new Error(`${t.hf}: ${data.length} bytes, expected ${t.bytes}`);
-        await write(data);
-        pos += data.length;
-      }
-      // Flushed now, the gigabyte of dirty pages is not written back while a benchmark runs.
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, out);
-    return { file: out, bytes: size, tensors: plan.length, skipped, special };
+    // Imported here: gguf-gemma4.ts builds on this module's writer.
+    const table = c.family === 'gemma4'
+      ? await (await import('./gguf-gemma4.js')).gemma4Table(dir, c, meta, store, type)
+      : await gemma3Table(dir, c, meta, store, type);
+    const special = await addTokenizer(meta, dir, c);
+    const tensors = llamaOrder(table.tensors);
+    const bytes = await writeGguf(out, meta, tensors, store);
+    return { file: out, bytes, tensors: tensors.length, skipped: table.skipped, special };
   } finally {
     await store.close();
   }
@@ -314,11 +426,11 @@ export async function convertToGguf(modelDir: string, out: string, type: GgufTyp
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const [dir, out, type = 'f32'] = process.argv.slice(2);
-  if (!dir || !out || (type !== 'f32' && type !== 'f16')) {
-    console.error('usage: node dist/bench/peers/gguf.js MODEL_DIR OUT.gguf [f32|f16]');
+  if (!dir || !out || !GGUF_TYPES.includes(type as GgufType)) {
+    console.error('usage: node dist/bench/peers/gguf.js MODEL_DIR OUT.gguf [f32|f16|bf16]');
     process.exit(2);
   }
-  convertToGguf(dir, out, type).then(
+  convertToGguf(dir, out, type as GgufType).then(
     (r) => console.log(JSON.stringify({ ...r, skipped: r.skipped.length })),
     (err) => { console.error(err); process.exit(1); },
   );

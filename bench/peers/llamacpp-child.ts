@@ -33,6 +33,12 @@ export interface LlamaJob {
   /** Greedy tokens to record after decodePrompts[0]. */
   greedyTokens: number;
   texts: string[];
+  /**
+   * The K/V cache type and flash-attention setting of the parity and greedy
+   * runs (llama.cpp's defaults, F16 and 'auto', when absent); timings always
+   * use the defaults.
+   */
+  parityKv?: { type: 'F16' | 'F32'; flashAttention: boolean | 'auto' };
 }
 
 export interface LlamaResult {
@@ -68,7 +74,10 @@ interface Context {
 }
 interface Model {
   tokenize(text: string): number[];
-  createContext(opts: { contextSize: number; batchSize: number; threads: number; sequences: number }): Promise<Context>;
+  createContext(opts: {
+    contextSize: number; batchSize: number; threads: number; sequences: number;
+    flashAttention?: boolean | 'auto'; experimentalKvCacheKeyType?: string; experimentalKvCacheValueType?: string;
+  }): Promise<Context>;
   dispose(): Promise<void>;
 }
 interface Llama {
@@ -83,6 +92,8 @@ interface NodeLlamaCpp {
 }
 
 const now = () => performance.now();
+/** llama.cpp's log lines (info and up); the last ones go to stderr when the run fails. */
+const logs: string[] = [];
 
 /** Greedy decode of `n` tokens after `prompt`; returns the span of the n forwards and the tokens. */
 async function decode(seq: Sequence, prompt: number[], n: number): Promise<{ t0: number; t1: number; tokens: number[] }> {
@@ -106,7 +117,6 @@ async function run(job: LlamaJob): Promise<LlamaResult> {
   const pkgDir = join(job.nlcDir, 'node_modules', 'node-llama-cpp');
   const version = (JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8')) as { version: string }).version;
   const nlc = (await import(pathToFileURL(join(pkgDir, 'dist', 'index.js')).href)) as NodeLlamaCpp;
-  const logs: string[] = [];
   const llama = await nlc.getLlama({
     gpu: false, build: 'never', maxThreads: job.threads, progressLogs: false,
     logLevel: nlc.LlamaLogLevel.info, logger: (_: unknown, msg: string) => logs.push(String(msg).trimEnd()),
@@ -120,9 +130,12 @@ async function run(job: LlamaJob): Promise<LlamaResult> {
   };
 
   const longest = Math.max(job.prefillPrompt.length, ...job.parityPrompts.map((p) => p.length)) + job.steps + 16;
-  const ctx = await model.createContext({ contextSize: Math.max(job.contextSize, longest), batchSize: 512, threads: job.threads, sequences: 1 });
-  res.flashAttention = ctx.flashAttention;
-  const seq = ctx.getSequence();
+  const single = { contextSize: Math.max(job.contextSize, longest), batchSize: 512, threads: job.threads, sequences: 1 };
+  const pk = job.parityKv;
+  const ctxP = pk
+    ? await model.createContext({ ...single, flashAttention: pk.flashAttention, experimentalKvCacheKeyType: pk.type, experimentalKvCacheValueType: pk.type })
+    : await model.createContext(single);
+  let seq = ctxP.getSequence();
   for (const p of job.parityPrompts) {
     for await (const out of seq.evaluateWithMetadata(p, { probabilities: true }, { temperature: 1, topK: job.topK, topP: 1, minP: 0, yieldEogToken: true })) {
       res.parity.push([...out.probabilities.entries()].sort((a, b) => b[1] - a[1]).slice(0, job.topK).map(([id, pr]) => [id, Math.log(pr)]));
@@ -131,6 +144,13 @@ async function run(job: LlamaJob): Promise<LlamaResult> {
     await seq.clearHistory();
   }
   res.greedy = (await decode(seq, job.decodePrompts[0]!, job.greedyTokens)).tokens;
+  let ctx = ctxP;
+  if (pk) {
+    await ctxP.dispose();
+    ctx = await model.createContext(single);
+    seq = ctx.getSequence();
+  }
+  res.flashAttention = ctx.flashAttention;
 
   if (job.bench) {
     for (let r = 0; r <= job.reps; r++) {
@@ -159,7 +179,7 @@ async function run(job: LlamaJob): Promise<LlamaResult> {
     }
     await ctxB.dispose();
   }
-  res.logs = [...new Set(logs.filter((l) => /flash|llama_kv_cache|n_ctx_seq |n_swa |n_batch|REPACK|file type|kv_unified|n_seq_max/i.test(l)))].slice(0, 40);
+  res.logs = [...new Set(logs.filter((l) => /flash|llama_kv_cache|n_ctx_seq |n_swa |n_batch|REPACK|file type|kv_unified|n_seq_max|n_embd_head|n_rot|n_layer_kv|shared|arch /i.test(l)))].slice(0, 48);
   await model.dispose();
   await llama.dispose();
   return res;
@@ -169,6 +189,7 @@ const job = JSON.parse(readFileSync(process.argv[2]!, 'utf8')) as LlamaJob;
 run(job).then(
   (r) => process.stdout.write(JSON.stringify(r) + '\n'),
   (err) => {
+    console.error(logs.slice(-20).join('\n'));
     console.error(err);
     process.exit(1);
   },

@@ -8,7 +8,6 @@
  *   tensorflow -> the graph.
  */
 import type { KernelChoice } from '../../config/index.js';
-import { GemmaServeError } from '../errors.js';
 import type { ModelConfig } from '../model/hf-config.js';
 import type { BackendName } from './backend.js';
 import type { ForwardPath, PathName } from './forward.js';
@@ -18,9 +17,11 @@ import { Gemma4GraphPath } from './graph/gemma4.js';
 import { reduceOnGraph } from './graph/reduce.js';
 import { NativeKernels, nativeAddon } from './native/kernels.js';
 import { NativePath } from './native/forward.js';
+import { Gemma4NativePath } from './native/gemma4.js';
 import { nativeLayout } from './native/weights.js';
 import { supportsInPlace } from './tensor-memory.js';
 import { WebGPUPath } from './webgpu/forward.js';
+import { Gemma4WebGPUPath } from './webgpu/gemma4.js';
 import { reduceFused } from './webgpu/reduce.js';
 import { tensorLayout, type WeightLayout, type Weights } from './weights.js';
 
@@ -57,19 +58,9 @@ export interface PathChoice {
   description: string;
 }
 
-/** Gemma 4 runs on the tfjs graph only (for now): the native and fused webgpu paths refuse it at load. */
-export class UnsupportedOnPathError extends GemmaServeError {
-  constructor(path: 'native' | 'webgpu', fix: string) {
-    super(`Gemma 4 runs on the graph path for now; the ${path === 'native' ? 'native CPU kernels do' : 'fused webgpu programs do'} not implement it (${fix})`, {
-      status: 500,
-      code: 'path_unsupported',
-    });
-  }
-}
-
 /** Throws where 'native' was asked for and cannot run. */
 export function choosePath(config: ModelConfig, backend: BackendName, opts: PathOptions): PathChoice {
-  if (config.gemma4) return gemma4Path(backend, opts);
+  if (config.gemma4) return gemma4Path(config, backend, opts);
   if (backend === 'webgpu') {
     // The fused programs take the embedding in parts that fit one buffer binding; the graph needs it whole.
     if (opts.webgpuKernels === 'graph') return { name: 'graph', backend, layout: tensorLayout(), description: 'webgpu backend' };
@@ -88,11 +79,23 @@ export function choosePath(config: ModelConfig, backend: BackendName, opts: Path
   return graphOnCpu(config, backend, opts, 'tfjs graph (CPU_KERNELS=tfjs)');
 }
 
-/** Gemma 4: the graph, without the column split; native or fused webgpu asked for explicitly is refused. */
-function gemma4Path(backend: BackendName, opts: PathOptions): PathChoice {
-  if (backend === 'webgpu' && opts.webgpuKernels !== 'graph') throw new UnsupportedOnPathError('webgpu', 'set the webgpu kernels to graph');
-  if ((backend === 'wasm' || backend === 'cpu') && opts.kernels === 'native') throw new UnsupportedOnPathError('native', 'set CPU_KERNELS=tfjs or auto');
-  return { name: 'graph', backend, layout: tensorLayout(), description: `tfjs graph (Gemma 4 runs on the graph path for now), ${backend} backend` };
+/**
+ * Gemma 4: on wasm and cpu the native kernels as for Gemma 2/3 (where the
+ * addon has the Gemma 4 layer), else the graph without the column split;
+ * on webgpu the fused programs (webgpu/gemma4.ts) unless the graph is asked for.
+ */
+function gemma4Path(config: ModelConfig, backend: BackendName, opts: PathOptions): PathChoice {
+  // The fused WGSL programs have the Gemma 4 layer (webgpu/gemma4.ts); the embedding in parts that fit one binding.
+  if (backend === 'webgpu' && opts.webgpuKernels !== 'graph') return { name: 'webgpu', backend, layout: tensorLayout(opts.maxTensorBytes), description: 'webgpu backend (fused Gemma 4 programs)' };
+  let why = 'CPU_KERNELS=tfjs';
+  if ((backend === 'wasm' || backend === 'cpu') && opts.kernels !== 'tfjs') {
+    const { addon, reason } = nativeAddon();
+    const native = addon ? new NativeKernels(addon, opts.threads) : undefined;
+    if (native?.gemma4) return { name: 'native', backend, native, layout: nativeLayout(native), description: `native kernels: ${reason}, ${opts.threads} thread(s)` };
+    why = native ? 'build/gemma_cpu.node predates the Gemma 4 layer; run npm run build:native' : reason;
+    if (opts.kernels === 'native') throw new Error(`the native CPU kernels cannot run ${config.family}: ${why}`);
+  }
+  return { name: 'graph', backend, layout: tensorLayout(), description: `tfjs graph (${backend === 'wasm' || backend === 'cpu' ? why : `${backend} backend`})` };
 }
 
 function graphOnCpu(config: ModelConfig, backend: BackendName, opts: PathOptions, description: string): PathChoice {
@@ -105,10 +108,9 @@ function graphOnCpu(config: ModelConfig, backend: BackendName, opts: PathOptions
 export function createPath(choice: PathChoice, config: ModelConfig, weights: Weights): ForwardPath {
   switch (choice.name) {
     case 'webgpu':
-      if (config.gemma4) throw new UnsupportedOnPathError('webgpu', 'set the webgpu kernels to graph');
-      return new WebGPUPath(config, weights);
+      return config.gemma4 ? new Gemma4WebGPUPath(config, weights) : new WebGPUPath(config, weights);
     case 'native':
-      if (config.gemma4) throw new UnsupportedOnPathError('native', 'set CPU_KERNELS=tfjs or auto');
+      if (config.gemma4) return new Gemma4NativePath(config, weights, choice.native!, choice.backend === 'wasm');
       return new NativePath(config, weights, choice.native!, choice.backend === 'wasm');
     case 'graph':
       return new (config.gemma4 ? Gemma4GraphPath : GraphPath)(config, weights, {

@@ -4,6 +4,7 @@
  * per-layer embeddings and the mixture-of-experts block.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type { RowTable } from './row-table.js';
 
 export interface Gemma4PerLayerInput {
   /** [H, P]: per_layer_input_gate, transposed. */
@@ -48,8 +49,8 @@ export interface Gemma4Layer {
 
 export interface Gemma4Weights {
   layers: Gemma4Layer[];
-  /** Per-layer embeddings: the table [vocabPerLayer, L * P], the model projection [H, L * P] and its norm [P]. */
-  perLayer?: { embed: tf.Tensor2D; proj: tf.Tensor2D; norm: tf.Tensor1D };
+  /** Per-layer embeddings: the table [vocabPerLayer, L * P] in host memory, the model projection [H, L * P] and its norm [P]. */
+  perLayer?: { table: RowTable; proj: tf.Tensor2D; norm: tf.Tensor1D };
 }
 
 /** Every tensor of the Gemma 4 part of the weights. */
@@ -62,6 +63,6 @@ export function gemma4Tensors(w: Gemma4Weights): tf.Tensor[] {
     if (l.perLayer) out.push(l.perLayer.gate, l.perLayer.proj, l.perLayer.postNorm);
     if (l.moe) out.push(l.moe.router, l.moe.preNorm2, l.moe.postNorm1, l.moe.postNorm2, ...l.moe.gateUp, ...l.moe.down);
   }
-  if (w.perLayer) out.push(w.perLayer.embed, w.perLayer.proj, w.perLayer.norm);
+  if (w.perLayer) out.push(w.perLayer.proj, w.perLayer.norm);
   return out;
 }

@@ -11,12 +11,14 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../model/hf-config.js';
 import type { Gemma4Layer, Gemma4Weights } from './gemma4-types.js';
+import { RowTable } from './row-table.js';
 import { fuseTransposedArray, textPrefix, WeightError, type Keep, type TensorSource, type WeightLayout, type Weights } from './weights.js';
 
 export type { Gemma4Layer, Gemma4Moe, Gemma4PerLayerInput, Gemma4Weights } from './gemma4-types.js';
 
-/** Reads a Gemma 4 checkpoint; `layout` places the tied embedding (the graph's tensor layout). */
+/** Reads a Gemma 4 checkpoint; `layout` places the tied embedding (the graph's tensor layout), or loads it all its own way. */
 export async function loadGemma4Weights(c: ModelConfig, src: TensorSource, layout: WeightLayout): Promise<Weights> {
+  if (layout.loadGemma4) return layout.loadGemma4(c, src);
   const g = c.gemma4!;
   const prefix = textPrefix(src.names());
   const H = c.hiddenSize;
@@ -25,15 +27,17 @@ export async function loadGemma4Weights(c: ModelConfig, src: TensorSource, layou
     created.push(t);
     return t;
   };
-  const get = async (name: string, shape: number[]): Promise<Float32Array> => {
+  /** The checkpoint's name of tensor `name`, checked to exist with `shape`. */
+  const checked = (name: string, shape: number[]): string => {
     const full = prefix + name;
     if (!src.has(full)) throw new WeightError(`tensor "${full}" is missing from the checkpoint`);
     const info = src.info(full);
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
       throw new WeightError(`tensor "${full}" has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`);
     }
-    return src.read(full);
+    return full;
   };
+  const get = (name: string, shape: number[]): Promise<Float32Array> => src.read(checked(name, shape));
   const vec = async (name: string, n = H) => keep(tf.tensor1d(await get(name, [n])));
   /** PyTorch [out_i, in] parts as one [in, sum(out_i)] tensor. */
   const linear = async (names: string[], outs: number[], inDim: number) => {
@@ -98,7 +102,7 @@ export async function loadGemma4Weights(c: ModelConfig, src: TensorSource, layou
     if (g.perLayerInputSize) {
       const LP = c.numLayers * g.perLayerInputSize;
       perLayer = {
-        embed: keep(tf.tensor2d(await get('embed_tokens_per_layer.weight', [g.perLayerVocabSize, LP]), [g.perLayerVocabSize, LP])),
+        table: await RowTable.load(src, checked('embed_tokens_per_layer.weight', [g.perLayerVocabSize, LP])),
         proj: await linear(['per_layer_model_projection.weight'], [LP], H),
         norm: await vec('per_layer_projection_norm.weight', g.perLayerInputSize),
       };
@@ -106,7 +110,8 @@ export async function loadGemma4Weights(c: ModelConfig, src: TensorSource, layou
     const finalNorm = await vec('norm.weight');
     const embedding = layout.embedding(await get('embed_tokens.weight', [c.vocabSize, H]), c, keep);
     const bytes = created.reduce((sum, t) => sum + t.size * 4, 0);
-    return { ...embedding, finalNorm, layers: [], bytes, packedBytes: 0, gemma4: { layers, perLayer } };
+    // The per-layer table stays in host memory, outside the backend.
+    return { ...embedding, finalNorm, layers: [], bytes, packedBytes: perLayer?.table.byteLength ?? 0, gemma4: { layers, perLayer } };
   } catch (err) {
     created.forEach((t) => t.dispose());
     throw err;

@@ -67,7 +67,7 @@ export class KVPool {
   readonly vT: tf.Tensor4D[][] = [];
   /**
    * The pooled layout (the fused webgpu programs): per layer one K [slots, kvHeads, entries, headDim] and
-   * one V^T [slots, kvHeads, headDim, entries], so that one dispatch serves every row of a batch.
+   * one V^T [slots, kvHeads, headDim, entries], so that one dispatch serves every row of a batch (with no entries for a layer that reads another layer's K/V).
    */
   readonly pooled?: { k: tf.Tensor4D[]; vT: tf.Tensor4D[] };
   private readonly state: SlotState[];
@@ -88,8 +88,9 @@ export class KVPool {
     if (writer) {
       this.pooled = { k: [], vT: [] };
       config.layerTypes.forEach((type, l) => {
-        const { heads: H, headDim: D } = layerKv(config, l);
-        const E = this.entries[type];
+        const { heads: H, headDim: D, source } = layerKv(config, l);
+        // A layer that reads another layer's K/V holds none: an empty tensor keeps the per-layer indexing.
+        const E = source === l ? this.entries[type] : 0;
         this.pooled!.k.push(tf.zeros([slots, H, E, D]));
         this.pooled!.vT.push(tf.zeros([slots, H, D, E]));
       });

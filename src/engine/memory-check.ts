@@ -23,16 +23,18 @@ export function checkMemory(
   checkTensorLimit(c, backend, backendTensorLimit(backend), embeddingSplits);
   const gib = (n: number) => `${(n / 1024 ** 3).toFixed(2)} GiB`;
   const p = parameterCount(c);
-  if (nativeWeights && 4 * (p.embedding + p.linear) > totalmem()) {
+  const host = nativeHostBytes(c);
+  if (nativeWeights && host > totalmem()) {
     throw new ModelTooLargeError(
-      `the model's weights need up to ${gib(4 * (p.embedding + p.linear))} of host memory for the native CPU kernels (half that for a bf16 checkpoint) ` +
+      `the model's weights need up to ${gib(host)} of host memory for the native CPU kernels (half that for a bf16 checkpoint) ` +
         `but the machine has ${gib(totalmem())}; use a smaller model`,
     );
   }
   const limit = backendMemoryLimit(backend, totalmem());
   if (limit === undefined) return;
-  // The native kernels hold the linear weights and the embedding outside the backend (the wasm heap).
-  const weights = nativeWeights ? 4 * p.norms : weightBytesNeeded(c, backend);
+  // The native kernels hold the linear weights and the embedding outside the backend (the wasm heap);
+  // every path keeps Gemma 4's per-layer table in host memory (row-table.ts).
+  const weights = nativeWeights ? 4 * p.norms : weightBytesNeeded(c, backend) - 4 * perLayerTable(c) * (backend === 'wasm' ? 2 : 1);
   const sliding = Math.min(capacity, c.slidingWindow + SLIDING_SLACK);
   // Per layer with its own K/V (Gemma 4's KV-shared layers hold none), at its own KV heads and head size.
   const perSlot = c.layerTypes.reduce((s, t, l) => {
@@ -40,7 +42,10 @@ export function checkMemory(
     return kv.source === l ? s + (t === 'global' ? capacity : sliding) * kv.heads * kv.headDim * 8 : s;
   }, 0);
   const kv = perSlot * slots;
-  const transient = 4 * (maxBatch * c.vocabSize * 3 + chunk * (4 * widestMlp(c) + 8 * c.hiddenSize) + c.numHeads * chunk * (capacity + chunk) * 2);
+  // Logits, the MLP and attention of a prompt chunk, and the routed rows of Gemma 4's experts (gate/up and activation).
+  const moe = c.gemma4?.moe;
+  const experts = moe ? chunk * moe.topK * 3 * moe.intermediateSize : 0;
+  const transient = 4 * (maxBatch * c.vocabSize * 3 + chunk * (4 * widestMlp(c) + 8 * c.hiddenSize) + c.numHeads * chunk * (capacity + chunk) * 2 + experts);
   const need = weights + kv + transient;
   if (need > limit) {
     throw new ModelTooLargeError(
@@ -48,6 +53,23 @@ export function checkMemory(
         `activations ${gib(transient)}) but the backend holds ${gib(limit)}; use a smaller model, fewer slots (SLOTS) or a smaller CACHE_CAPACITY`,
     );
   }
+}
+
+/**
+ * Host bytes of the native kernels' weights, at most: packed matrices at 4
+ * bytes a value; Gemma 4's per-layer embedding table (most of E2B's
+ * parameters) at 2, held as the checkpoint's bf16 bits and never widened.
+ */
+function nativeHostBytes(c: ModelConfig): number {
+  const p = parameterCount(c);
+  const table = perLayerTable(c);
+  return 4 * (p.embedding - table + p.linear) + 2 * table;
+}
+
+/** Values of Gemma 4's per-layer embedding table (0 without one). */
+function perLayerTable(c: ModelConfig): number {
+  const g = c.gemma4;
+  return g?.perLayerInputSize ? g.perLayerVocabSize * c.numLayers * g.perLayerInputSize : 0;
 }
 
 /**

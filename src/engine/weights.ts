@@ -14,6 +14,7 @@ import { GemmaServeError } from '../errors.js';
 import type { ModelConfig } from '../model/hf-config.js';
 import { gemma4ParameterCount } from '../model/gemma4-config.js';
 import { gemma4Tensors, type Gemma4Weights } from './gemma4-types.js';
+import type { NativeGemma4Weights } from './native/gemma4-weights.js';
 
 /** What the weight loader needs from a safetensors reader. */
 export interface TensorSource {
@@ -21,6 +22,8 @@ export interface TensorSource {
   has(name: string): boolean;
   info(name: string): { dtype: string; shape: number[] };
   read(name: string): Promise<Float32Array>;
+  /** Part of a tensor's bytes as stored (Gemma 4's per-layer table is kept as its bf16 bits, in blocks). */
+  readRange?(name: string, offset: number, length: number): Promise<Uint8Array>;
 }
 
 /** A weight W [K, N] held outside tfjs by a path's own kernels (the native CPU kernels pack them). */
@@ -86,13 +89,15 @@ export interface Weights {
   layers: LayerWeights[];
   /** Bytes held by all weight tensors (of this thread's backend). */
   bytes: number;
-  /** Bytes held outside tfjs (packed matrices). */
+  /** Bytes held outside tfjs (packed matrices, Gemma 4's per-layer table). */
   packedBytes: number;
   /** With a column split: the embedding's remote columns, and its [vocab, hidden] rows for lookups. */
   embedRemote?: RemoteColumns;
   embedRows?: Float32Array;
   /** Gemma 4 (gemma4-weights.ts): its layers live here and `layers` is empty. */
   gemma4?: Gemma4Weights;
+  /** Gemma 4 on the native kernels (native/gemma4-weights.ts): packed layers, the per-layer table in 16 bits. */
+  gemma4Native?: NativeGemma4Weights;
 }
 
 /** Where a forward path keeps its weights. */
@@ -107,6 +112,8 @@ export interface WeightLayout {
   linear(parts: Float32Array[], outs: number[], inDim: number, keep: Keep): { t: Linear; remote?: RemoteColumns };
   /** The tied embedding from its [vocab, hidden] rows. */
   embedding(embed: Float32Array, c: ModelConfig, keep: Keep): Pick<Weights, 'embedT' | 'embedParts' | 'embedRemote' | 'embedRows'>;
+  /** The path's own Gemma 4 loader, where its layout is not the graph's tfjs tensors (the native kernels). */
+  loadGemma4?(c: ModelConfig, src: TensorSource): Promise<Weights>;
 }
 
 /** Registers a tensor the loader created, so a failed load disposes it. */

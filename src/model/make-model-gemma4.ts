@@ -36,10 +36,12 @@ export interface Gemma4Shape {
 
 const VOCAB = 262144;
 
+// tiny: the shared layers read layers 1 (sliding) and 2 (global), the last two before them, as llama.cpp's
+// gemma4 loader requires (it reads n_kv_from_start - 2 and - 1), so the peer benchmark runs it too.
 export const GEMMA4_PRESETS: Readonly<Record<Gemma4PresetName, Readonly<Gemma4Shape>>> = {
   tiny: {
     numLayers: 6, hiddenSize: 64, numHeads: 4, numKvHeads: 1, numGlobalKvHeads: null, headDim: 32, globalHeadDim: 64,
-    intermediateSize: 128, slidingWindow: 32, slidingPattern: 3, numKvSharedLayers: 2, doubleWideMlp: true, kEqV: false,
+    intermediateSize: 128, slidingWindow: 32, slidingPattern: 3, numKvSharedLayers: 3, doubleWideMlp: true, kEqV: false,
     perLayerInputSize: 16, moe: null, maxPositionEmbeddings: 32768, vocabSize: VOCAB,
   },
   e2b: {

@@ -63,6 +63,8 @@ export interface TensorStore {
   read(name: string): Promise<Float32Array>;
   /** The tensor's raw little-endian bytes as stored. */
   readBytes(name: string): Promise<Uint8Array>;
+  /** `length` of those bytes from `offset` (a part of a tensor too large for one array). */
+  readRange(name: string, offset: number, length: number): Promise<Uint8Array>;
   /** Closes open file handles; the store may reopen them on a later read. */
   close(): Promise<void>;
 }
@@ -253,6 +255,16 @@ class FileTensorStore implements TensorStore {
     // A fresh ArrayBuffer keeps the data aligned for typed-array views.
     const bytes = new Uint8Array(new ArrayBuffer(info.byteLength));
     await readExactly(await this.handle(info.file), bytes, info.byteOffset, info.file, name);
+    return bytes;
+  }
+
+  async readRange(name: string, offset: number, length: number): Promise<Uint8Array> {
+    const info = this.info(name);
+    if (!(offset >= 0 && length >= 0 && offset + length <= info.byteLength)) {
+      throw new ModelFileError(`bytes [${offset}, ${offset + length}) are outside tensor "${name}" (${info.byteLength} bytes)`, info.file, name);
+    }
+    const bytes = new Uint8Array(new ArrayBuffer(length));
+    await readExactly(await this.handle(info.file), bytes, info.byteOffset + offset, info.file, name);
     return bytes;
   }
 

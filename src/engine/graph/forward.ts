@@ -68,13 +68,14 @@ export class GraphPath extends ForwardBase implements ForwardPath {
 
   memory(): PathMemory {
     const split = this.setup.split;
-    return { backendWeightBytes: this.weights.bytes, hostWeightBytes: 0, hostScratchBytes: 0, ...(split ? { workerBytes: split.workerBytes } : {}) };
+    // Host weights: Gemma 4's per-layer table (the graph's other weights are all backend tensors).
+    return { backendWeightBytes: this.weights.bytes, hostWeightBytes: this.weights.packedBytes, hostScratchBytes: 0, ...(split ? { workerBytes: split.workerBytes } : {}) };
   }
 
   protected run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
     const c = this.config;
     const frame = callFrame(ids, opts);
-    const { B, T, starts } = frame;
+    const { B, T } = frame;
     const { pool, slots } = opts;
     const { ctx, writeFirst } = this.contexts(frame, pool, slots, () => c.headDim);
     // Each layer runs in its own tidy so only one layer's activations are alive at a time.

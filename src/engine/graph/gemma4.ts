@@ -83,7 +83,7 @@ export class Gemma4GraphPath extends GraphPath {
     const pl = this.weights.gemma4!.perLayer!;
     const P = c.gemma4!.perLayerInputSize;
     const N = ids.length;
-    const own = tf.mul(tf.gather(pl.embed, tf.tensor1d(ids, 'int32')), tf.scalar(Math.sqrt(P)));
+    const own = tf.mul(tf.tensor2d(pl.table.gather(ids), [N, pl.table.cols]), tf.scalar(Math.sqrt(P)));
     const projected = tf.mul(tf.matMul(x, pl.proj), tf.scalar(c.hiddenSize ** -0.5));
     const normed = this.rmsNorm(tf.reshape(projected, [N, c.numLayers, P]), pl.norm);
     return tf.mul(tf.add(normed, tf.reshape(own, [N, c.numLayers, P])), tf.scalar(2 ** -0.5)) as tf.Tensor3D;

@@ -32,6 +32,22 @@ interface Addon {
     caches: Array<RowCache | null>,
   ): void;
   logits(x: Float32Array, M: number, norm: Float32Array, eps: number, embed: object, softcap: number, out: Float32Array): void;
+  /** Gemma 4's layer and K/V write (native/gemma4.cc); absent from an addon built before them. */
+  gemma4Layer?(
+    shape: Float64Array,
+    matrices: Array<object | null>,
+    experts: object[],
+    norms: Array<Float32Array | null>,
+    x: Float32Array,
+    B: number,
+    T: number,
+    cos: Float32Array,
+    sin: Float32Array,
+    kv: Float32Array | null,
+    pli: Float32Array | null,
+    caches: Array<RowCache | null>,
+  ): number;
+  writeKv?(kvHeads: number, headDim: number, kv: Float32Array, B: number, T: number, caches: Array<RowCache | null>): void;
   reduce(
     logits: Float32Array,
     B: number,
@@ -70,6 +86,57 @@ export interface NativeLayer {
   down: NativeMatrix;
   /** Input, post-attention, pre-feedforward, post-feedforward norms ((1 + w) each), and the q/k norm rows or null. */
   norms: [Float32Array, Float32Array, Float32Array, Float32Array, Float32Array | null];
+}
+
+/** A Gemma 4 decoder layer's shapes as the addon takes them (native/kernels.h, Gemma4Shape). */
+export interface Gemma4LayerShape {
+  hidden: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  intermediate: number;
+  eps: number;
+  window: number;
+  /** 0: no MoE block. */
+  experts: number;
+  topK: number;
+  expertIntermediate: number;
+  /** Per-layer input size, 0: none. */
+  perLayer: number;
+  layerScalar: number;
+  /** Computes its own K/V (else reads its source layer's). */
+  ownKv: boolean;
+  kEqV: boolean;
+  /** Writes its new K/V into the caches right after attention (else the caller does, with writeKv). */
+  writeCache: boolean;
+}
+
+/** A Gemma 4 decoder layer's weights as the addon takes them. */
+export interface NativeGemma4Layer {
+  q: NativeMatrix;
+  /** Absent on KV-shared layers. */
+  kv?: NativeMatrix;
+  o: NativeMatrix;
+  gateUp: NativeMatrix;
+  down: NativeMatrix;
+  perLayer?: { gate: NativeMatrix; proj: NativeMatrix; postNorm: Float32Array };
+  moe?: {
+    router: NativeMatrix;
+    /** Per expert: gate/up [H, 2 * Im] and down [Im, H]. */
+    gateUp: NativeMatrix[];
+    down: NativeMatrix[];
+    perExpertScale: Float32Array;
+    preNorm2: Float32Array;
+    postNorm1: Float32Array;
+    postNorm2: Float32Array;
+  };
+  inputNorm: Float32Array;
+  postAttnNorm: Float32Array;
+  preFfwNorm: Float32Array;
+  postFfwNorm: Float32Array;
+  qNorm: Float32Array;
+  kNorm?: Float32Array;
+  layerScalar: number;
 }
 
 /** A weight W [K, N] packed for the kernels. */
@@ -147,6 +214,30 @@ export class NativeKernels {
   layer(s: LayerShape, w: NativeLayer, x: Float32Array, B: number, T: number, cos: Float32Array, sin: Float32Array, caches: Array<RowCache | null>): void {
     const shape = Float64Array.of(s.hidden, s.heads, s.kvHeads, s.headDim, s.intermediate, s.eps, s.attnSoftcap, s.window);
     this.addon.layer(shape, [w.qkv.handle, w.o.handle, w.gateUp.handle, w.down.handle], w.norms, x, B, T, cos, sin, caches);
+  }
+
+  /** Whether this addon has the Gemma 4 layer (one built before it does not). */
+  get gemma4(): boolean {
+    return typeof this.addon.gemma4Layer === 'function' && typeof this.addon.writeKv === 'function';
+  }
+
+  /**
+   * Runs one Gemma 4 layer on x ([B * T, hidden], in place). `kv` [B * T, 2 * kvHeads * headDim]: the call's keys then
+   * values per token, written by a layer that owns them, read by a KV-shared one. Returns the number of experts run.
+   */
+  gemma4Layer(s: Gemma4LayerShape, w: NativeGemma4Layer, x: Float32Array, B: number, T: number, cos: Float32Array, sin: Float32Array, kv: Float32Array | null, pli: Float32Array | null, caches: Array<RowCache | null>): number {
+    const shape = Float64Array.of(s.hidden, s.heads, s.kvHeads, s.headDim, s.intermediate, s.eps, s.window, s.experts, s.topK, s.expertIntermediate, s.perLayer, s.layerScalar, +s.ownKv, +s.kEqV, +s.writeCache);
+    const m = w.moe;
+    const pl = w.perLayer;
+    const matrices = [w.q, w.kv, w.o, w.gateUp, w.down, pl?.gate, pl?.proj, m?.router].map((x) => x?.handle ?? null);
+    const experts = m ? m.gateUp.flatMap((g, e) => [g.handle, m.down[e]!.handle]) : [];
+    const norms = [w.inputNorm, w.postAttnNorm, w.preFfwNorm, w.postFfwNorm, w.qNorm, w.kNorm, pl?.postNorm, m?.preNorm2, m?.postNorm1, m?.postNorm2, m?.perExpertScale].map((x) => x ?? null);
+    return this.addon.gemma4Layer!(shape, matrices, experts, norms, x, B, T, cos, sin, kv, pli, caches);
+  }
+
+  /** Writes the call's K/V ([B * T, 2 * kvHeads * headDim], keys then values per token) into the rows' caches. */
+  writeKv(kvHeads: number, headDim: number, kv: Float32Array, B: number, T: number, caches: Array<RowCache | null>): void {
+    this.addon.writeKv!(kvHeads, headDim, kv, B, T, caches);
   }
 
   /**

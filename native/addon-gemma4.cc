@@ -1,0 +1,127 @@
+// Node-API glue for the Gemma 4 layer (gemma4.cc): argument checks and conversions only.
+#include <node_api.h>
+
+#include <vector>
+
+#include "kernels.h"
+#include "napi-glue.h"
+
+namespace glue {
+namespace {
+
+bool range(napi_env env, bool ok, const char* what) {
+  if (!ok) napi_throw_range_error(env, nullptr, what);
+  return ok;
+}
+
+// A Float32Array of at least n values, or (where allowed) null.
+bool floats(napi_env env, napi_value v, size_t n, bool nullable, float** out) {
+  *out = nullptr;
+  if (nullable && (!v || isNull(env, v))) return true;
+  size_t len;
+  if (!typedArray(env, v, napi_float32_array, out, &len)) return false;
+  return range(env, len >= n, "gemma4Layer: an array is shorter than its shape");
+}
+
+// A packed matrix of K x N, or (where allowed) null.
+bool sized(napi_env env, napi_value v, int64_t K, int64_t N, bool nullable, gemma::Matrix** out) {
+  *out = nullptr;
+  if (nullable && (!v || isNull(env, v))) return true;
+  if (!matrix(env, v, out)) return false;
+  return range(env, (*out)->rows == K && (*out)->cols == N, "gemma4Layer: a weight's shape does not match the layer");
+}
+
+// gemma4Layer(shape: Float64Array [hidden, heads, kvHeads, headDim, intermediate, eps, window, experts, topK,
+//               expertIntermediate, perLayer, layerScalar, ownKv, kEqV, writeCache],
+//             matrices: [q, kv | null, o, gateUp, down, pleGate | null, pleProj | null, router | null],
+//             experts: [gateUp_0, down_0, ...], norms: [input, postAttn, preFfw, postFfw, qNorm, kNorm | null,
+//               plePost | null, preNorm2 | null, postNorm1 | null, postNorm2 | null, expertScale | null],
+//             x: Float32Array [B*T, hidden] (in place), B, T, cos, sin: Float32Array [B*T, headDim],
+//             kv: Float32Array [B*T, 2 * kvHeads * headDim] | null, pli: Float32Array [B*T, perLayer] | null,
+//             caches: B x (null | [k, vT, positions, entries, start])): the number of experts run.
+napi_value Gemma4Layer(napi_env env, napi_callback_info info) {
+  napi_value argv[12];
+  if (!args(env, info, argv, "gemma4Layer")) return nullptr;
+  napi_typedarray_type type;
+  size_t n;
+  void* data;
+  napi_value buffer;
+  size_t offset;
+  if (napi_get_typedarray_info(env, argv[0], &type, &n, &data, &buffer, &offset) != napi_ok || type != napi_float64_array || n < 15) {
+    napi_throw_type_error(env, nullptr, "gemma4Layer: shape must be a Float64Array of 15");
+    return nullptr;
+  }
+  const double* d = static_cast<const double*>(data);
+  const auto i64 = [d](int i) { return static_cast<int64_t>(d[i]); };
+  gemma::Gemma4Shape s{i64(0), i64(1), i64(2), i64(3), i64(4), static_cast<float>(d[5]), i64(6), i64(7), i64(8), i64(9), i64(10),
+                       static_cast<float>(d[11]), d[12] != 0, d[13] != 0, d[14] != 0};
+  if (s.headDim > 1024 || s.headDim % 2 || s.kvHeads <= 0 || s.heads % s.kvHeads || s.topK > s.experts || s.experts < 0) {
+    napi_throw_range_error(env, nullptr, "gemma4Layer: unsupported head or expert shape");
+    return nullptr;
+  }
+  const int64_t H = s.hidden, qDim = s.heads * s.headDim, kvDim = s.kvHeads * s.headDim, P = s.perLayer;
+  gemma::Matrix *q, *kv, *o, *gateUp, *down, *pleGate, *pleProj, *router;
+  const napi_value m = argv[1];
+  if (!sized(env, element(env, m, 0), H, qDim, false, &q) || !sized(env, element(env, m, 1), H, (s.kEqV ? 1 : 2) * kvDim, !s.ownKv, &kv) ||
+      !sized(env, element(env, m, 2), qDim, H, false, &o) || !sized(env, element(env, m, 3), H, 2 * s.intermediate, false, &gateUp) ||
+      !sized(env, element(env, m, 4), s.intermediate, H, false, &down) || !sized(env, element(env, m, 5), H, P, true, &pleGate) ||
+      !sized(env, element(env, m, 6), P, H, true, &pleProj) || !sized(env, element(env, m, 7), H, s.experts, true, &router))
+    return nullptr;
+  if (!range(env, (pleGate == nullptr) == (pleProj == nullptr) && (router != nullptr) == (s.experts > 0) && (!s.ownKv || kv),
+             "gemma4Layer: the weights do not match the layer's shape"))
+    return nullptr;
+  std::vector<gemma::Matrix*> experts(static_cast<size_t>(2 * s.experts));
+  for (int64_t e = 0; e < s.experts; e++) {
+    if (!sized(env, element(env, argv[2], static_cast<uint32_t>(2 * e)), H, 2 * s.expertIntermediate, false, &experts[2 * e]) ||
+        !sized(env, element(env, argv[2], static_cast<uint32_t>(2 * e + 1)), s.expertIntermediate, H, false, &experts[2 * e + 1]))
+      return nullptr;
+  }
+  // Norm weights: length, and whether the layer needs it.
+  const size_t lengths[11] = {size_t(H), size_t(H), size_t(H), size_t(H), size_t(s.headDim), size_t(s.headDim), size_t(H), size_t(H), size_t(H), size_t(H), size_t(s.experts)};
+  const bool needed[11] = {true, true, true, true, true, s.ownKv, pleGate != nullptr, router != nullptr, router != nullptr, router != nullptr, router != nullptr};
+  float* norms[11];
+  for (uint32_t i = 0; i < 11; i++)
+    if (!floats(env, element(env, argv[3], i), lengths[i], !needed[i], &norms[i])) return nullptr;
+  int64_t B, T;
+  if (!integer(env, argv[5], &B) || !integer(env, argv[6], &T) || !range(env, B > 0 && T > 0, "gemma4Layer: B and T must be positive")) return nullptr;
+  const size_t M = static_cast<size_t>(B * T);
+  float *x, *cos, *sin, *kvBuf, *pli;
+  if (!floats(env, argv[4], M * H, false, &x) || !floats(env, argv[7], M * s.headDim, false, &cos) || !floats(env, argv[8], M * s.headDim, false, &sin) ||
+      !floats(env, argv[9], M * 2 * kvDim, s.ownKv, &kvBuf) || !floats(env, argv[10], M * P, pleGate == nullptr, &pli))
+    return nullptr;
+  std::vector<gemma::RowCache> caches;
+  if (!rowCaches(env, argv[11], B, s.kvHeads, s.headDim, caches)) return nullptr;
+  const gemma::Gemma4Weights w{q,        kv,       o,        gateUp,   down,     pleGate,  pleProj,  router,   experts.data(), norms[0],
+                               norms[1], norms[2], norms[3], norms[4], norms[5], norms[6], norms[7], norms[8], norms[9],      norms[10]};
+  const int64_t run = gemma::gemma4Layer(s, w, x, B, T, cos, sin, kvBuf, pli, caches.data());
+  napi_value out;
+  napi_create_int64(env, run, &out);
+  return out;
+}
+
+// writeKv(kvHeads, headDim, kv: Float32Array [B*T, 2 * kvHeads * headDim], B, T, caches): the call's K/V into the caches.
+napi_value WriteKv(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  if (!args(env, info, argv, "writeKv")) return nullptr;
+  int64_t nkv, hd, B, T;
+  float* kv;
+  if (!integer(env, argv[0], &nkv) || !integer(env, argv[1], &hd) || !integer(env, argv[3], &B) || !integer(env, argv[4], &T) ||
+      !range(env, nkv > 0 && hd > 0 && B > 0 && T > 0, "writeKv: sizes must be positive") || !floats(env, argv[2], static_cast<size_t>(B * T * 2 * nkv * hd), false, &kv))
+    return nullptr;
+  std::vector<gemma::RowCache> caches;
+  if (!rowCaches(env, argv[5], B, nkv, hd, caches)) return nullptr;
+  gemma::writeKv(nkv, hd, kv, B, T, caches.data());
+  return nullptr;
+}
+
+}  // namespace
+
+void defineGemma4(napi_env env, napi_value exports) {
+  const napi_property_descriptor props[] = {
+      {"gemma4Layer", nullptr, Gemma4Layer, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"writeKv", nullptr, WriteKv, nullptr, nullptr, nullptr, napi_default, nullptr},
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+}
+
+}  // namespace glue

@@ -1,0 +1,97 @@
+// Node-API argument helpers shared by the addon's bindings (addon.cc, addon-gemma4.cc).
+#pragma once
+
+#include <node_api.h>
+
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace glue {
+
+inline bool check(napi_env env, napi_status s, const char* what) {
+  if (s == napi_ok) return true;
+  napi_throw_error(env, nullptr, what);
+  return false;
+}
+
+template <typename T>
+inline bool typedArray(napi_env env, napi_value v, napi_typedarray_type want, T** data, size_t* length) {
+  napi_typedarray_type type;
+  void* ptr;
+  napi_value buffer;
+  size_t offset;
+  if (napi_get_typedarray_info(env, v, &type, length, &ptr, &buffer, &offset) != napi_ok || type != want) {
+    napi_throw_type_error(env, nullptr, want == napi_float32_array ? "expected a Float32Array" : "expected an Int32Array");
+    return false;
+  }
+  *data = static_cast<T*>(ptr);
+  return true;
+}
+
+// The call's first N arguments into argv; throws (and returns false) when fewer were passed.
+template <size_t N>
+inline bool args(napi_env env, napi_callback_info info, napi_value (&argv)[N], const char* name) {
+  size_t argc = N;
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (argc >= N) return true;
+  const std::string message = std::string(name) + ": expected " + std::to_string(N) + " arguments";
+  napi_throw_type_error(env, nullptr, message.c_str());
+  return false;
+}
+
+inline bool integer(napi_env env, napi_value v, int64_t* out) {
+  return check(env, napi_get_value_int64(env, v, out), "expected an integer");
+}
+
+inline bool boolean(napi_env env, napi_value v, bool* out) {
+  return check(env, napi_get_value_bool(env, v, out), "expected a boolean");
+}
+
+inline bool matrix(napi_env env, napi_value v, gemma::Matrix** out) {
+  void* handle;
+  if (!check(env, napi_get_value_external(env, v, &handle), "expected a packed matrix")) return false;
+  *out = static_cast<gemma::Matrix*>(handle);
+  return true;
+}
+
+inline napi_value element(napi_env env, napi_value array, uint32_t i) {
+  napi_value v = nullptr;
+  napi_get_element(env, array, i, &v);
+  return v;
+}
+
+inline bool isNull(napi_env env, napi_value v) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  return t == napi_null || t == napi_undefined;
+}
+
+// caches: B x (null | [k, vT: Float32Array, positions: Int32Array, entries, start]) into out; throws (false) on a bad one.
+inline bool rowCaches(napi_env env, napi_value list, int64_t B, int64_t kvHeads, int64_t headDim, std::vector<gemma::RowCache>& out) {
+  out.assign(static_cast<size_t>(B), gemma::RowCache{nullptr, nullptr, nullptr, 0, 0});
+  for (uint32_t b = 0; b < B; b++) {
+    napi_value c = element(env, list, b);
+    if (!c || isNull(env, c)) continue;
+    gemma::RowCache& r = out[b];
+    size_t kl, vl, pl;
+    int32_t* positions;
+    if (!typedArray(env, element(env, c, 0), napi_float32_array, &r.k, &kl) || !typedArray(env, element(env, c, 1), napi_float32_array, &r.vT, &vl) ||
+        !typedArray(env, element(env, c, 2), napi_int32_array, &positions, &pl) || !integer(env, element(env, c, 3), &r.entries) ||
+        !integer(env, element(env, c, 4), &r.start))
+      return false;
+    r.positions = positions;
+    const size_t need = static_cast<size_t>(kvHeads * r.entries * headDim);
+    if (r.entries <= 0 || kl < need || vl < need || pl < static_cast<size_t>(r.entries) || r.start < 0) {
+      napi_throw_range_error(env, nullptr, "layer: a cache is shorter than its entries");
+      return false;
+    }
+  }
+  return true;
+}
+
+// Defines the Gemma 4 bindings (addon-gemma4.cc) on exports.
+void defineGemma4(napi_env env, napi_value exports);
+
+}  // namespace glue
