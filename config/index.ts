@@ -105,6 +105,8 @@ export interface Config {
     logitBias: number;
     /** Entries in `stop`. */
     stopStrings: number;
+    /** Bytes of `chat_template_kwargs` as JSON. */
+    chatTemplateKwargsBytes: number;
   };
   /** Per-request limits and defaults. */
   sampling: {
@@ -209,6 +211,7 @@ export function loadConfig(env: Env = process.env): Config {
     messageChars: r.int('MAX_MESSAGE_CHARS', 1 << 20, 1, 1 << 30),
     logitBias: r.int('MAX_LOGIT_BIAS', 300, 0, 1 << 20),
     stopStrings: r.int('MAX_STOP_STRINGS', 16, 0, 1024),
+    chatTemplateKwargsBytes: r.int('MAX_CHAT_TEMPLATE_KWARGS_BYTES', 16384, 2, 1 << 20),
   };
   const shutdownGraceMs = r.int('SHUTDOWN_GRACE_MS', 10000, 0, 3_600_000);
   const logLevel = r.oneOf('LOG_LEVEL', LOG_LEVELS, 'info');

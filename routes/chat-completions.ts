@@ -84,6 +84,7 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
       topKCap: config.sampling.topKCap,
       vocabSize: service.model?.vocabSize,
       messageChars: config.limits.messageChars,
+      chatTemplateKwargsBytes: config.limits.chatTemplateKwargsBytes,
     });
     // 2. The one model this server serves.
     if (body.model !== config.model.id) throw new ModelNotFoundError(body.model, config.model.id);
@@ -101,6 +102,7 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
       ...(sessionId === undefined ? {} : { sessionId }),
       namespace: req.namespace,
       messages: toChatTurns(body.messages),
+      ...(body.chat_template_kwargs ? { templateKwargs: body.chat_template_kwargs } : {}),
       params: toSamplingParams(body, { maxTokens: config.sampling.defaultMaxTokens, ...service.model?.samplingDefaults }),
       n,
       signal: abort.signal,

@@ -38,6 +38,7 @@ export function toUsageJson(u: GenerationUsage): CompletionUsage {
     completion_tokens: u.completionTokens,
     total_tokens: u.promptTokens + u.completionTokens,
     prompt_tokens_details: { cached_tokens: u.cachedTokens },
+    ...(u.reasoningTokens === undefined ? {} : { completion_tokens_details: { reasoning_tokens: u.reasoningTokens } }),
     gemma_serve: { prompt_tokens_processed: u.promptTokensProcessed, evicted_tokens: u.evictedTokens },
   };
 }
@@ -58,6 +59,12 @@ export function tokenChunk(meta: CompletionMeta, choice: number, text: string, l
   return chunk(meta, [{ index: choice, delta: { content: text }, logprobs, finish_reason: null }]);
 }
 
+/** A piece of the model's thinking, as vLLM and llama.cpp's server stream it. */
+export function reasoningChunk(meta: CompletionMeta, choice: number, text: string, logprob?: TokenLogprob): ChatCompletionChunk {
+  const logprobs: ChoiceLogprobs | null = logprob === undefined ? null : { content: [toLogprobJson(logprob)], refusal: null };
+  return chunk(meta, [{ index: choice, delta: { reasoning_content: text }, logprobs, finish_reason: null }]);
+}
+
 export function finishChunk(meta: CompletionMeta, choice: number, reason: ChatFinishReason): ChatCompletionChunk {
   return chunk(meta, [{ index: choice, delta: {}, logprobs: null, finish_reason: reason }]);
 }
@@ -70,19 +77,23 @@ export function usageChunk(meta: CompletionMeta, usage: GenerationUsage): ChatCo
 /** Gathers a whole non-streamed completion from its events. */
 export class CompletionBuilder {
   private readonly texts: string[];
+  /** Thinking per choice; undefined until a choice has some. */
+  private readonly reasoning: (string | undefined)[];
   private readonly logprobs: (TokenLogprobJson[] | null)[];
   private readonly reasons: (ChatFinishReason | undefined)[];
   private usage: GenerationUsage | undefined;
 
   constructor(private readonly meta: CompletionMeta, n: number, wantLogprobs: boolean) {
     this.texts = Array.from({ length: n }, () => '');
+    this.reasoning = Array.from({ length: n }, () => undefined);
     this.logprobs = Array.from({ length: n }, () => (wantLogprobs ? [] : null));
     this.reasons = Array.from({ length: n }, () => undefined);
   }
 
   add(ev: GenerationEvent): void {
     if (ev.type === 'token') {
-      this.texts[ev.choice] += ev.text;
+      if (ev.reasoning) this.reasoning[ev.choice] = (this.reasoning[ev.choice] ?? '') + ev.text;
+      else this.texts[ev.choice] += ev.text;
       if (ev.logprob !== undefined) this.logprobs[ev.choice]?.push(toLogprobJson(ev.logprob));
     } else if (ev.type === 'finish') {
       this.reasons[ev.choice] = ev.reason;
@@ -101,7 +112,12 @@ export class CompletionBuilder {
       model: this.meta.model,
       choices: this.texts.map((content, index) => ({
         index,
-        message: { role: 'assistant', content, refusal: null },
+        message: {
+          role: 'assistant',
+          content,
+          ...(this.reasoning[index] === undefined ? {} : { reasoning_content: this.reasoning[index] }),
+          refusal: null,
+        },
         logprobs: this.logprobs[index] === null ? null : { content: this.logprobs[index]!, refusal: null },
         finish_reason: this.reasons[index] ?? 'stop',
       })),

@@ -8,7 +8,7 @@
 import type { FastifyBaseLogger } from 'fastify';
 import type { ErrorBody } from '../src/protocol/chat-types.js';
 import type { GenerationEvent } from '../src/scheduler/types.js';
-import { type CompletionMeta, finishChunk, roleChunk, tokenChunk, usageChunk } from './chat-format.js';
+import { type CompletionMeta, finishChunk, reasoningChunk, roleChunk, tokenChunk, usageChunk } from './chat-format.js';
 import type { ChatObserver } from './chat-observer.js';
 
 const frame = (obj: unknown): string => `data: ${JSON.stringify(obj)}\n\n`;
@@ -38,7 +38,10 @@ export async function* sseFrames(src: SseSource): AsyncGenerator<string> {
         observer.event(ev);
         if (ev.type === 'token') {
           // An empty delta without a logprob tells the client nothing (stop-string lookahead).
-          if (ev.text !== '' || ev.logprob !== undefined) yield frame(tokenChunk(meta, ev.choice, ev.text, ev.logprob));
+          // Thinking goes out as delta.reasoning_content, the answer as delta.content.
+          if (ev.text !== '' || ev.logprob !== undefined) {
+            yield frame(ev.reasoning ? reasoningChunk(meta, ev.choice, ev.text, ev.logprob) : tokenChunk(meta, ev.choice, ev.text, ev.logprob));
+          }
         } else if (ev.type === 'finish') {
           yield frame(finishChunk(meta, ev.choice, ev.reason));
         } else if (meta.includeUsage) {

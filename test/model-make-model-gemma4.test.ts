@@ -52,6 +52,10 @@ t.test('the tiny Gemma 4 preset writes a directory the engine serves', async (t)
   t.same(c.gemma4!.layers.map((l) => l.kvSource), [0, 1, 2, 1, 1, 2], 'the last three layers read the K/V of the last earlier layer of their type');
   t.same(c.gemma4!.layers.map((l) => l.intermediateSize), [128, 128, 128, 256, 256, 256], 'KV-shared layers have the double-wide MLP');
 
+  const tokenizer = JSON.parse(await fsp.readFile(path.join(out, 'tokenizer.json'), 'utf8')) as { added_tokens: { id: number; content: string }[] };
+  t.same(tokenizer.added_tokens.filter((a) => a.id === 105 || a.id === 106).map((a) => a.content), ['<|turn>', '<turn|>'], 'Gemma 4\'s turn markers');
+  t.ok(await fsp.stat(path.join(out, 'chat_template.jinja')), 'Gemma 4\'s chat template');
+
   const s = await readSafetensors(out);
   t.notOk(s.has('model.layers.3.self_attn.k_proj.weight'), 'KV-shared layers have no K/V weights');
   t.same(s.info('model.embed_tokens_per_layer.weight').shape, [262144, 6 * 16]);

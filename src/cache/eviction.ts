@@ -15,8 +15,22 @@
  */
 import { GemmaServeError } from '../errors.js';
 
+/** Gemma 3's `<start_of_turn>` / `<end_of_turn>` ids: the defaults where no tokenizer is involved. */
 export const START_OF_TURN_ID = 105;
 export const END_OF_TURN_ID = 106;
+
+/**
+ * The ids of a vocabulary's turn markers (Gemma 2/3 `<start_of_turn>` /
+ * `<end_of_turn>`, Gemma 4 `<|turn>` / `<turn|>`): turn-aware eviction and
+ * prefix keys split at them. The loaded tokenizer reports its own
+ * (GemmaTokenizer.turnMarkers); GEMMA3_TURN_MARKERS is the default.
+ */
+export interface TurnMarkers {
+  startOfTurn: number;
+  endOfTurn: number;
+}
+
+export const GEMMA3_TURN_MARKERS: Readonly<TurnMarkers> = Object.freeze({ startOfTurn: START_OF_TURN_ID, endOfTurn: END_OF_TURN_ID });
 /** StreamingLLM's finding: a handful of initial tokens act as attention sinks. */
 export const MIN_SINK = 4;
 

@@ -65,13 +65,16 @@ export function sessionFromPrompt(init: {
   promptIds: ArrayLike<number>;
   plan: PromptPlan;
   now?: number;
+  /** The vocabulary's turn-start id (default Gemma 3's). */
+  startOfTurnId?: number;
 }): SessionMeta {
   const now = init.now ?? Date.now();
   const ids = Array.from(init.promptIds);
   const { sinkLen, dropped } = init.plan;
+  const sot = init.startOfTurnId ?? START_OF_TURN_ID;
   let meta = createSessionMeta({ id: init.id, model: init.model, sinkIds: ids.slice(0, sinkLen), now });
-  if (dropped > 0) meta = skipTokens(meta, ids.slice(sinkLen, sinkLen + dropped), now);
-  return appendTokens(meta, ids.slice(sinkLen + dropped), now);
+  if (dropped > 0) meta = skipTokens(meta, ids.slice(sinkLen, sinkLen + dropped), now, sot);
+  return appendTokens(meta, ids.slice(sinkLen + dropped), now, sot);
 }
 
 /** Tokens in the cache. */

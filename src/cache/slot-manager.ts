@@ -11,6 +11,7 @@
  * waits that long for a release first (FIFO).
  */
 import { GemmaServeError } from '../errors.js';
+import { GEMMA3_TURN_MARKERS, type TurnMarkers } from './eviction.js';
 import { namespaceOf } from './namespace.js';
 import { cacheLength, computeReuse, promptPrefixKeys, type SessionMeta } from './session-meta.js';
 import type { CacheLogger, SessionStore } from './session-store.js';
@@ -70,9 +71,11 @@ export interface SlotManagerOptions {
    * re-tokenized text may differ at its end). Default 32.
    */
   matchSlack?: number;
+  /** The vocabulary's turn markers: prompts are matched by their turn-start prefixes (default Gemma 3's). */
+  turnMarkers?: TurnMarkers;
 }
 
-/** `<start_of_turn>model\n`: the reply starts this many tokens after its turn start. */
+/** `<start_of_turn>model\n` (Gemma 4: `<|turn>model\n`): the reply starts this many tokens after its turn start. */
 const REPLY_HEADER = 3;
 
 interface Slot {
@@ -94,6 +97,7 @@ export class SlotManager {
   private readonly pendingWrites = new Map<string, Promise<void>>();
   private readonly waiters: (() => void)[] = [];
   private readonly matchSlack: number;
+  readonly turnMarkers: Readonly<TurnMarkers>;
 
   constructor(opts: SlotManagerOptions) {
     if (!Number.isInteger(opts.slots) || opts.slots < 1) throw new RangeError(`slots must be >= 1, got ${opts.slots}`);
@@ -104,6 +108,7 @@ export class SlotManager {
     this.logger = opts.logger;
     this.now = opts.now ?? Date.now;
     this.matchSlack = opts.matchSlack ?? 32;
+    this.turnMarkers = opts.turnMarkers ?? GEMMA3_TURN_MARKERS;
   }
 
   /** Gives `sessionId` a slot and marks it busy. */
@@ -226,7 +231,7 @@ export class SlotManager {
    * stored ones.
    */
   async matchPrefix(promptIds: ArrayLike<number>, namespace: string): Promise<string | undefined> {
-    const keys = promptPrefixKeys(promptIds);
+    const keys = promptPrefixKeys(promptIds, this.turnMarkers.startOfTurn);
     if (keys.length === 0) return undefined;
     const keySet = new Set(keys);
     const candidates = new Set<string>();

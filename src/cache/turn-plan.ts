@@ -5,7 +5,16 @@
  * one sequence, so a suffix longer than the cache drops its own oldest turns
  * the same way (sink plus the newest turns that fit).
  */
-import { findTurnStarts, lastClosedTurnStart, planEviction, planPrompt, type EvictionPlan, type Range } from './eviction.js';
+import {
+  findTurnStarts,
+  GEMMA3_TURN_MARKERS,
+  lastClosedTurnStart,
+  planEviction,
+  planPrompt,
+  type EvictionPlan,
+  type Range,
+  type TurnMarkers,
+} from './eviction.js';
 import {
   appendTokens,
   applyEviction,
@@ -46,15 +55,18 @@ export interface TurnPlanOptions {
   minFree?: number;
   /** Sink length for a session started afresh (see sinkLength). */
   sinkLen: number;
+  /** The vocabulary's turn markers (default Gemma 3's): turns are evicted whole between them. */
+  turnMarkers?: TurnMarkers;
   now?: number;
 }
 
 /** Plans a request for a session whose cache holds `meta` (undefined: nothing usable). */
 export function planTurn(meta: SessionMeta | undefined, promptIds: ArrayLike<number>, o: TurnPlanOptions): TurnPlan {
   const now = o.now ?? Date.now();
+  const { startOfTurn, endOfTurn } = o.turnMarkers ?? GEMMA3_TURN_MARKERS;
   const r = meta && meta.model === o.model ? computeReuse(meta, promptIds) : undefined;
   if (!r) {
-    const p = planPrompt(promptIds, o.sinkLen, o.capacity, o.headroom);
+    const p = planPrompt(promptIds, o.sinkLen, o.capacity, o.headroom, { startOfTurnId: startOfTurn, endOfTurnId: endOfTurn });
     return {
       reuse: 0,
       eviction: { keep: [], evicted: 0, kind: 'none', length: 0, turnStarts: [], protectFrom: 0 },
@@ -63,14 +75,14 @@ export function planTurn(meta: SessionMeta | undefined, promptIds: ArrayLike<num
       evicted: p.dropped,
       kind: p.dropped > 0 ? p.kind : 'none',
       protectFrom: p.protectFrom,
-      meta: { ...sessionFromPrompt({ id: o.id, model: o.model, promptIds, plan: p, now }), lastUsedAt: now },
+      meta: { ...sessionFromPrompt({ id: o.id, model: o.model, promptIds, plan: p, now, startOfTurnId: startOfTurn }), lastUsedAt: now },
     };
   }
-  const m = truncateMeta(meta!, r.reuse, now);
+  const m = truncateMeta(meta!, r.reuse, now, startOfTurn);
   const sink = m.sinkIds.length;
   const L = r.reuse;
-  const suffixTurns = findTurnStarts(r.suffix).map((t) => t + L);
-  const closed = lastClosedTurnStart(r.suffix);
+  const suffixTurns = findTurnStarts(r.suffix, startOfTurn).map((t) => t + L);
+  const closed = lastClosedTurnStart(r.suffix, startOfTurn, endOfTurn);
   const whole = planEviction(
     {
       length: L + r.suffix.length,
@@ -98,9 +110,9 @@ export function planTurn(meta: SessionMeta | undefined, promptIds: ArrayLike<num
   };
   let next = applyEviction(m, eviction, now);
   const cacheIds = [...next.sinkIds, ...next.keptIds];
-  if (fromSuffix > 0) next = skipTokens(next, r.suffix.slice(0, fromSuffix), now);
+  if (fromSuffix > 0) next = skipTokens(next, r.suffix.slice(0, fromSuffix), now, startOfTurn);
   const prefill = r.suffix.slice(fromSuffix);
-  next = { ...appendTokens(next, prefill, now), lastUsedAt: now };
+  next = { ...appendTokens(next, prefill, now, startOfTurn), lastUsedAt: now };
   return {
     reuse: L,
     eviction,

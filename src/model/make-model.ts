@@ -10,6 +10,7 @@ import { promises as fsp, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GemmaServeError } from '../errors.js';
+import { writeGemma4TokenizerFiles } from './gemma4-chat-files.js';
 import { gemma4HfConfig, gemma4TensorSpecs, GEMMA4_PRESETS, type Gemma4PresetName, type Gemma4Shape } from './make-model-gemma4.js';
 import { specElements, writeRandomSafetensors, type GenSpec } from './random-tensors.js';
 import type { WritableDType } from './safetensors.js';
@@ -187,6 +188,11 @@ export async function makeModel(opts: MakeModelOptions): Promise<void> {
   await fsp.writeFile(path.join(opts.out, 'config.json'), json(config));
   await fsp.writeFile(path.join(opts.out, 'generation_config.json'),
     json({ bos_token_id: 2, eos_token_id: eos, pad_token_id: 0, do_sample: true, top_k: 64, top_p: 0.95 }));
+  if (opts.arch === 'gemma4') {
+    // Gemma 3's vocabulary with Gemma 4's control tokens at their ids, and Gemma 4's chat template.
+    await writeGemma4TokenizerFiles(opts.out);
+    return;
+  }
   const tok = defaultTokenizerFiles();
   await fsp.copyFile(tok.tokenizerJson, path.join(opts.out, 'tokenizer.json'));
   await fsp.copyFile(tok.tokenizerConfig, path.join(opts.out, 'tokenizer_config.json'));

@@ -49,11 +49,24 @@ interface AddedInfo {
 /**
  * Added tokens that are control tokens whatever their `special` flag says:
  * Gemma's reserved markers (Gemma 2 has `[@BOS@]` and `<unused0..98>`,
- * Gemma 3 `<unused0..6241>`) and its turn, image and sequence markers. The
- * other non-special added tokens (runs of `\n`, `\t`, `▁`, HTML tags) are text.
+ * Gemma 3 `<unused0..6241>`) and its turn, image and sequence markers, and
+ * Gemma 4's (`<|turn>` / `<turn|>`, the thinking switch `<|think|>`, the
+ * channel markers `<|channel>` / `<channel|>`, the tool markers and string
+ * delimiter `<|"|>`, the image, audio and video markers). The other
+ * non-special added tokens (runs of `\n`, `\t`, `▁`, HTML tags) are text.
  */
-const CONTROL_NAMES =
-  /^(?:<unused\d+>|<mask>|\[multimodal\]|\[@BOS@\]|<pad>|<eos>|<bos>|<unk>|<start_of_turn>|<end_of_turn>|<start_of_image>|<end_of_image>|<image_soft_token>)$/;
+const CONTROL_NAMES = new RegExp(
+  '^(?:' +
+    [
+      '<unused\\d+>', '<mask>', '\\[multimodal\\]', '\\[@BOS@\\]', '<pad>', '<eos>', '<bos>', '<unk>',
+      '<start_of_turn>', '<end_of_turn>', '<start_of_image>', '<end_of_image>', '<image_soft_token>',
+      // Gemma 4
+      '<\\|turn>', '<turn\\|>', '<\\|think\\|>', '<\\|channel>', '<channel\\|>',
+      '<\\|tool>', '<tool\\|>', '<\\|tool_call>', '<tool_call\\|>', '<\\|tool_response>', '<tool_response\\|>', '<\\|"\\|>',
+      '<\\|image>', '<image\\|>', '<\\|image\\|>', '<\\|audio>', '<audio\\|>', '<\\|audio\\|>', '<\\|video\\|>',
+    ].join('|') +
+    ')$',
+);
 
 /**
  * Escape in rendered message content: ESC ESC is ESC itself, ESC <base-36
@@ -135,6 +148,20 @@ export class TextEncoding {
    */
   encodeChat(messages: ChatMessage[], through: number, render: (escaped: ChatMessage[]) => string): { ids: number[]; prefix: number[] | undefined } {
     return this.encodeRendered(render(this.escapeMessages(messages, through)));
+  }
+
+  /**
+   * A template variable with every string in it (object keys too) escaped as
+   * message content is, so that a control string passed in a variable (e.g.
+   * `chat_template_kwargs`) is rendered as text, never as a control token.
+   */
+  escapeValue(v: unknown): unknown {
+    if (typeof v === 'string') return this.escape(v);
+    if (Array.isArray(v)) return v.map((x) => this.escapeValue(x));
+    if (v !== null && typeof v === 'object') {
+      return Object.fromEntries(Object.entries(v).map(([k, x]) => [this.escape(k), this.escapeValue(x)]));
+    }
+    return v;
   }
 
   /** Encodes text as `encode(text, { addSpecialTokens: false })` would, control strings as their characters. */

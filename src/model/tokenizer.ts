@@ -22,6 +22,25 @@ export { ChatTemplateError, TokenIdError, TokenizerFileError };
 
 export type { ChatMessage } from './text-encoding.js';
 
+/** How a conversation is rendered by the chat template. */
+export interface ChatRenderOptions {
+  /** End with the model's turn header (default true). */
+  addGenerationPrompt?: boolean;
+  /**
+   * Extra template variables (an API request's `chat_template_kwargs`, e.g.
+   * `{ enable_thinking: true }` for Gemma 4). Strings in them are text (control
+   * strings escaped, as in message content); `messages`, `add_generation_prompt`,
+   * `bos_token` and `eos_token` are the tokenizer's own and not overridden.
+   */
+  templateKwargs?: Record<string, unknown>;
+}
+
+/** Ids of a thinking block's markers (Gemma 4: `<|channel>` ... `<channel|>`). */
+export interface ReasoningMarkers {
+  start: number;
+  end: number;
+}
+
 interface TokenizerConfig extends TextEncodingConfig {
   chat_template?: string | { name: string; template: string }[];
   bos_token?: string | { content: string };
@@ -98,6 +117,16 @@ function tokenContent(v: string | { content: string } | undefined): string | und
 
 let defaultTokenizer: Promise<GemmaTokenizer> | null = null;
 
+/** Turn-marker names, in the order looked up: Gemma 2/3's, then Gemma 4's. */
+const START_OF_TURN_NAMES = ['<start_of_turn>', '<|turn>'] as const;
+const END_OF_TURN_NAMES = ['<end_of_turn>', '<turn|>'] as const;
+
+/** A vocabulary's turn-marker ids (the same shape as src/cache's TurnMarkers). */
+export interface TurnMarkers {
+  startOfTurn: number;
+  endOfTurn: number;
+}
+
 const BYTE_TOKEN = /^<0x([0-9A-Fa-f]{2})>$/;
 const utf8 = new TextEncoder();
 
@@ -105,7 +134,9 @@ export class GemmaTokenizer {
   readonly vocabSize: number;
   readonly bosId: number;
   readonly eosId: number;
+  /** `<end_of_turn>` (Gemma 2/3) or `<turn|>` (Gemma 4); 106 when the vocabulary has neither. */
   readonly endOfTurnId: number;
+  /** `<start_of_turn>` (Gemma 2/3) or `<|turn>` (Gemma 4); 105 when the vocabulary has neither. */
   readonly startOfTurnId: number;
   readonly padId: number;
   readonly bosToken: string;
@@ -122,8 +153,9 @@ export class GemmaTokenizer {
     // Gemma's <eos> (1) ends text; the config's eos_token is often <end_of_turn>, which we track separately.
     this.eosId = id('<eos>', 1);
     this.eosToken = core.vocab[this.eosId] ?? '<eos>';
-    this.endOfTurnId = id('<end_of_turn>', 106);
-    this.startOfTurnId = id('<start_of_turn>', 105);
+    const first = (names: readonly string[], fallback: number) => names.map((n) => id(n, -1)).find((i) => i >= 0) ?? fallback;
+    this.endOfTurnId = first(END_OF_TURN_NAMES, 106);
+    this.startOfTurnId = first(START_OF_TURN_NAMES, 105);
     this.padId = id(tokenContent(config.pad_token) ?? '<pad>', 0);
     this.template = template === null ? null : new Template(template);
   }
@@ -179,6 +211,11 @@ export class GemmaTokenizer {
     return this.core.tok.decode(ids, { skip_special_tokens: opts.skipSpecialTokens ?? true });
   }
 
+  /** This vocabulary's turn-marker ids, for turn-aware eviction and prefix keys (src/cache). */
+  get turnMarkers(): TurnMarkers {
+    return { startOfTurn: this.startOfTurnId, endOfTurn: this.endOfTurnId };
+  }
+
   isSpecial(id: number): boolean {
     return this.core.special.has(id);
   }
@@ -207,8 +244,8 @@ export class GemmaTokenizer {
   }
 
   /** Renders the chat template (which emits <bos> itself: encode the result with addSpecialTokens false). */
-  applyChatTemplate(messages: ChatMessage[], opts: { addGenerationPrompt?: boolean } = {}): string {
-    return this.render(messages, opts.addGenerationPrompt ?? true);
+  applyChatTemplate(messages: ChatMessage[], opts: ChatRenderOptions = {}): string {
+    return this.render(messages, opts.addGenerationPrompt ?? true, opts.templateKwargs);
   }
 
   /**
@@ -217,8 +254,9 @@ export class GemmaTokenizer {
    * their characters, never control ids. Where content holds no control
    * string this is `encode(applyChatTemplate(messages), { addSpecialTokens: false })`.
    */
-  encodeChat(messages: ChatMessage[], opts: { addGenerationPrompt?: boolean } = {}): number[] {
-    return this.core.text.encodeChat(messages, -1, (m) => this.render(m, opts.addGenerationPrompt ?? true)).ids;
+  encodeChat(messages: ChatMessage[], opts: ChatRenderOptions = {}): number[] {
+    const kwargs = this.escapedKwargs(opts.templateKwargs);
+    return this.core.text.encodeChat(messages, -1, (m) => this.render(m, opts.addGenerationPrompt ?? true, kwargs)).ids;
   }
 
   /**
@@ -227,9 +265,10 @@ export class GemmaTokenizer {
    * whitespace; with list content, through the last text part the template
    * renders). Undefined when the template does not render that content.
    */
-  encodeChatPrefix(messages: ChatMessage[], throughMessage = 0, opts: { addGenerationPrompt?: boolean } = {}): number[] | undefined {
+  encodeChatPrefix(messages: ChatMessage[], throughMessage = 0, opts: ChatRenderOptions = {}): number[] | undefined {
     if (throughMessage < 0 || throughMessage >= messages.length) return undefined;
-    return this.core.text.encodeChat(messages, throughMessage, (m) => this.render(m, opts.addGenerationPrompt ?? true)).prefix;
+    const kwargs = this.escapedKwargs(opts.templateKwargs);
+    return this.core.text.encodeChat(messages, throughMessage, (m) => this.render(m, opts.addGenerationPrompt ?? true, kwargs)).prefix;
   }
 
   /**
@@ -251,10 +290,27 @@ export class GemmaTokenizer {
     return this.core.text.controls;
   }
 
-  private render(messages: ChatMessage[], addGenerationPrompt: boolean): string {
+  /**
+   * The ids of this vocabulary's thinking-block markers, when it has them as
+   * control tokens (Gemma 4's `<|channel>` / `<channel|>`); undefined for
+   * Gemma 2/3, whose replies have no thinking block.
+   */
+  get reasoningMarkers(): ReasoningMarkers | undefined {
+    const start = this.core.tok.token_to_id('<|channel>');
+    const end = this.core.tok.token_to_id('<channel|>');
+    if (start === undefined || end === undefined || !this.isControl(start) || !this.isControl(end)) return undefined;
+    return { start, end };
+  }
+
+  private escapedKwargs(kwargs: Record<string, unknown> | undefined): Record<string, unknown> | undefined {
+    return kwargs === undefined ? undefined : (this.core.text.escapeValue(kwargs) as Record<string, unknown>);
+  }
+
+  private render(messages: ChatMessage[], addGenerationPrompt: boolean, kwargs?: Record<string, unknown>): string {
     if (!this.template) throw new ChatTemplateError('this model has no chat template');
     try {
       return this.template.render({
+        ...kwargs,
         messages,
         add_generation_prompt: addGenerationPrompt,
         bos_token: this.bosToken,

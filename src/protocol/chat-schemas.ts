@@ -18,7 +18,12 @@ export interface ProtocolLimits {
   logitBias: number;
   /** Entries in stop (MAX_STOP_STRINGS). */
   stopStrings: number;
+  /** Bytes of chat_template_kwargs as JSON (MAX_CHAT_TEMPLATE_KWARGS_BYTES). */
+  chatTemplateKwargsBytes: number;
 }
+
+/** Deepest nesting of objects and arrays inside chat_template_kwargs (the object itself is depth 1). */
+export const CHAT_TEMPLATE_KWARGS_MAX_DEPTH = 8;
 
 /**
  * A session name (x-session-id, prompt_cache_key): letters, digits and a few
@@ -60,6 +65,11 @@ const chatMessageSchema = (limits: ProtocolLimits) => ({
     tool_call_id: { type: 'string', maxLength: 256 },
     refusal: nullable('string'),
     function_call: { description: 'Not supported.' },
+    reasoning_content: {
+      ...nullable('string'),
+      maxLength: limits.messageChars,
+      description: 'On assistant messages: accepted and ignored. A reply\'s thinking is not part of the history the next turn renders.',
+    },
   },
 } as const);
 
@@ -166,6 +176,15 @@ const chatCompletionRequestSchema = (limits: ProtocolLimits) => ({
       items: { type: 'integer', minimum: 0 },
       description: 'vLLM extension: extra token ids that end generation.',
     },
+    chat_template_kwargs: {
+      type: ['object', 'null'],
+      maxProperties: 64,
+      propertyNames: { maxLength: 256 },
+      description:
+        'vLLM extension: extra variables for the chat template, e.g. {"enable_thinking": true} for Gemma 4. Every key is passed on ' +
+        '(`messages`, `add_generation_prompt`, `bos_token` and `eos_token` stay the server\'s); strings are rendered as text. ' +
+        `At most ${limits.chatTemplateKwargsBytes} bytes as JSON (MAX_CHAT_TEMPLATE_KWARGS_BYTES), nested at most ${CHAT_TEMPLATE_KWARGS_MAX_DEPTH} deep.`,
+    },
   },
 } as const);
 
@@ -215,6 +234,12 @@ export const UsageSchema = {
       required: ['cached_tokens'],
       properties: { cached_tokens: { type: 'integer', description: 'Prompt tokens reused from the session cache.' } },
     },
+    completion_tokens_details: {
+      type: 'object',
+      description: 'Only for models that think (Gemma 4): how many completion tokens were thinking.',
+      required: ['reasoning_tokens'],
+      properties: { reasoning_tokens: { type: 'integer', description: 'Tokens of thinking blocks (markers included), part of completion_tokens.' } },
+    },
     gemma_serve: {
       type: 'object',
       description: 'gemma-serve extension: what the rolling KV cache did for this request.',
@@ -251,6 +276,10 @@ export const ChatCompletionSchema = {
             properties: {
               role: { type: 'string', enum: ['assistant'] },
               content: { type: 'string' },
+              reasoning_content: {
+                type: 'string',
+                description: 'Only for models that think (Gemma 4), when the reply has a thinking block: its text, left out of `content`.',
+              },
               refusal: { type: 'null' },
             },
           },
@@ -285,6 +314,7 @@ export const ChatCompletionChunkSchema = {
             properties: {
               role: { type: 'string', enum: ['assistant'] },
               content: { type: 'string' },
+              reasoning_content: { type: 'string', description: 'Thinking (Gemma 4), streamed before the content deltas.' },
               refusal: { type: 'null' },
             },
           },

@@ -28,6 +28,8 @@ export interface ChatCompletionMessageParam {
   refusal?: string | null;
   /** Deprecated function calling: rejected. */
   function_call?: unknown;
+  /** On assistant messages: accepted and ignored (thinking is not part of the history). */
+  reasoning_content?: string | null;
 }
 
 export interface ChatCompletionRequest {
@@ -76,6 +78,8 @@ export interface ChatCompletionRequest {
   /** Multiplicative (HF/vLLM), 1 = off. */
   repetition_penalty?: number | null;
   stop_token_ids?: number[] | null;
+  /** Extra chat-template variables (e.g. `{ enable_thinking: true }` for Gemma 4); all keys are passed on. */
+  chat_template_kwargs?: Record<string, unknown> | null;
 }
 
 export type ChatFinishReason = 'stop' | 'length';
@@ -108,6 +112,8 @@ export interface CompletionUsage {
   completion_tokens: number;
   total_tokens: number;
   prompt_tokens_details: { cached_tokens: number };
+  /** Only for models that think (Gemma 4). */
+  completion_tokens_details?: { reasoning_tokens: number };
   gemma_serve: GemmaServeUsage;
 }
 
@@ -118,7 +124,8 @@ export interface ChatCompletion {
   model: string;
   choices: {
     index: number;
-    message: { role: 'assistant'; content: string; refusal: null };
+    /** `reasoning_content`: the reply's thinking (models that think, when the reply has a thinking block). */
+    message: { role: 'assistant'; content: string; reasoning_content?: string; refusal: null };
     logprobs: ChoiceLogprobs | null;
     finish_reason: ChatFinishReason;
   }[];
@@ -132,7 +139,7 @@ export interface ChatCompletionChunk {
   model: string;
   choices: {
     index: number;
-    delta: { role?: 'assistant'; content?: string; refusal?: null };
+    delta: { role?: 'assistant'; content?: string; reasoning_content?: string; refusal?: null };
     logprobs: ChoiceLogprobs | null;
     finish_reason: ChatFinishReason | null;
   }[];

@@ -5,12 +5,14 @@
  * (unsupported content and features). Pure, so it is tested without a server.
  */
 import { quote } from '../errors.js';
+import { CHAT_TEMPLATE_KWARGS_MAX_DEPTH } from './chat-schemas.js';
 import { CHAT_ROLES, type ChatCompletionRequest, type ContentPart } from './chat-types.js';
 import {
   EmptyMessagesError,
   LimitExceededError,
   MissingParameterError,
   ParameterConflictError,
+  TemplateKwargsError,
   UnknownRoleError,
   UnsupportedContentError,
   UnsupportedFeatureError,
@@ -26,6 +28,8 @@ export interface ChatLimits {
   vocabSize?: number;
   /** Characters of text in one message, its parts added up (MAX_MESSAGE_CHARS; a string is bounded by the schema). */
   messageChars?: number;
+  /** Bytes of chat_template_kwargs as JSON (MAX_CHAT_TEMPLATE_KWARGS_BYTES); undefined: no size check. */
+  chatTemplateKwargsBytes?: number;
 }
 
 const NON_TEXT_PARTS: Record<string, string> = {
@@ -115,7 +119,10 @@ export function checkChatRequest(req: ChatCompletionRequest, limits: ChatLimits)
   // Check 9: top_k fits the device top-K.
   if (present(req.top_k) && req.top_k! > limits.topKCap) throw new LimitExceededError('top_k', req.top_k!, limits.topKCap, 'TOPK_CAP');
 
-  // Check 10: token ids exist in the vocabulary.
+  // Check 10: chat_template_kwargs is plain JSON data, not too deep, not too large.
+  if (present(req.chat_template_kwargs)) checkTemplateKwargs(req.chat_template_kwargs, limits.chatTemplateKwargsBytes);
+
+  // Check 11: token ids exist in the vocabulary.
   if (limits.vocabSize !== undefined) {
     const vocab = limits.vocabSize;
     for (const key of Object.keys(req.logit_bias ?? {})) {
@@ -124,6 +131,36 @@ export function checkChatRequest(req: ChatCompletionRequest, limits: ChatLimits)
     (req.stop_token_ids ?? []).forEach((id, i) => {
       if (id >= vocab) throw new LimitExceededError(`stop_token_ids[${i}]`, id, vocab - 1, 'the model vocabulary');
     });
+  }
+}
+
+/**
+ * Template variables must be what JSON can carry (a template may print or
+ * iterate them): plain objects, arrays, strings, finite numbers, booleans,
+ * null; at most CHAT_TEMPLATE_KWARGS_MAX_DEPTH deep and `maxBytes` as JSON.
+ */
+export function checkTemplateKwargs(kwargs: unknown, maxBytes?: number): void {
+  if (typeof kwargs !== 'object' || kwargs === null || Array.isArray(kwargs)) throw new TemplateKwargsError('expected an object');
+  const walk = (v: unknown, depth: number, path: string): void => {
+    if (v === null || typeof v === 'string' || typeof v === 'boolean') return;
+    if (typeof v === 'number') {
+      if (!Number.isFinite(v)) throw new TemplateKwargsError(`${path} is not a finite number`);
+      return;
+    }
+    if (typeof v !== 'object') throw new TemplateKwargsError(`${path} is not JSON-serializable (${typeof v})`);
+    if (depth > CHAT_TEMPLATE_KWARGS_MAX_DEPTH) throw new TemplateKwargsError(`nested more than ${CHAT_TEMPLATE_KWARGS_MAX_DEPTH} deep at ${path}`);
+    if (Array.isArray(v)) {
+      v.forEach((x, i) => walk(x, depth + 1, `${path}[${i}]`));
+      return;
+    }
+    const proto = Object.getPrototypeOf(v);
+    if (proto !== Object.prototype && proto !== null) throw new TemplateKwargsError(`${path} is not a plain JSON object`);
+    for (const [k, x] of Object.entries(v)) walk(x, depth + 1, `${path}.${k.slice(0, 64)}`);
+  };
+  walk(kwargs, 1, 'chat_template_kwargs');
+  if (maxBytes !== undefined) {
+    const bytes = Buffer.byteLength(JSON.stringify(kwargs), 'utf8');
+    if (bytes > maxBytes) throw new LimitExceededError('chat_template_kwargs', bytes, maxBytes, 'MAX_CHAT_TEMPLATE_KWARGS_BYTES');
   }
 }
 

@@ -49,3 +49,11 @@ export class MissingParameterError extends InvalidValueError {
     super(`Missing required parameter: '${param}'.`, param, 'missing_required_parameter');
   }
 }
+
+/** chat_template_kwargs that cannot be passed to a template: not plain JSON, nested too deep, or too large. */
+export class TemplateKwargsError extends InvalidValueError {
+  constructor(why: string) {
+    super(`Invalid 'chat_template_kwargs': ${why}. Send an object of plain JSON values (strings, numbers, booleans, null, arrays, objects).`,
+      'chat_template_kwargs', 'invalid_chat_template_kwargs');
+  }
+}

@@ -11,6 +11,7 @@ import { OPEN_NAMESPACE, SessionBusyError, SlotsBusyError, nameOf, scopedId } fr
 import type { Engine } from '../engine/engine.js';
 import { Sampler, type RequestLimits, type Sequence, type StepOutput } from '../engine/sampler.js';
 import { GemmaServeError, InvalidValueError } from '../errors.js';
+import { endsInsideBlock, ReasoningSplitter, type ReasoningPart } from './reasoning.js';
 import { EventQueue } from './event-queue.js';
 import { QueueFullError, ShuttingDownError, TokenOutsideVocabularyError } from './errors.js';
 import type { Binding, SessionTurns } from './session-turns.js';
@@ -57,6 +58,8 @@ interface Row {
   choice: number;
   binding?: Binding;
   seq?: Sequence;
+  /** Separates the reply's thinking from its answer (models with thinking markers only). */
+  reasoning?: ReasoningSplitter;
   done: boolean;
   lastTokenAt?: number;
 }
@@ -102,13 +105,21 @@ export class BatchScheduler implements Scheduler {
     if (this.closing) throw new ShuttingDownError();
     if (req.n > this.opts.maxBatch) throw new InvalidValueError(`n must be at most ${this.opts.maxBatch} (MAX_BATCH_SIZE), got ${req.n}`, 'n');
     if (this.queue.length >= this.opts.maxQueue) throw new QueueFullError(this.opts.maxQueue);
-    const promptIds = this.engine.tokenizer.encodeChat(req.messages, { addGenerationPrompt: true });
+    const tok = this.engine.tokenizer;
+    const promptIds = tok.encodeChat(req.messages, { addGenerationPrompt: true, templateKwargs: req.templateKwargs });
     const vocab = this.engine.config.vocabSize;
     for (const id of promptIds) if (id >= vocab) throw new TokenOutsideVocabularyError(id, vocab);
+    // Thinking markers, when the vocabulary has them: a prompt may already leave the model inside a block.
+    const markers = tok.reasoningMarkers;
+    const open = markers !== undefined && endsInsideBlock(promptIds, markers, tok.startOfTurnId);
     const job: Job = {
       req,
       promptIds,
-      rows: Array.from({ length: req.n }, (_, choice) => ({ choice, done: false })),
+      rows: Array.from({ length: req.n }, (_, choice) => ({
+        choice,
+        done: false,
+        ...(markers ? { reasoning: new ReasoningSplitter(markers, { open }) } : {}),
+      })),
       events: new EventQueue<GenerationEvent>(() => this.cancel(job)),
       cancelled: false,
       submittedAt: performance.now(),
@@ -247,7 +258,7 @@ export class BatchScheduler implements Scheduler {
       for (const row of job.rows) {
         const persistent = row.choice === 0;
         const id = persistent ? sessionId : `${sessionId}#${req.requestId}#${row.choice}`;
-        const b = await this.turns.bind(id, req.messages, job.promptIds, req.params.maxTokens, persistent);
+        const b = await this.turns.bind(id, req.messages, job.promptIds, req.params.maxTokens, persistent, req.templateKwargs);
         bound.push(b);
         row.binding = b;
         row.seq = await this.sampler.add({ slot: b.slot, promptIds: b.promptIds, reuseTokens: b.reuse, params: { ...req.params, seed: seedFor(req.params.seed, row.choice) } });
@@ -301,11 +312,32 @@ export class BatchScheduler implements Scheduler {
       this.observer.interToken?.(now - row.lastTokenAt);
     }
     row.lastTokenAt = now;
-    if (out.text !== '' || out.logprob) job.events.push({ type: 'token', choice: row.choice, text: out.text, logprob: out.logprob });
+    if (row.reasoning) {
+      this.emitSplit(job, row, out);
+    } else if (out.text !== '' || out.logprob) {
+      job.events.push({ type: 'token', choice: row.choice, text: out.text, logprob: out.logprob });
+    }
     if (out.finish) {
       job.events.push({ type: 'finish', choice: row.choice, reason: out.finish });
       row.done = true;
     }
+  }
+
+  /** A token of a model with thinking markers: its text as reasoning and/or content parts, the logprob on the first. */
+  private emitSplit(job: Job, row: Row, out: StepOutput): void {
+    const splitter = row.reasoning!;
+    const parts: ReasoningPart[] = splitter.push(out.token, out.text);
+    if (out.finish) parts.push(...splitter.flush());
+    if (parts.length === 0 && out.logprob) parts.push({ reasoning: splitter.reasoning, text: '' });
+    parts.forEach((p, i) => {
+      job.events.push({
+        type: 'token',
+        choice: row.choice,
+        text: p.text,
+        ...(i === 0 && out.logprob ? { logprob: out.logprob } : {}),
+        ...(p.reasoning ? { reasoning: true as const } : {}),
+      });
+    });
   }
 
   /** Step 4: rows that finished or were cancelled give their slots back; finished requests get their usage. */
@@ -360,5 +392,6 @@ function usageOf(job: Job): GenerationUsage {
     cachedTokens: first.seq?.cachedTokens ?? 0,
     evictedTokens: job.rows.reduce((n, r) => n + (r.binding?.evicted ?? 0), 0),
     promptTokensProcessed: processed,
+    ...(first.reasoning ? { reasoningTokens: job.rows.reduce((n, r) => n + (r.reasoning?.reasoningTokens ?? 0), 0) } : {}),
   };
 }

@@ -7,7 +7,10 @@
  *    (truncate, then shift-compact or rebuild);
  * 3. while generating, make room when the cache is full (evict the oldest
  *    whole turns, never the current one);
- * 4. afterwards, record what the cache holds and give the slot back.
+ * 4. afterwards, record what the cache holds and give the slot back. A
+ *    reply's thinking block (Gemma 4) is not kept: the next turn's prompt
+ *    renders the reply without it, so the cache keeps the history only up to
+ *    the block and the next turn prefills the answer as the template renders it.
  */
 import { randomUUID } from 'node:crypto';
 import type { EvictionMode } from '../../config/index.js';
@@ -15,13 +18,16 @@ import {
   appendTokens,
   applyEviction,
   cacheLength,
+  GEMMA3_TURN_MARKERS,
   OPEN_NAMESPACE,
   planEviction,
   scopedId,
   planTurn,
   sinkLength,
+  truncateMeta,
   type SessionMeta,
   type SlotManager,
+  type TurnMarkers,
 } from '../cache/index.js';
 import type { Engine } from '../engine/engine.js';
 import type { Sequence } from '../engine/sampler.js';
@@ -63,6 +69,8 @@ export interface Binding {
 
 export class SessionTurns {
   private readonly capacity: number;
+  /** The loaded tokenizer's turn markers: where turns start and end in its ids. */
+  private readonly markers: Readonly<TurnMarkers>;
 
   constructor(
     private readonly engine: Engine,
@@ -70,6 +78,7 @@ export class SessionTurns {
     private readonly opts: SessionTurnOptions,
   ) {
     this.capacity = engine.capacity;
+    this.markers = engine.tokenizer.turnMarkers ?? GEMMA3_TURN_MARKERS;
   }
 
   /**
@@ -82,7 +91,14 @@ export class SessionTurns {
   }
 
   /** Takes the session's slot and brings its cache to the state the prompt needs. */
-  async bind(sessionId: string, messages: ChatMessage[], promptIds: number[], maxTokens: number, persistent = true): Promise<Binding> {
+  async bind(
+    sessionId: string,
+    messages: ChatMessage[],
+    promptIds: number[],
+    maxTokens: number,
+    persistent = true,
+    templateKwargs?: Record<string, unknown>,
+  ): Promise<Binding> {
     const acquired = await this.slots.acquire(sessionId);
     if (acquired.reclaimedFrom) this.opts.onSlotReclaimed?.(acquired.reclaimedFrom);
     try {
@@ -93,7 +109,8 @@ export class SessionTurns {
         capacity: C,
         headroom: Math.max(1, Math.min(maxTokens, this.opts.headroom ?? Infinity, Math.floor(C / 4))),
         minFree: this.minFree(),
-        sinkLen: sinkLength(promptIds, { prefixIds: this.systemPrefix(messages), max: Math.floor(C / 2) }),
+        sinkLen: sinkLength(promptIds, { prefixIds: this.systemPrefix(messages, templateKwargs), max: Math.floor(C / 2) }),
+        turnMarkers: this.markers,
       });
       const engine = this.engine;
       // Reported whether the slot is resident or rebuilt: a restored session or an over-long prompt drops tokens too.
@@ -163,7 +180,10 @@ export class SessionTurns {
       }
       if (ok && seq) {
         this.sync(b, seq);
-        if (cacheLength(b.meta) === this.engine.slotLength(b.slot)) await this.slots.update(b.sessionId, b.meta);
+        if (cacheLength(b.meta) === this.engine.slotLength(b.slot)) {
+          await this.dropThinking(b);
+          await this.slots.update(b.sessionId, b.meta);
+        }
       } else {
         // A failed or cancelled turn leaves no trustworthy cache: start the slot over next time.
         await this.engine.resetSlot(b.slot);
@@ -171,6 +191,38 @@ export class SessionTurns {
     } finally {
       this.slots.release(b.sessionId);
     }
+  }
+
+  /**
+   * Cuts the cache back to where the last turn's thinking block starts (a
+   * block the model wrote, or the empty one Gemma 4's generation prompt
+   * closes when thinking is off): the next turn renders the reply without it
+   * (Gemma 4's template and guidance drop thoughts from the history), so
+   * keeping it would make that prompt diverge inside the reply. Only for
+   * vocabularies with thinking markers; the slot is truncated (or reset, to
+   * be rebuilt from the metadata, where it cannot be).
+   */
+  private async dropThinking(b: Binding): Promise<void> {
+    const markers = this.engine.tokenizer.reasoningMarkers;
+    if (!markers) return;
+    const meta = b.meta;
+    const sink = meta.sinkIds.length;
+    // The reply's turn header: the last turn start before the generated tokens.
+    const promptEnd = Math.max(sink, cacheLength(meta) - b.recorded);
+    let header = promptEnd;
+    for (let i = meta.turnStarts.length - 1; i >= 0; i--) {
+      if (meta.turnStarts[i]! < promptEnd) {
+        header = meta.turnStarts[i]!;
+        break;
+      }
+    }
+    const at = meta.keptIds.indexOf(markers.start, header - sink);
+    if (at < 0) return;
+    const length = sink + at;
+    b.meta = truncateMeta(meta, length, Date.now(), this.markers.startOfTurn);
+    b.recorded = Math.max(0, b.recorded - (cacheLength(meta) - length));
+    if (this.engine.canTruncate(b.slot, length)) await this.engine.truncateSlot(b.slot, length);
+    else await this.engine.resetSlot(b.slot);
   }
 
   /** Brings `b.meta` up to the tokens the sequence has written to the cache. */
@@ -181,7 +233,7 @@ export class SessionTurns {
     // Prefilled prompt tokens are in meta already; generated ones fed to the model follow.
     const written = seq.generated.slice(b.recorded, b.recorded + inCache - known);
     b.recorded += written.length;
-    b.meta = appendTokens(b.meta, written);
+    b.meta = appendTokens(b.meta, written, Date.now(), this.markers.startOfTurn);
   }
 
   private minFree(): number {
@@ -193,11 +245,11 @@ export class SessionTurns {
    * inside the first user turn), encoded as encodeChat encodes it: control
    * strings in the system prompt are text.
    */
-  private systemPrefix(messages: ChatMessage[]): number[] | undefined {
+  private systemPrefix(messages: ChatMessage[], templateKwargs?: Record<string, unknown>): number[] | undefined {
     const first = messages[0];
     if (!first || first.role !== 'system') return undefined;
     try {
-      return this.engine.tokenizer.encodeChatPrefix([first, { role: 'user', content: '' }], 0, { addGenerationPrompt: false });
+      return this.engine.tokenizer.encodeChatPrefix([first, { role: 'user', content: '' }], 0, { addGenerationPrompt: false, templateKwargs });
     } catch {
       return undefined;
     }

@@ -35,9 +35,16 @@ export interface Stack {
   scheduler: BatchScheduler;
 }
 
-/** One slot per engine KV slot, sessions stored under the engine's model id. */
+/** One slot per engine KV slot, sessions stored under the engine's model id, turns split at the tokenizer's markers. */
 export function buildStack(engine: Engine, opts: StackOptions): Stack {
-  const slots = new SlotManager({ slots: engine.slots, store: opts.store, model: engine.modelId, logger: opts.logger });
+  const slots = new SlotManager({
+    slots: engine.slots,
+    store: opts.store,
+    model: engine.modelId,
+    logger: opts.logger,
+    // Prefix keys split at the loaded tokenizer's own turn starts.
+    turnMarkers: engine.tokenizer.turnMarkers,
+  });
   const turns = new SessionTurns(engine, slots, opts.turns);
   const scheduler = new BatchScheduler(engine, turns, opts.scheduler, opts.observer);
   return { engine, slots, turns, scheduler };

@@ -25,6 +25,8 @@ export interface GenerationRequest {
   namespace?: string;
   /** Whole conversation as the client sent it, normalised; the scheduler reuses what a session caches. */
   messages: ChatTurn[];
+  /** Extra chat-template variables (OpenAI-compatible `chat_template_kwargs`, e.g. `enable_thinking`). */
+  templateKwargs?: Record<string, unknown>;
   params: SamplingParams;
   /** Number of independent choices to sample (OpenAI `n`). */
   n: number;
@@ -43,6 +45,11 @@ export interface GenerationUsage {
   evictedTokens: number;
   /** Prompt tokens actually run through prefill (includes recomputed ones). */
   promptTokensProcessed: number;
+  /**
+   * Generated tokens inside thinking blocks (markers included), summed over
+   * choices; part of `completionTokens`. Only for models with thinking markers.
+   */
+  reasoningTokens?: number;
 }
 
 /**
@@ -51,7 +58,14 @@ export interface GenerationUsage {
  * A `token` may carry empty text (stop-string lookahead) with a logprob.
  */
 export type GenerationEvent =
-  | { type: 'token'; choice: number; text: string; logprob?: TokenLogprob }
+  | {
+      type: 'token';
+      choice: number;
+      text: string;
+      logprob?: TokenLogprob;
+      /** The text is the model's thinking (`reasoning_content`), not its answer. */
+      reasoning?: true;
+    }
   | { type: 'finish'; choice: number; reason: FinishReason }
   | { type: 'usage'; usage: GenerationUsage };
 
