@@ -123,8 +123,8 @@ async function main(): Promise<void> {
       transient_peak_bytes: Object.fromEntries(Object.entries(peak).map(([k, v]) => [k, v - mem.weightsBytes - mem.kvCacheBytes])),
       retained_logits_bytes: retained,
       ratios: {
-        b1_t2048_over_t64: round(peak.b1_t2048 / peak.b1_t64),
-        b8_t2048_over_t64: round(peak.b8_t2048 / peak.b8_t64),
+        [`b1_t${LONG}_over_t64`]: round(peak[`b1_t${LONG}`] / peak.b1_t64),
+        [`b8_t${LONG}_over_t64`]: round(peak[`b8_t${LONG}`] / peak.b8_t64),
       },
       wall_ms: times,
     }),

@@ -42,20 +42,12 @@ bool sized(napi_env env, napi_value v, int64_t K, int64_t N, bool nullable, gemm
 napi_value Gemma4Layer(napi_env env, napi_callback_info info) {
   napi_value argv[12];
   if (!args(env, info, argv, "gemma4Layer")) return nullptr;
-  napi_typedarray_type type;
-  size_t n;
-  void* data;
-  napi_value buffer;
-  size_t offset;
-  if (napi_get_typedarray_info(env, argv[0], &type, &n, &data, &buffer, &offset) != napi_ok || type != napi_float64_array || n < 15) {
-    napi_throw_type_error(env, nullptr, "gemma4Layer: shape must be a Float64Array of 15");
-    return nullptr;
-  }
-  const double* d = static_cast<const double*>(data);
+  const double* d = shapeArray(env, argv[0], 15, "gemma4Layer");
+  if (!d) return nullptr;
   const auto i64 = [d](int i) { return static_cast<int64_t>(d[i]); };
   gemma::Gemma4Shape s{i64(0), i64(1), i64(2), i64(3), i64(4), static_cast<float>(d[5]), i64(6), i64(7), i64(8), i64(9), i64(10),
                        static_cast<float>(d[11]), d[12] != 0, d[13] != 0, d[14] != 0};
-  if (s.headDim > 1024 || s.headDim % 2 || s.kvHeads <= 0 || s.heads % s.kvHeads || s.topK > s.experts || s.experts < 0) {
+  if (!headsSupported(s.heads, s.kvHeads, s.headDim) || s.topK > s.experts || s.experts < 0) {
     napi_throw_range_error(env, nullptr, "gemma4Layer: unsupported head or expert shape");
     return nullptr;
   }
@@ -82,18 +74,16 @@ napi_value Gemma4Layer(napi_env env, napi_callback_info info) {
   float* norms[11];
   for (uint32_t i = 0; i < 11; i++)
     if (!floats(env, element(env, argv[3], i), lengths[i], !needed[i], &norms[i])) return nullptr;
-  int64_t B, T;
-  if (!integer(env, argv[5], &B) || !integer(env, argv[6], &T) || !range(env, B > 0 && T > 0, "gemma4Layer: B and T must be positive")) return nullptr;
-  const size_t M = static_cast<size_t>(B * T);
-  float *x, *cos, *sin, *kvBuf, *pli;
-  if (!floats(env, argv[4], M * H, false, &x) || !floats(env, argv[7], M * s.headDim, false, &cos) || !floats(env, argv[8], M * s.headDim, false, &sin) ||
-      !floats(env, argv[9], M * 2 * kvDim, s.ownKv, &kvBuf) || !floats(env, argv[10], M * P, pleGate == nullptr, &pli))
-    return nullptr;
+  LayerRows r;
+  if (!layerRows(env, argv + 4, H, s.headDim, "gemma4Layer", &r)) return nullptr;
+  const size_t M = static_cast<size_t>(r.B * r.T);
+  float *kvBuf, *pli;
+  if (!floats(env, argv[9], M * 2 * kvDim, s.ownKv, &kvBuf) || !floats(env, argv[10], M * P, pleGate == nullptr, &pli)) return nullptr;
   std::vector<gemma::RowCache> caches;
-  if (!rowCaches(env, argv[11], B, s.kvHeads, s.headDim, caches)) return nullptr;
+  if (!rowCaches(env, argv[11], r.B, s.kvHeads, s.headDim, caches)) return nullptr;
   const gemma::Gemma4Weights w{q,        kv,       o,        gateUp,   down,     pleGate,  pleProj,  router,   experts.data(), norms[0],
                                norms[1], norms[2], norms[3], norms[4], norms[5], norms[6], norms[7], norms[8], norms[9],      norms[10]};
-  const int64_t run = gemma::gemma4Layer(s, w, x, B, T, cos, sin, kvBuf, pli, caches.data());
+  const int64_t run = gemma::gemma4Layer(s, w, r.x, r.B, r.T, r.cos, r.sin, kvBuf, pli, caches.data());
   napi_value out;
   napi_create_int64(env, run, &out);
   return out;

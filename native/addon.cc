@@ -137,19 +137,11 @@ napi_value Gather(napi_env env, napi_callback_info info) {
 napi_value Layer(napi_env env, napi_callback_info info) {
   napi_value argv[9];
   if (!args(env, info, argv, "layer")) return nullptr;
-  napi_typedarray_type type;
-  size_t n;
-  void* data;
-  napi_value buffer;
-  size_t offset;
-  if (napi_get_typedarray_info(env, argv[0], &type, &n, &data, &buffer, &offset) != napi_ok || type != napi_float64_array || n < 8) {
-    napi_throw_type_error(env, nullptr, "layer: shape must be a Float64Array of 8");
-    return nullptr;
-  }
-  const double* d = static_cast<const double*>(data);
+  const double* d = shapeArray(env, argv[0], 8, "layer");
+  if (!d) return nullptr;
   gemma::LayerShape s{static_cast<int64_t>(d[0]), static_cast<int64_t>(d[1]), static_cast<int64_t>(d[2]), static_cast<int64_t>(d[3]),
                       static_cast<int64_t>(d[4]), static_cast<float>(d[5]), static_cast<float>(d[6]), static_cast<int64_t>(d[7])};
-  if (s.headDim > 1024 || s.headDim % 2 || s.kvHeads <= 0 || s.heads % s.kvHeads) {
+  if (!headsSupported(s.heads, s.kvHeads, s.headDim)) {
     napi_throw_range_error(env, nullptr, "layer: unsupported head shape");
     return nullptr;
   }
@@ -167,19 +159,10 @@ napi_value Layer(napi_env env, napi_callback_info info) {
       return nullptr;
     }
   }
-  float *x, *cos, *sin;
-  size_t xl, cl, sl;
-  int64_t B, T;
-  if (!typedArray(env, argv[3], napi_float32_array, &x, &xl) || !integer(env, argv[4], &B) || !integer(env, argv[5], &T) ||
-      !typedArray(env, argv[6], napi_float32_array, &cos, &cl) || !typedArray(env, argv[7], napi_float32_array, &sin, &sl))
-    return nullptr;
-  const size_t M = static_cast<size_t>(B * T);
-  if (B <= 0 || T <= 0 || xl < M * s.hidden || cl < M * s.headDim || sl < M * s.headDim) {
-    napi_throw_range_error(env, nullptr, "layer: x, cos or sin is shorter than B * T rows");
-    return nullptr;
-  }
+  LayerRows r;
+  if (!layerRows(env, argv + 3, s.hidden, s.headDim, "layer", &r)) return nullptr;
   std::vector<gemma::RowCache> caches;
-  if (!rowCaches(env, argv[8], B, s.kvHeads, s.headDim, caches)) return nullptr;
+  if (!rowCaches(env, argv[8], r.B, s.kvHeads, s.headDim, caches)) return nullptr;
   const gemma::LayerWeights w{m[0], m[1], m[2], m[3], norms[0], norms[1], norms[2], norms[3], norms[4]};
   const int64_t width = (s.heads + 2 * s.kvHeads) * s.headDim;
   if (m[0]->rows != s.hidden || m[0]->cols != width || m[1]->rows != s.heads * s.headDim || m[1]->cols != s.hidden ||
@@ -187,7 +170,7 @@ napi_value Layer(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, nullptr, "layer: a weight's shape does not match the layer");
     return nullptr;
   }
-  gemma::decoderLayer(s, w, x, B, T, cos, sin, caches.data());
+  gemma::decoderLayer(s, w, r.x, r.B, r.T, r.cos, r.sin, caches.data());
   return nullptr;
 }
 

@@ -4,9 +4,8 @@
 // kEqV); unscaled scores; a KV-shared layer attends over its source layer's
 // cache and that layer's K/V of this call; the dense GeGLU MLP and, beside
 // it, the experts (each chosen expert multiplies only its rows); the gated
-// per-layer input; the layer scalar. One call per layer, as layer.cc.
-#include <omp.h>
-
+// per-layer input; the layer scalar. One call per layer, as layer.cc, whose
+// attention and cache write it shares.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -35,60 +34,6 @@ const float* ones(int64_t n) {
 float geluTanh(float x) {
   const float c2 = 2.0f * 0.7978845608028654f;
   return x / (1.0f + std::exp(-(c2 * x + c2 * 0.044715f * x * x * x)));
-}
-
-// Attention for every (row, query head, token): the visible cache entries,
-// then the call's own keys up to the token (from kv). Scores unscaled.
-void attend(const Gemma4Shape& s, const float* q, const float* kv, int64_t B, int64_t T, const RowCache* cache, float* out) {
-  const int64_t hd = s.headDim, nq = s.heads, nkv = s.kvHeads, g = nq / nkv;
-  const int64_t width = 2 * nkv * hd;
-  int64_t maxKeys = T;
-  for (int64_t b = 0; b < B; b++)
-    if (cache[b].k) maxKeys = std::max(maxKeys, std::min(cache[b].entries, cache[b].start) + T);
-#pragma omp parallel
-  {
-    float* scores = scratch(static_cast<size_t>(maxKeys), 0);
-#pragma omp for collapse(3) schedule(dynamic, 4)
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t h = 0; h < nq; h++)
-        for (int64_t t = 0; t < T; t++) {
-          const int64_t kvh = h / g;
-          const RowCache& c = cache[b];
-          const int64_t pos = (c.k ? c.start : 0) + t;
-          const float* query = q + (b * T + t) * nq * hd + h * hd;
-          const int64_t filled = c.k ? std::min(c.entries, c.start) : 0;
-          float best = -INFINITY;
-          for (int64_t e = 0; e < filled; e++) {
-            const int32_t p = c.positions[e];
-            if (p < 0 || p > pos || p <= pos - s.window) {
-              scores[e] = -INFINITY;
-              continue;
-            }
-            scores[e] = dot(query, c.k + (kvh * c.entries + e) * hd, hd);
-            best = std::max(best, scores[e]);
-          }
-          const int64_t own0 = std::max<int64_t>(0, t - s.window + 1);
-          float* own = scores + filled;
-          for (int64_t u = own0; u <= t; u++) {
-            own[u - own0] = dot(query, kv + (b * T + u) * width + kvh * hd, hd);
-            best = std::max(best, own[u - own0]);
-          }
-          const int64_t n = filled + t - own0 + 1;
-          float sum = 0;
-          for (int64_t i = 0; i < n; i++) sum += (scores[i] = std::exp(scores[i] - best));
-          const float inv = 1.0f / sum;
-          float* o = out + (b * T + t) * nq * hd + h * hd;
-          for (int64_t d = 0; d < hd; d++) o[d] = filled > 0 ? dot(scores, c.vT + (kvh * hd + d) * c.entries, filled) : 0.0f;
-          for (int64_t u = own0; u <= t; u++) axpy(own[u - own0], kv + (b * T + u) * width + (nkv + kvh) * hd, o, hd);
-          for (int64_t d = 0; d < hd; d++) o[d] *= inv;
-        }
-  }
-}
-
-// y <- rmsNorm(y) * w, then x += y.
-void addNormed(float* x, float* y, int64_t M, int64_t n, const float* w, float eps) {
-  rmsNorm(y, M, n, w, eps);
-  for (int64_t i = 0; i < M * n; i++) x[i] += y[i];
 }
 
 // The MoE block on the residual h [M, H], into out [M, H]: router softmax on
@@ -145,23 +90,6 @@ int64_t experts(const Gemma4Shape& s, const Gemma4Weights& w, const float* h, in
 
 }  // namespace
 
-void writeKv(int64_t kvHeads, int64_t headDim, const float* kv, int64_t B, int64_t T, const RowCache* cache) {
-  const int64_t hd = headDim, nkv = kvHeads, width = 2 * nkv * hd;
-  for (int64_t b = 0; b < B; b++) {
-    const RowCache& c = cache[b];
-    if (!c.k) continue;
-    for (int64_t t = std::max<int64_t>(0, T - c.entries); t < T; t++) {
-      const int64_t e = (c.start + t) % c.entries;
-      const float* row = kv + (b * T + t) * width;
-      for (int64_t h = 0; h < nkv; h++) {
-        std::memcpy(c.k + (h * c.entries + e) * hd, row + h * hd, hd * sizeof(float));
-        const float* v = row + (nkv + h) * hd;
-        for (int64_t d = 0; d < hd; d++) c.vT[(h * hd + d) * c.entries + e] = v[d];
-      }
-    }
-  }
-}
-
 int64_t gemma4Layer(const Gemma4Shape& s, const Gemma4Weights& w, float* x, int64_t B, int64_t T, const float* cos, const float* sin, float* kv,
                     const float* pli, const RowCache* cache) {
   const int64_t M = B * T, H = s.hidden, hd = s.headDim, nq = s.heads, nkv = s.kvHeads, I = s.intermediate;
@@ -199,7 +127,7 @@ int64_t gemma4Layer(const Gemma4Shape& s, const Gemma4Weights& w, float* x, int6
     }
   }
   float* attn = xn;  // the normed input is spent
-  attend(s, q, kv, B, T, cache, attn);
+  attend({q, nq * hd, kv, kv + kvw, 2 * kvw, nq, nkv, hd, 0.0f, s.window}, B, T, cache, attn);
   if (s.ownKv && s.writeCache) writeKv(nkv, hd, kv, B, T, cache);
   multiply(*w.o, attn, M, y);
   addNormed(x, y, M, H, w.postAttnNorm, s.eps);

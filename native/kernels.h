@@ -71,6 +71,31 @@ struct RowCache {
   int64_t start;
 };
 
+// Where one call's queries, keys and values lie: row r's query head h at
+// q + r * qStride + h * headDim, its key and value head j at k and v + r *
+// kvStride + j * headDim (Gemma 2/3: fused q/k/v rows; Gemma 4: q apart from
+// its layer's, or its source layer's, [k heads, v heads] rows).
+struct AttentionInput {
+  const float* q;
+  int64_t qStride;
+  const float *k, *v;
+  int64_t kvStride;
+  int64_t heads, kvHeads, headDim;
+  float softcap;   // 0: none
+  int64_t window;  // keys a query sees: positions > q - window
+};
+
+// out [B * T, heads * headDim]: for every (row, query head, token), attention
+// over the row's visible cache entries, then the call's own keys up to the
+// token. Scores come scaled (the scale is folded into a weight, or is 1).
+void attend(const AttentionInput& a, int64_t B, int64_t T, const RowCache* cache, float* out);
+
+// The call's keys and values (rows of `stride` floats, as above) into the rows' caches: the last `entries` tokens of a row.
+void writeCache(const float* k, const float* v, int64_t stride, int64_t kvHeads, int64_t headDim, int64_t B, int64_t T, const RowCache* cache);
+
+// y <- rmsNorm(y) * w, then x += y (row by row).
+void addNormed(float* x, float* y, int64_t M, int64_t n, const float* w, float eps);
+
 // Runs one layer on x [B * T, hidden] in place. `cache` has B entries (null
 // entries where a row has no cache); the rows' new keys and values are
 // written into them after attention. cos/sin: [B * T, headDim].
@@ -107,7 +132,9 @@ struct Gemma4Weights {
 int64_t gemma4Layer(const Gemma4Shape& s, const Gemma4Weights& w, float* x, int64_t B, int64_t T, const float* cos, const float* sin, float* kv,
                     const float* pli, const RowCache* cache);
 
-// Writes the call's keys and values kv (layout as above) into the rows' caches (the last `entries` tokens of a row).
-void writeKv(int64_t kvHeads, int64_t headDim, const float* kv, int64_t B, int64_t T, const RowCache* cache);
+// Writes the call's keys and values kv (layout as above) into the rows' caches.
+inline void writeKv(int64_t kvHeads, int64_t headDim, const float* kv, int64_t B, int64_t T, const RowCache* cache) {
+  writeCache(kv, kv + kvHeads * headDim, 2 * kvHeads * headDim, kvHeads, headDim, B, T, cache);
+}
 
 }  // namespace gemma

@@ -49,14 +49,10 @@ void rope(float* x, const float* cos, const float* sin, int64_t hd) {
   }
 }
 
-namespace {
-
 // Attention for every (row, query head, token): the visible cache entries,
-// then the row's own keys up to the token. Scores are already scaled (the
-// scale is folded into q's norm or Wq).
-KERNEL void attend(const LayerShape& s, const float* qkv, int64_t B, int64_t T, const RowCache* cache, float* out) {
-  const int64_t hd = s.headDim, nq = s.heads, nkv = s.kvHeads, g = nq / nkv;
-  const int64_t width = (nq + 2 * nkv) * hd;
+// then the call's own keys up to the token.
+KERNEL void attend(const AttentionInput& a, int64_t B, int64_t T, const RowCache* cache, float* out) {
+  const int64_t hd = a.headDim, nq = a.heads, g = nq / a.kvHeads;
   int64_t maxKeys = T;
   for (int64_t b = 0; b < B; b++)
     if (cache[b].k) maxKeys = std::max(maxKeys, std::min(cache[b].entries, cache[b].start) + T);
@@ -71,25 +67,25 @@ KERNEL void attend(const LayerShape& s, const float* qkv, int64_t B, int64_t T, 
           const int64_t kvh = h / g;
           const RowCache& c = cache[b];
           const int64_t q = (c.k ? c.start : 0) + t;  // the query's position
-          const float* query = qkv + (b * T + t) * width + h * hd;
+          const float* query = a.q + (b * T + t) * a.qStride + h * hd;
           const int64_t filled = c.k ? std::min(c.entries, c.start) : 0;
           float best = -INFINITY;
           for (int64_t e = 0; e < filled; e++) {
             const int32_t p = c.positions[e];
-            if (p < 0 || p > q || p <= q - s.window) {
+            if (p < 0 || p > q || p <= q - a.window) {
               scores[e] = -INFINITY;
               continue;
             }
             float v = dot(query, c.k + (kvh * c.entries + e) * hd, hd);
-            if (s.attnSoftcap > 0) v = std::tanh(v / s.attnSoftcap) * s.attnSoftcap;
+            if (a.softcap > 0) v = std::tanh(v / a.softcap) * a.softcap;
             scores[e] = v;
             best = std::max(best, v);
           }
-          const int64_t own0 = std::max<int64_t>(0, t - s.window + 1);
+          const int64_t own0 = std::max<int64_t>(0, t - a.window + 1);
           float* own = scores + filled;
           for (int64_t u = own0; u <= t; u++) {
-            float v = dot(query, qkv + (b * T + u) * width + (nq + kvh) * hd, hd);
-            if (s.attnSoftcap > 0) v = std::tanh(v / s.attnSoftcap) * s.attnSoftcap;
+            float v = dot(query, a.k + (b * T + u) * a.kvStride + kvh * hd, hd);
+            if (a.softcap > 0) v = std::tanh(v / a.softcap) * a.softcap;
             own[u - own0] = v;
             best = std::max(best, v);
           }
@@ -100,38 +96,33 @@ KERNEL void attend(const LayerShape& s, const float* qkv, int64_t B, int64_t T, 
           float* o = out + (b * T + t) * nq * hd + h * hd;
           // V^T rows are contiguous over entries: one dot per output dim.
           for (int64_t d = 0; d < hd; d++) o[d] = filled > 0 ? dot(scores, c.vT + (kvh * hd + d) * c.entries, filled) : 0.0f;
-          for (int64_t u = own0; u <= t; u++) axpy(own[u - own0], qkv + (b * T + u) * width + (nq + nkv + kvh) * hd, o, hd);
+          for (int64_t u = own0; u <= t; u++) axpy(own[u - own0], a.v + (b * T + u) * a.kvStride + kvh * hd, o, hd);
           for (int64_t d = 0; d < hd; d++) o[d] *= inv;
         }
   }
 }
 
-// The rows' new keys and values into their slots (the last `entries` tokens of a row).
-void writeCache(const LayerShape& s, const float* qkv, int64_t B, int64_t T, const RowCache* cache) {
-  const int64_t hd = s.headDim, nq = s.heads, nkv = s.kvHeads;
-  const int64_t width = (nq + 2 * nkv) * hd;
+void writeCache(const float* k, const float* v, int64_t stride, int64_t kvHeads, int64_t headDim, int64_t B, int64_t T, const RowCache* cache) {
+  const int64_t hd = headDim;
   for (int64_t b = 0; b < B; b++) {
     const RowCache& c = cache[b];
     if (!c.k) continue;
     for (int64_t t = std::max<int64_t>(0, T - c.entries); t < T; t++) {
       const int64_t e = (c.start + t) % c.entries;
-      const float* row = qkv + (b * T + t) * width;
-      for (int64_t h = 0; h < nkv; h++) {
-        std::memcpy(c.k + (h * c.entries + e) * hd, row + (nq + h) * hd, hd * sizeof(float));
-        const float* v = row + (nq + nkv + h) * hd;
-        for (int64_t d = 0; d < hd; d++) c.vT[(h * hd + d) * c.entries + e] = v[d];
+      const int64_t row = (b * T + t) * stride;
+      for (int64_t h = 0; h < kvHeads; h++) {
+        std::memcpy(c.k + (h * c.entries + e) * hd, k + row + h * hd, hd * sizeof(float));
+        const float* vh = v + row + h * hd;
+        for (int64_t d = 0; d < hd; d++) c.vT[(h * hd + d) * c.entries + e] = vh[d];
       }
     }
   }
 }
 
-// x += rmsNorm(y) * w, row by row.
 void addNormed(float* x, float* y, int64_t M, int64_t n, const float* w, float eps) {
   rmsNorm(y, M, n, w, eps);
   for (int64_t i = 0; i < M * n; i++) x[i] += y[i];
 }
-
-}  // namespace
 
 void decoderLayer(const LayerShape& s, const LayerWeights& w, float* x, int64_t B, int64_t T, const float* cos, const float* sin, const RowCache* cache) {
   const int64_t M = B * T, H = s.hidden, hd = s.headDim, nq = s.heads, nkv = s.kvHeads, I = s.intermediate;
@@ -154,9 +145,11 @@ void decoderLayer(const LayerShape& s, const LayerWeights& w, float* x, int64_t 
       rope(v, cos + r * hd, sin + r * hd, hd);
     }
   }
+  // The fused rows hold q, then k, then v; the scale is folded into q's norm or Wq.
+  const float *k = qkv + nq * hd, *v = k + nkv * hd;
   float* attn = xn;  // the normed input is spent
-  attend(s, qkv, B, T, cache, attn);
-  writeCache(s, qkv, B, T, cache);
+  attend({qkv, width, k, v, width, nq, nkv, hd, s.attnSoftcap, s.window}, B, T, cache, attn);
+  writeCache(k, v, width, nkv, hd, B, T, cache);
 
   multiply(*w.o, attn, M, y);
   addNormed(x, y, M, H, w.postAttnNorm, s.eps);

@@ -68,6 +68,45 @@ inline bool isNull(napi_env env, napi_value v) {
   return t == napi_null || t == napi_undefined;
 }
 
+// A layer's shape: a Float64Array of at least n numbers, else a TypeError naming `name` (and null).
+inline const double* shapeArray(napi_env env, napi_value v, size_t n, const char* name) {
+  napi_typedarray_type type;
+  size_t length;
+  void* data;
+  napi_value buffer;
+  size_t offset;
+  if (napi_get_typedarray_info(env, v, &type, &length, &data, &buffer, &offset) == napi_ok && type == napi_float64_array && length >= n)
+    return static_cast<const double*>(data);
+  const std::string message = std::string(name) + ": shape must be a Float64Array of " + std::to_string(n);
+  napi_throw_type_error(env, nullptr, message.c_str());
+  return nullptr;
+}
+
+// Head shapes the attention kernels take: an even head size up to 1024 (its scratch), whole query groups per K/V head.
+inline bool headsSupported(int64_t heads, int64_t kvHeads, int64_t headDim) {
+  return headDim <= 1024 && headDim % 2 == 0 && kvHeads > 0 && heads % kvHeads == 0;
+}
+
+// A layer call's rows: x [B * T, hidden] (updated in place), B, T, and the rope tables cos and sin [B * T, headDim].
+struct LayerRows {
+  float *x, *cos, *sin;
+  int64_t B, T;
+};
+
+// LayerRows from argv[0..4]; throws (false) on a bad or short one.
+inline bool layerRows(napi_env env, const napi_value* argv, int64_t hidden, int64_t headDim, const char* name, LayerRows* out) {
+  size_t xl, cl, sl;
+  if (!typedArray(env, argv[0], napi_float32_array, &out->x, &xl) || !integer(env, argv[1], &out->B) || !integer(env, argv[2], &out->T) ||
+      !typedArray(env, argv[3], napi_float32_array, &out->cos, &cl) || !typedArray(env, argv[4], napi_float32_array, &out->sin, &sl))
+    return false;
+  const size_t M = static_cast<size_t>(out->B * out->T);
+  const bool positive = out->B > 0 && out->T > 0;
+  if (positive && xl >= M * hidden && cl >= M * headDim && sl >= M * headDim) return true;
+  const std::string message = std::string(name) + (positive ? ": x, cos or sin is shorter than B * T rows" : ": B and T must be positive");
+  napi_throw_range_error(env, nullptr, message.c_str());
+  return false;
+}
+
 // caches: B x (null | [k, vT: Float32Array, positions: Int32Array, entries, start]) into out; throws (false) on a bad one.
 inline bool rowCaches(napi_env env, napi_value list, int64_t B, int64_t kvHeads, int64_t headDim, std::vector<gemma::RowCache>& out) {
   out.assign(static_cast<size_t>(B), gemma::RowCache{nullptr, nullptr, nullptr, 0, 0});

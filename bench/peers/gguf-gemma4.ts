@@ -33,33 +33,19 @@
  */
 import type { ModelConfig } from '../../src/model/hf-config.js';
 import type { TensorStore } from '../../src/model/safetensors.js';
-import { addGeneral, storageType, tiedEmbeddings, type GgufType, type Metadata, type PlannedTensor, type TensorTable } from './gguf.js';
+import { addGeneral, checkpointTensors, GLOBAL_NAMES, LAYER_NAMES, mappedName, type GgufType, type Metadata, type TensorTable } from './gguf.js';
 
 const ARCH = 'gemma4';
 
-const GLOBAL_NAMES: Record<string, string> = {
-  'model.embed_tokens.weight': 'token_embd.weight',
+const GEMMA4_GLOBAL_NAMES: Record<string, string> = {
+  ...GLOBAL_NAMES,
   'model.embed_tokens_per_layer.weight': 'per_layer_token_embd.weight',
   'model.per_layer_model_projection.weight': 'per_layer_model_proj.weight',
   'model.per_layer_projection_norm.weight': 'per_layer_proj_norm.weight',
-  'model.norm.weight': 'output_norm.weight',
-  'lm_head.weight': 'output.weight',
 };
 
-const LAYER_NAMES: Record<string, string> = {
-  'input_layernorm.weight': 'attn_norm.weight',
-  'self_attn.q_proj.weight': 'attn_q.weight',
-  'self_attn.k_proj.weight': 'attn_k.weight',
-  'self_attn.v_proj.weight': 'attn_v.weight',
-  'self_attn.o_proj.weight': 'attn_output.weight',
-  'self_attn.q_norm.weight': 'attn_q_norm.weight',
-  'self_attn.k_norm.weight': 'attn_k_norm.weight',
-  'post_attention_layernorm.weight': 'post_attention_norm.weight',
-  'pre_feedforward_layernorm.weight': 'ffn_norm.weight',
-  'post_feedforward_layernorm.weight': 'post_ffw_norm.weight',
-  'mlp.gate_proj.weight': 'ffn_gate.weight',
-  'mlp.up_proj.weight': 'ffn_up.weight',
-  'mlp.down_proj.weight': 'ffn_down.weight',
+const GEMMA4_LAYER_NAMES: Record<string, string> = {
+  ...LAYER_NAMES,
   layer_scalar: 'layer_output_scale.weight',
   // Per-layer embeddings (E2B, E4B).
   'per_layer_input_gate.weight': 'inp_gate.weight',
@@ -78,10 +64,7 @@ const LAYER_NAMES: Record<string, string> = {
 
 /** GGUF name of a Gemma 4 checkpoint tensor (null: no llama.cpp counterpart, e.g. the vision tower). */
 export function gemma4GgufName(hf: string): string | null {
-  const n = hf.replace(/^model\.language_model\./, 'model.').replace(/^language_model\./, '');
-  if (Object.hasOwn(GLOBAL_NAMES, n)) return GLOBAL_NAMES[n]!;
-  const m = /^model\.layers\.(\d+)\.(.+)$/.exec(n);
-  return m && Object.hasOwn(LAYER_NAMES, m[2]!) ? `blk.${Number(m[1])}.${LAYER_NAMES[m[2]!]}` : null;
+  return mappedName(hf, GEMMA4_GLOBAL_NAMES, GEMMA4_LAYER_NAMES);
 }
 
 /** The layer a KV-shared layer reads in llama.cpp (its layer_reuse_cb for Gemma 3n / 4); -1: its own. */
@@ -122,7 +105,6 @@ export async function gemma4Table(dir: string, c: ModelConfig, meta: Metadata, s
   const why = gemma4Unsupported(c);
   if (why.length) throw new Error(`${dir}: llama.cpp's gemma4 cannot express this checkpoint: ${why.join('; ')}`);
   const g = c.gemma4!;
-  const tied = await tiedEmbeddings(dir);
   const A = ARCH;
   const headFull = g.typeHeadDim.global;
   const headSwa = g.typeHeadDim.sliding;
@@ -157,17 +139,7 @@ export async function gemma4Table(dir: string, c: ModelConfig, meta: Metadata, s
     meta.u32(`${A}.expert_feed_forward_length`, g.moe.intermediateSize);
   }
 
-  const skipped: string[] = [];
-  const tensors: PlannedTensor[] = [];
-  for (const hf of store.names()) {
-    const name = gemma4GgufName(hf);
-    if (name === null || (name === 'output.weight' && tied)) {
-      skipped.push(hf);
-      continue;
-    }
-    const shape = store.info(hf).shape;
-    tensors.push({ name, shape, type: storageType(shape, type), source: { hf } });
-  }
+  const { tensors, skipped } = await checkpointTensors(dir, store, type, gemma4GgufName);
   // Proportional RoPE on global layers: rotated pairs keep their frequency, the others get ~0.
   const pairs = headFull / 2;
   const rotated = Math.floor((headFull * (c.rope.global.partialFactor ?? 1)) / 2);

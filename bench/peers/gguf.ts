@@ -45,7 +45,8 @@ const ELEMENT_BYTES: Record<GgufType, number> = { f32: 4, f16: 2, bf16: 2 };
 // llama.cpp token types
 const TOK = { normal: 1, unknown: 2, control: 3, userDefined: 4, unused: 5, byte: 6 } as const;
 
-const LAYER_NAMES: Record<string, string> = {
+/** Per-layer tensors of a Gemma 3 checkpoint, by their name within the layer; gguf-gemma4.ts extends them. */
+export const LAYER_NAMES: Readonly<Record<string, string>> = {
   'input_layernorm.weight': 'attn_norm.weight',
   'self_attn.q_proj.weight': 'attn_q.weight',
   'self_attn.k_proj.weight': 'attn_k.weight',
@@ -60,18 +61,24 @@ const LAYER_NAMES: Record<string, string> = {
   'mlp.up_proj.weight': 'ffn_up.weight',
   'mlp.down_proj.weight': 'ffn_down.weight',
 };
-const GLOBAL_NAMES: Record<string, string> = {
+/** The model's other tensors, by their full name; gguf-gemma4.ts extends them. */
+export const GLOBAL_NAMES: Readonly<Record<string, string>> = {
   'model.embed_tokens.weight': 'token_embd.weight',
   'model.norm.weight': 'output_norm.weight',
   'lm_head.weight': 'output.weight',
 };
 
-/** GGUF name of a checkpoint tensor; multimodal checkpoints keep the text model under language_model. */
-export function ggufName(hf: string): string | null {
+/** GGUF name of a checkpoint tensor under the given names (null: none); multimodal checkpoints keep the text model under language_model. */
+export function mappedName(hf: string, globals: Readonly<Record<string, string>>, layers: Readonly<Record<string, string>>): string | null {
   const n = hf.replace(/^language_model\./, '').replace(/^model\.language_model\./, 'model.');
-  if (n in GLOBAL_NAMES) return GLOBAL_NAMES[n]!;
+  if (Object.hasOwn(globals, n)) return globals[n]!;
   const m = /^model\.layers\.(\d+)\.(.+)$/.exec(n);
-  return m && m[2]! in LAYER_NAMES ? `blk.${Number(m[1])}.${LAYER_NAMES[m[2]!]}` : null;
+  return m && Object.hasOwn(layers, m[2]!) ? `blk.${Number(m[1])}.${layers[m[2]!]}` : null;
+}
+
+/** GGUF name of a Gemma 3 checkpoint tensor (null: no llama.cpp counterpart). */
+export function ggufName(hf: string): string | null {
+  return mappedName(hf, GLOBAL_NAMES, LAYER_NAMES);
 }
 
 /** Metadata section: key/value pairs encoded as they are added. */
@@ -366,10 +373,30 @@ export async function tiedEmbeddings(dir: string): Promise<boolean> {
   return (raw.text_config?.tie_word_embeddings ?? raw.tie_word_embeddings) !== false;
 }
 
+/**
+ * The checkpoint's tensors under their GGUF names (`name`; null: none), with
+ * `add` on every element where given, and those left out: no counterpart, or
+ * an lm_head tied to the embedding.
+ */
+export async function checkpointTensors(dir: string, store: TensorStore, type: GgufType, name: (hf: string) => string | null, add?: (hf: string) => number): Promise<TensorTable> {
+  const tied = await tiedEmbeddings(dir);
+  const skipped: string[] = [];
+  const tensors: PlannedTensor[] = [];
+  for (const hf of store.names()) {
+    const n = name(hf);
+    if (n === null || (n === 'output.weight' && tied)) {
+      skipped.push(hf);
+      continue;
+    }
+    const shape = store.info(hf).shape;
+    tensors.push({ name: n, shape, type: storageType(shape, type), source: add ? { hf, add: add(hf) } : { hf } });
+  }
+  return { tensors, skipped };
+}
+
 /** Gemma 3 metadata and tensor table. */
 async function gemma3Table(dir: string, c: ModelConfig, meta: Metadata, store: TensorStore, type: GgufType): Promise<TensorTable> {
   checkSupported(c, dir);
-  const tied = await tiedEmbeddings(dir);
   const A = 'gemma3';
   addGeneral(meta, A, dir, type);
   meta.u32(`${A}.context_length`, c.maxPositions);
@@ -390,19 +417,8 @@ async function gemma3Table(dir: string, c: ModelConfig, meta: Metadata, store: T
     meta.string(`${A}.rope.scaling.type`, 'linear');
     meta.f32(`${A}.rope.scaling.factor`, c.rope.global.factor);
   }
-  const skipped: string[] = [];
-  const tensors: PlannedTensor[] = [];
-  for (const hf of store.names()) {
-    const name = ggufName(hf);
-    if (name === null || (name === 'output.weight' && tied)) {
-      skipped.push(hf);
-      continue;
-    }
-    const shape = store.info(hf).shape;
-    // Gemma3RMSNorm computes x * (1 + w); llama.cpp's RMS norm x * w.
-    tensors.push({ name, shape, type: storageType(shape, type), source: { hf, add: hf.endsWith('norm.weight') ? 1 : 0 } });
-  }
-  return { tensors, skipped };
+  // Gemma3RMSNorm computes x * (1 + w); llama.cpp's RMS norm x * w.
+  return checkpointTensors(dir, store, type, ggufName, (hf) => (hf.endsWith('norm.weight') ? 1 : 0));
 }
 
 export async function convertToGguf(modelDir: string, out: string, type: GgufType = 'f32'): Promise<ConvertResult> {

@@ -6,51 +6,46 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { RowTable } from './row-table.js';
 
-export interface Gemma4PerLayerInput {
-  /** [H, P]: per_layer_input_gate, transposed. */
-  gate: tf.Tensor2D;
-  /** [P, H]: per_layer_projection, transposed. */
-  proj: tf.Tensor2D;
-  postNorm: tf.Tensor1D;
-}
-
-export interface Gemma4Moe {
-  /** [H, E]: router.proj with router.scale * H^-0.5 folded into its rows. */
-  router: tf.Tensor2D;
-  perExpertScale: Float32Array;
-  preNorm2: tf.Tensor1D;
-  postNorm1: tf.Tensor1D;
-  postNorm2: tf.Tensor1D;
-  /** Per expert: [H, 2 * moeIntermediate] (gate columns, then up) and [moeIntermediate, H]. */
-  gateUp: tf.Tensor2D[];
-  down: tf.Tensor2D[];
-}
-
-export interface Gemma4Layer {
-  inputNorm: tf.Tensor1D;
-  postAttnNorm: tf.Tensor1D;
-  preFfwNorm: tf.Tensor1D;
-  postFfwNorm: tf.Tensor1D;
-  /** [H, heads * headDim]. */
-  q: tf.Tensor2D;
-  qNorm: tf.Tensor1D;
+/** A Gemma 4 layer's weights as a path holds them (Gemma4Layer: tfjs tensors; NativeGemma4Layer: packed). */
+export interface Gemma4LayerOf<M, V> {
+  inputNorm: V;
+  postAttnNorm: V;
+  preFfwNorm: V;
+  postFfwNorm: V;
+  /** [H, heads * headDim], and the per-head norm. */
+  q: M;
+  qNorm: V;
   /** [H, 2 * kvHeads * headDim] (k then v), or [H, kvHeads * headDim] where keys are the values; absent on KV-shared layers. */
-  kv?: tf.Tensor2D;
-  kNorm?: tf.Tensor1D;
+  kv?: M;
+  kNorm?: V;
   /** [heads * headDim, H]. */
-  o: tf.Tensor2D;
+  o: M;
   /** [H, 2 * I] (gate, then up) and [I, H]. */
-  gateUp: tf.Tensor2D;
-  down: tf.Tensor2D;
-  perLayer?: Gemma4PerLayerInput;
-  moe?: Gemma4Moe;
+  gateUp: M;
+  down: M;
+  /** per_layer_input_gate [H, P], per_layer_projection [P, H]. */
+  perLayer?: { gate: M; proj: M; postNorm: V };
+  /** router [H, E] with router.scale * H^-0.5 folded into its rows; per expert gate/up [H, 2 * Im] and down [Im, H]. */
+  moe?: { router: M; perExpertScale: Float32Array; preNorm2: V; postNorm1: V; postNorm2: V; gateUp: M[]; down: M[] };
   layerScalar: number;
 }
+
+/** The per-layer embeddings: the table [vocabPerLayer, L * P] in host memory (bf16 bits of a bf16 checkpoint), the model projection [H, L * P] and its norm [P]. */
+export interface Gemma4PerLayerTableOf<M, V> {
+  table: RowTable;
+  proj: M;
+  norm: V;
+}
+
+/** The graph's and the fused webgpu programs' layout: tfjs tensors. */
+export type Gemma4Layer = Gemma4LayerOf<tf.Tensor2D, tf.Tensor1D>;
+export type Gemma4PerLayerInput = NonNullable<Gemma4Layer['perLayer']>;
+export type Gemma4Moe = NonNullable<Gemma4Layer['moe']>;
 
 export interface Gemma4Weights {
   layers: Gemma4Layer[];
   /** Per-layer embeddings: the table [vocabPerLayer, L * P] in host memory, the model projection [H, L * P] and its norm [P]. */
-  perLayer?: { table: RowTable; proj: tf.Tensor2D; norm: tf.Tensor1D };
+  perLayer?: Gemma4PerLayerTableOf<tf.Tensor2D, tf.Tensor1D>;
 }
 
 /** Every tensor of the Gemma 4 part of the weights. */

@@ -186,20 +186,27 @@ export function weightBytesNeeded(c: ModelConfig, backend: string): number {
   return 4 * (p.embedding + p.linear + p.norms + packed);
 }
 
-class Reader {
-  constructor(
-    private readonly src: TensorSource,
-    private readonly prefix: string,
-  ) {}
+/** A checkpoint's text-model tensors by their names under its prefix, each checked to exist with the shape expected. */
+export class CheckpointReader {
+  private readonly prefix: string;
 
-  async get(name: string, shape: number[]): Promise<Float32Array> {
+  constructor(private readonly src: TensorSource) {
+    this.prefix = textPrefix(src.names());
+  }
+
+  /** The checkpoint's full name of tensor `name`, checked to exist with `shape`. */
+  name(name: string, shape: number[]): string {
     const full = this.prefix + name;
     if (!this.src.has(full)) throw new WeightError(`tensor "${full}" is missing from the checkpoint`);
     const info = this.src.info(full);
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
       throw new WeightError(`tensor "${full}" has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`);
     }
-    return this.src.read(full);
+    return full;
+  }
+
+  async get(name: string, shape: number[]): Promise<Float32Array> {
+    return this.src.read(this.name(name, shape));
   }
 }
 
@@ -242,7 +249,8 @@ export function concat(parts: Float32Array[]): Float32Array {
   return out;
 }
 
-function fuseTransposed(parts: Float32Array[], outs: number[], inDim: number): tf.Tensor2D {
+/** PyTorch [out_i, in] parts as one [in, sum(out_i)] tensor. */
+export function fuseTransposed(parts: Float32Array[], outs: number[], inDim: number): tf.Tensor2D {
   return tf.tensor2d(fuseTransposedArray(parts, outs, inDim), [inDim, outs.reduce((a, b) => a + b, 0)]);
 }
 
@@ -268,7 +276,7 @@ export function embeddingPartSize(c: ModelConfig, maxBytes?: number): number {
 
 /** Reads a Gemma 2/3 checkpoint, converts it to the engine's layout and hands it to the path's `layout` (Gemma 4: gemma4-weights.ts). */
 export async function loadWeights(c: ModelConfig, src: TensorSource, layout: WeightLayout): Promise<Weights> {
-  const r = new Reader(src, textPrefix(src.names()));
+  const r = new CheckpointReader(src);
   const H = c.hiddenSize;
   const hd = c.headDim;
   const qDim = c.numHeads * hd;

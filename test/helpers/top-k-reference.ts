@@ -1,6 +1,6 @@
 // The decode step's reduction in plain JS and float64: what the webgpu and native reductions are checked against.
 import * as tf from '@tensorflow/tfjs-core';
-import type { RowLogitsInput } from '../../src/engine/top-k.js';
+import type { RowLogitsInput } from '../../src/engine/reduce.js';
 import { createRng } from '../../src/engine/rng.js';
 import { DEFAULT_SAMPLING, type TopK } from '../../src/engine/types.js';
 

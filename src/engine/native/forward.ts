@@ -8,36 +8,19 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../../model/hf-config.js';
-import { callFrame, callRope, ForwardBase, lastRows, type ForwardPath, type PathMemory, type PrefillOptions } from '../forward.js';
-import { KVPool } from '../kv-pool.js';
-import type { RowLogitsInput } from '../reduce.js';
-import { memoryOf } from '../tensor-memory.js';
-import type { TopK } from '../types.js';
+import type { PrefillOptions } from '../forward.js';
 import { isNative, type Linear, type Weights } from '../weights.js';
-import type { LayerShape, NativeKernels, NativeLayer, NativeMatrix, RowCache } from './kernels.js';
-import { reduceNative } from './reduce.js';
+import type { LayerShape, NativeKernels, NativeLayer, NativeMatrix } from './kernels.js';
+import { NativePathBase } from './path-base.js';
 
-export class NativePath extends ForwardBase implements ForwardPath {
-  readonly name = 'native' as const;
-  private readonly kernels: NativeKernels;
+export class NativePath extends NativePathBase {
   private readonly embed: NativeMatrix;
   private readonly layers: NativeLayer[];
   private readonly finalNorm: Float32Array;
   private readonly shapes: Record<LayerType, LayerShape>;
-  /** The logits' host buffer, reused on wasm (its tensors copy their values into the module's heap). */
-  private logitsBuffer = new Float32Array(0);
 
-  /**
-   * @param reuseLogits keep one host buffer for decode-sized logits (wasm copies a tensor's values into its heap anyway).
-   */
-  constructor(
-    readonly config: ModelConfig,
-    readonly weights: Weights,
-    kernels: NativeKernels,
-    private readonly reuseLogits: boolean,
-  ) {
-    super();
-    this.kernels = kernels;
+  constructor(config: ModelConfig, weights: Weights, kernels: NativeKernels, reuseLogits: boolean) {
+    super(config, weights, kernels, reuseLogits);
     const native = (w: Linear): NativeMatrix => {
       if (!isNative(w)) throw new Error('the native path needs every linear weight packed for the native kernels');
       return w as NativeMatrix;
@@ -70,61 +53,17 @@ export class NativePath extends ForwardBase implements ForwardPath {
     this.shapes = { global: shape(Number.MAX_SAFE_INTEGER), sliding: shape(c.slidingWindow) };
   }
 
-  reduce(logits: tf.Tensor2D, rows: RowLogitsInput[]): Promise<TopK[]> {
-    return reduceNative(logits, rows, this.kernels);
-  }
-
-  /** The per-slot layout, written in place by the layer calls. */
-  createPool(slots: number, capacity: number): KVPool {
-    return new KVPool(this.config, slots, capacity, true);
-  }
-
-  memory(): PathMemory {
-    return { backendWeightBytes: this.weights.bytes, hostWeightBytes: this.weights.packedBytes, hostScratchBytes: this.logitsBuffer.byteLength };
-  }
-
   protected run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
     const c = this.config;
-    const frame = callFrame(ids, opts);
-    const { B, T, starts } = frame;
-    const { pool, slots } = opts;
-    // Fails with CacheOverflowError before anything is written.
-    if (pool && slots) for (const type of ['global', 'sliding'] as const) pool.planWrite(slots, T, type);
-
-    const rope = callRope(c, frame);
+    const call = this.begin(ids, opts);
+    const { B, T, rope } = call;
     const x = this.kernels.columns(this.embed, ids.flat(), Math.fround(Math.sqrt(c.hiddenSize)));
     this.layers.forEach((w, l) => {
       const type = c.layerTypes[l];
-      // Views of the slot tensors, taken right before the call (no tfjs allocation happens in between).
-      const caches = starts.map((start, b): RowCache | null => {
-        if (!pool || !slots) return null;
-        const slot = slots[b];
-        return [memoryOf(pool.k[l][slot]), memoryOf(pool.vT[l][slot]), pool.positions(slot, type), pool.entries[type], start];
-      });
-      this.kernels.layer(this.shapes[type], w, x, B, T, rope[type].cos, rope[type].sin, caches);
+      this.kernels.layer(this.shapes[type], w, x, B, T, rope[type].cos, rope[type].sin, this.caches(call, opts, l, type));
     });
-    if (pool && slots) pool.commitWrite(slots, T);
+    if (opts.pool && opts.slots) opts.pool.commitWrite(opts.slots, T);
     if (opts.noLogits) return undefined;
-
-    const H = c.hiddenSize;
-    let rows = x;
-    let M = B * T;
-    if (!opts.allPositions && T > 1) {
-      M = B;
-      rows = new Float32Array(B * H);
-      lastRows(frame).forEach((r, b) => rows.set(x.subarray(r * H, (r + 1) * H), b * H));
-    }
-    // A fresh 8 MB array per decode step is garbage the collector keeps busy with; wasm copies it anyway.
-    // All-position logits (score) are rare and can be huge: those get their own array.
-    const size = M * c.vocabSize;
-    let out: Float32Array | undefined;
-    if (this.reuseLogits && !opts.allPositions) {
-      if (this.logitsBuffer.length < size) this.logitsBuffer = new Float32Array(size);
-      out = this.logitsBuffer.subarray(0, size);
-    }
-    const logits = this.kernels.logits(rows, M, this.finalNorm, c.rmsNormEps, this.embed, c.finalLogitSoftcap ?? 0, out);
-    return tf.tensor2d(logits, [M, c.vocabSize]);
+    return this.logits(x, call, opts, this.finalNorm, this.embed);
   }
-
-  dispose(): void {}
 }

@@ -17,20 +17,14 @@
  *   top-k experts per row, not all of them).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { LayerType, ModelConfig } from '../../model/hf-config.js';
-import { callFrame, ForwardBase, lastRows, type ForwardPath, type PathMemory, type PrefillOptions } from '../forward.js';
-import { KVPool, typeHeadDim } from '../kv-pool.js';
-import type { RowLogitsInput } from '../reduce.js';
-import { callPositions, ropeTables } from '../rope.js';
-import { memoryOf } from '../tensor-memory.js';
-import type { TopK } from '../types.js';
+import type { ModelConfig } from '../../model/hf-config.js';
+import type { PrefillOptions } from '../forward.js';
 import type { Weights } from '../weights.js';
 import type { NativeGemma4Weights } from './gemma4-weights.js';
-import type { Gemma4LayerShape, NativeKernels, NativeMatrix, RowCache } from './kernels.js';
-import { reduceNative } from './reduce.js';
+import type { Gemma4LayerShape, NativeKernels, NativeMatrix } from './kernels.js';
+import { NativePathBase } from './path-base.js';
 
-export class Gemma4NativePath extends ForwardBase implements ForwardPath {
-  readonly name = 'native' as const;
+export class Gemma4NativePath extends NativePathBase {
   /** Expert products run since load, over every layer and call (one per chosen expert with routed rows). */
   expertsRun = 0;
   private readonly w: NativeGemma4Weights;
@@ -39,16 +33,9 @@ export class Gemma4NativePath extends ForwardBase implements ForwardPath {
   private readonly shapes: Gemma4LayerShape[];
   /** Layers whose K/V of a call later (KV-shared) layers attend over. */
   private readonly sources: Set<number>;
-  /** The logits' host buffer, reused on wasm (its tensors copy their values into the module's heap). */
-  private logitsBuffer = new Float32Array(0);
 
-  constructor(
-    readonly config: ModelConfig,
-    readonly weights: Weights,
-    private readonly kernels: NativeKernels,
-    private readonly reuseLogits: boolean,
-  ) {
-    super();
+  constructor(config: ModelConfig, weights: Weights, kernels: NativeKernels, reuseLogits: boolean) {
+    super(config, weights, kernels, reuseLogits);
     if (!weights.gemma4Native || !weights.embedT || weights.embedT instanceof tf.Tensor) throw new Error('the native Gemma 4 path needs weights loaded for the native kernels');
     this.w = weights.gemma4Native;
     this.embed = weights.embedT as NativeMatrix;
@@ -76,39 +63,16 @@ export class Gemma4NativePath extends ForwardBase implements ForwardPath {
     }));
   }
 
-  reduce(logits: tf.Tensor2D, rows: RowLogitsInput[]): Promise<TopK[]> {
-    return reduceNative(logits, rows, this.kernels);
-  }
-
-  /** The per-slot layout, written in place by the layer calls. */
-  createPool(slots: number, capacity: number): KVPool {
-    return new KVPool(this.config, slots, capacity, true);
-  }
-
-  memory(): PathMemory {
-    return { backendWeightBytes: this.weights.bytes, hostWeightBytes: this.weights.packedBytes, hostScratchBytes: this.logitsBuffer.byteLength };
-  }
-
   protected run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
     const c = this.config;
-    const frame = callFrame(ids, opts);
-    const { B, T, starts } = frame;
+    const call = this.begin(ids, opts);
+    const { B, T, rope } = call;
     const N = B * T;
-    const { pool, slots } = opts;
-    // Fails with CacheOverflowError before anything is written.
-    if (pool && slots) for (const type of ['global', 'sliding'] as const) pool.planWrite(slots, T, type);
-
-    const positions = callPositions(starts, T);
-    const rope = {} as Record<LayerType, { cos: Float32Array; sin: Float32Array }>;
-    for (const type of ['global', 'sliding'] as const) rope[type] = ropeTables(positions, typeHeadDim(c, type), c.rope[type]);
     const flat = ids.flat();
     const x = this.kernels.columns(this.embed, flat, Math.fround(Math.sqrt(c.hiddenSize)));
     const perLayer = this.perLayerInputs(x, flat);
     const P = c.gemma4!.perLayerInputSize;
 
-    // Views of layer `source`'s slot tensors, taken right before a native call (no tfjs allocation happens in between).
-    const caches = (source: number, type: LayerType): Array<RowCache | null> =>
-      starts.map((start, b) => (pool && slots ? [memoryOf(pool.k[source][slots[b]]), memoryOf(pool.vT[source][slots[b]]), pool.positions(slots[b], type), pool.entries[type], start] : null));
     const callKv = new Map<number, Float32Array>();
     this.w.layers.forEach((w, l) => {
       const s = this.shapes[l];
@@ -119,13 +83,13 @@ export class Gemma4NativePath extends ForwardBase implements ForwardPath {
       else if (this.sources.has(l)) callKv.set(l, (kv = new Float32Array(N * 2 * s.kvHeads * s.headDim)));
       if (!s.ownKv && !kv) throw new Error(`layer ${l}: the K/V of layer ${source} are missing`);
       const pli = perLayer ? perLayer.subarray(l * N * P, (l + 1) * N * P) : null;
-      this.expertsRun += this.kernels.gemma4Layer(s, w, x, B, T, rope[type].cos, rope[type].sin, kv, pli, caches(source, type));
+      this.expertsRun += this.kernels.gemma4Layer(s, w, x, B, T, rope[type].cos, rope[type].sin, kv, pli, this.caches(call, opts, source, type));
     });
     // The source layers' K/V go in once the layers sharing them have read the cache as it was.
-    for (const [l, kv] of callKv) this.kernels.writeKv(this.shapes[l].kvHeads, this.shapes[l].headDim, kv, B, T, caches(l, c.layerTypes[l]));
-    if (pool && slots) pool.commitWrite(slots, T);
+    for (const [l, kv] of callKv) this.kernels.writeKv(this.shapes[l].kvHeads, this.shapes[l].headDim, kv, B, T, this.caches(call, opts, l, c.layerTypes[l]));
+    if (opts.pool && opts.slots) opts.pool.commitWrite(opts.slots, T);
     if (opts.noLogits) return undefined;
-    return this.logits(x, frame, opts);
+    return this.logits(x, call, opts, this.w.finalNorm, this.embed);
   }
 
   /**
@@ -167,28 +131,4 @@ export class Gemma4NativePath extends ForwardBase implements ForwardPath {
     });
     return out;
   }
-
-  /** Final norm, the tied unembedding and soft-capping of each row's last position (every position with allPositions). */
-  private logits(x: Float32Array, frame: ReturnType<typeof callFrame>, opts: PrefillOptions): tf.Tensor2D {
-    const c = this.config;
-    const { B, T } = frame;
-    const H = c.hiddenSize;
-    let rows = x;
-    let M = B * T;
-    if (!opts.allPositions && T > 1) {
-      M = B;
-      rows = new Float32Array(B * H);
-      lastRows(frame).forEach((r, b) => rows.set(x.subarray(r * H, (r + 1) * H), b * H));
-    }
-    const size = M * c.vocabSize;
-    let out: Float32Array | undefined;
-    if (this.reuseLogits && !opts.allPositions) {
-      if (this.logitsBuffer.length < size) this.logitsBuffer = new Float32Array(size);
-      out = this.logitsBuffer.subarray(0, size);
-    }
-    const logits = this.kernels.logits(rows, M, this.w.finalNorm, c.rmsNormEps, this.embed, c.finalLogitSoftcap ?? 0, out);
-    return tf.tensor2d(logits, [M, c.vocabSize]);
-  }
-
-  dispose(): void {}
 }

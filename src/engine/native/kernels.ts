@@ -11,6 +11,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Gemma4LayerOf } from '../gemma4-types.js';
 
 /** The addon's functions (see native/matmul.cc). */
 interface Addon {
@@ -20,17 +21,7 @@ interface Addon {
   describe(handle: object): { bytes: number; bf16: boolean };
   multiply(handle: object, x: Float32Array, M: number, y: Float32Array): void;
   gather(handle: object, ids: Int32Array, scale: number, out: Float32Array): void;
-  layer(
-    shape: Float64Array,
-    matrices: object[],
-    norms: Array<Float32Array | null>,
-    x: Float32Array,
-    B: number,
-    T: number,
-    cos: Float32Array,
-    sin: Float32Array,
-    caches: Array<RowCache | null>,
-  ): void;
+  layer(shape: Float64Array, matrices: object[], norms: Array<Float32Array | null>, ...rest: [...LayerRows, caches: Array<RowCache | null>]): void;
   logits(x: Float32Array, M: number, norm: Float32Array, eps: number, embed: object, softcap: number, out: Float32Array): void;
   /** Gemma 4's layer and K/V write (native/gemma4.cc); absent from an addon built before them. */
   gemma4Layer?(
@@ -38,14 +29,7 @@ interface Addon {
     matrices: Array<object | null>,
     experts: object[],
     norms: Array<Float32Array | null>,
-    x: Float32Array,
-    B: number,
-    T: number,
-    cos: Float32Array,
-    sin: Float32Array,
-    kv: Float32Array | null,
-    pli: Float32Array | null,
-    caches: Array<RowCache | null>,
+    ...rest: [...LayerRows, kv: Float32Array | null, pli: Float32Array | null, caches: Array<RowCache | null>]
   ): number;
   writeKv?(kvHeads: number, headDim: number, kv: Float32Array, B: number, T: number, caches: Array<RowCache | null>): void;
   reduce(
@@ -60,6 +44,9 @@ interface Addon {
     scaledLse: Float64Array,
   ): void;
 }
+
+/** A layer call's rows: x [B * T, hidden] (updated in place), B, T, and the rope tables [B * T, headDim]. */
+type LayerRows = [x: Float32Array, B: number, T: number, cos: Float32Array, sin: Float32Array];
 
 /** One row's KV slot for a layer: K, V^T (views of the slot tensors), the entries' positions, the entry count, and the cached length. */
 export type RowCache = [k: Float32Array, vT: Float32Array, positions: Int32Array, entries: number, start: number];
@@ -89,14 +76,7 @@ export interface NativeLayer {
 }
 
 /** A Gemma 4 decoder layer's shapes as the addon takes them (native/kernels.h, Gemma4Shape). */
-export interface Gemma4LayerShape {
-  hidden: number;
-  heads: number;
-  kvHeads: number;
-  headDim: number;
-  intermediate: number;
-  eps: number;
-  window: number;
+export interface Gemma4LayerShape extends Omit<LayerShape, 'attnSoftcap'> {
   /** 0: no MoE block. */
   experts: number;
   topK: number;
@@ -112,32 +92,7 @@ export interface Gemma4LayerShape {
 }
 
 /** A Gemma 4 decoder layer's weights as the addon takes them. */
-export interface NativeGemma4Layer {
-  q: NativeMatrix;
-  /** Absent on KV-shared layers. */
-  kv?: NativeMatrix;
-  o: NativeMatrix;
-  gateUp: NativeMatrix;
-  down: NativeMatrix;
-  perLayer?: { gate: NativeMatrix; proj: NativeMatrix; postNorm: Float32Array };
-  moe?: {
-    router: NativeMatrix;
-    /** Per expert: gate/up [H, 2 * Im] and down [Im, H]. */
-    gateUp: NativeMatrix[];
-    down: NativeMatrix[];
-    perExpertScale: Float32Array;
-    preNorm2: Float32Array;
-    postNorm1: Float32Array;
-    postNorm2: Float32Array;
-  };
-  inputNorm: Float32Array;
-  postAttnNorm: Float32Array;
-  preFfwNorm: Float32Array;
-  postFfwNorm: Float32Array;
-  qNorm: Float32Array;
-  kNorm?: Float32Array;
-  layerScalar: number;
-}
+export type NativeGemma4Layer = Gemma4LayerOf<NativeMatrix, Float32Array>;
 
 /** A weight W [K, N] packed for the kernels. */
 export interface NativeMatrix {

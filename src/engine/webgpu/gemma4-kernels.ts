@@ -1,32 +1,15 @@
 /**
  * The per-token WGSL programs of Gemma 4's layer on the fused webgpu path
  * (gemma4.ts), beside its attention (gemma4-attention.ts) and experts
- * (gemma4-moe.ts); kernels.ts's embedding, matmul, final norm and
- * unembedding serve Gemma 4 as they are. Gemma 4's norms multiply by their
+ * (gemma4-moe.ts); kernels.ts's embedding, matmul, norms and unembedding
+ * serve Gemma 4 as they are. Gemma 4's norms multiply by their
  * weights, read from one vector buffer per layer (`LayerVec`), so that a
  * residual step binds few buffers.
  */
-import { f32, StepLayout } from './kernels.js';
-
-export const stepBinding = '@group(0) @binding(0) var<storage, read> step: array<u32>;';
+import { f32, gelu, groupSum, StepLayout, stepBinding } from './kernels.js';
 
 /** Slots of a layer's packed vector buffer, each H floats; then the layer scalar, then the per-expert scales. */
 export const LayerVec = { POST_ATTN: 0, PRE_FFW: 1, POST_FFW: 2, POST_FFW_1: 3, POST_FFW_2: 4, PRE_FFW_2: 5, PLE_POST: 6, NEXT_INPUT: 7, SCALAR: 8 } as const;
-
-/** Sum over a 64-thread workgroup (every thread gets the total). */
-export const reduce64 = `
-var<workgroup> red: array<f32, 64>;
-fn sum64(v: f32, i: u32) -> f32 {
-  red[i] = v;
-  workgroupBarrier();
-  for (var s = 32u; s > 0u; s >>= 1u) {
-    if (i < s) { red[i] += red[i + s]; }
-    workgroupBarrier();
-  }
-  let total = red[0];
-  workgroupBarrier();
-  return total;
-}`;
 
 /**
  * The residual steps of a layer, per token (64 threads): f = rms(y) * w_a
@@ -46,12 +29,12 @@ export function residualKernel4(o: { H: number; eps: number; mix?: { a: number; 
   const H = o.H;
   const rms = (expr: string, name: string) => `var ${name}s = 0.0;
   for (var i = lid.x; i < H; i += 64u) { let v = ${expr}; ${name}s += v * v; }
-  let ${name} = inverseSqrt(sum64(${name}s, lid.x) / f32(H) + ${eps});`;
+  let ${name} = inverseSqrt(groupSum(${name}s, lid.x) / f32(H) + ${eps});`;
   const f = o.mix ? `(y[base + i] * iy * vec[${o.mix.a * H}u + i] + y2[base + i] * iy2 * vec[${o.mix.b * H}u + i])` : '';
   return `${stepBinding}
 ${bindings.join('\n')}
 const H = ${H}u;
-${reduce64}
+${groupSum(64)}
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let r = wg.x;
@@ -68,32 +51,13 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   }
   ${
     o.next !== undefined
-      ? `let inv = inverseSqrt(sum64(hs, lid.x) / f32(H) + ${eps});
+      ? `let inv = inverseSqrt(groupSum(hs, lid.x) / f32(H) + ${eps});
   for (var i = lid.x; i < H; i += 64u) {
     xn[base + i] = x[base + i] * inv * vec[${o.next * H}u + i];
     ${o.second !== undefined ? `xm[base + i] = x[base + i] * inv * vec[${o.second * H}u + i];` : ''}
   }`
       : ''
   }
-}`;
-}
-
-/** y = rms(x) * w per token (the first layer's input norm). */
-export function rowNormKernel(o: { H: number; eps: number }): string {
-  return `${stepBinding}
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-const H = ${o.H}u;
-${reduce64}
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
-  let r = wg.x;
-  if (r >= step[${StepLayout.N}]) { return; }
-  var ss = 0.0;
-  for (var i = lid.x; i < H; i += 64u) { let v = x[r * H + i]; ss += v * v; }
-  let inv = inverseSqrt(sum64(ss, lid.x) / f32(H) + ${f32(o.eps)});
-  for (var i = lid.x; i < H; i += 64u) { y[r * H + i] = x[r * H + i] * inv * w[i]; }
 }`;
 }
 
@@ -108,7 +72,7 @@ export function pleCombineKernel(o: { L: number; P: number; H: number; eps: numb
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> proj: array<f32>;
 const P = ${o.P}u;
-${reduce64}
+${groupSum(64)}
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let n = wg.x;
@@ -117,7 +81,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   let base = (n * ${o.L}u + l) * P;
   var ss = 0.0;
   for (var i = lid.x; i < P; i += 64u) { let v = proj[base + i] * ${f32(o.H ** -0.5)}; ss += v * v; }
-  let inv = inverseSqrt(sum64(ss, lid.x) / f32(P) + ${f32(o.eps)});
+  let inv = inverseSqrt(groupSum(ss, lid.x) / f32(P) + ${f32(o.eps)});
   for (var i = lid.x; i < P; i += 64u) {
     let normed = proj[base + i] * ${f32(o.H ** -0.5)} * inv * w[i];
     proj[base + i] = (normed + own[base + i] * ${f32(Math.sqrt(o.P))}) * ${f32(2 ** -0.5)};
@@ -130,15 +94,14 @@ export function pleGateKernel(o: { L: number; P: number; layer: number }): strin
   return `${stepBinding}
 @group(0) @binding(1) var<storage, read> pli: array<f32>;
 @group(0) @binding(2) var<storage, read_write> g: array<f32>;
+${gelu}
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let n = wg.x;
   let l = ${o.layer}u;
   if (n >= step[${StepLayout.N}]) { return; }
   for (var i = lid.x; i < ${o.P}u; i += 64u) {
-    let v = g[n * ${o.P}u + i];
-    let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
-    g[n * ${o.P}u + i] = v / (1.0 + exp(-2.0 * u)) * pli[(n * ${o.L}u + l) * ${o.P}u + i];
+    g[n * ${o.P}u + i] = gelu(g[n * ${o.P}u + i]) * pli[(n * ${o.L}u + l) * ${o.P}u + i];
   }
 }`;
 }

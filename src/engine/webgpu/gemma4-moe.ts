@@ -9,13 +9,8 @@
  * Expert weights are packed per layer as [E, H, 2 * Im] (gate columns, then
  * up) and [E, Im, H] (gemma4.ts packs them at load).
  */
-import { f32, StepLayout } from './kernels.js';
-import { LayerVec, stepBinding } from './gemma4-kernels.js';
-
-const gelu = `fn gelu(g: f32) -> f32 {
-  let u = 0.7978845608028654 * (g + 0.044715 * g * g * g);
-  return g / (1.0 + exp(-2.0 * u));
-}`;
+import { anyRow, f32, groupSum, matmulKernel, StepLayout, stepBinding, tileSums } from './kernels.js';
+import { LayerVec } from './gemma4-kernels.js';
 
 /**
  * Per token: softmax(rms(h) @ router) over E experts, the top-k (ties to the
@@ -31,7 +26,7 @@ export function routeKernel(o: { H: number; E: number; topK: number; eps: number
 @group(0) @binding(4) var<storage, read_write> route: array<f32>;
 const H = ${o.H}u;
 const E = ${o.E}u;
-var<workgroup> red: array<f32, 64>;
+${groupSum(64)}
 var<workgroup> logits: array<f32, ${o.E}>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
@@ -40,13 +35,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   if (n >= step[${StepLayout.N}]) { return; }
   var ss = 0.0;
   for (var k = i; k < H; k += 64u) { let v = x[n * H + k]; ss += v * v; }
-  red[i] = ss;
-  workgroupBarrier();
-  for (var s = 32u; s > 0u; s >>= 1u) {
-    if (i < s) { red[i] += red[i + s]; }
-    workgroupBarrier();
-  }
-  let inv = inverseSqrt(red[0] / f32(H) + ${f32(o.eps)});
+  let inv = inverseSqrt(groupSum(ss, i) / f32(H) + ${f32(o.eps)});
   for (var e = i; e < E; e += 64u) {
     var acc = 0.0;
     for (var k = 0u; k < H; k++) { acc += x[n * H + k] * router[k * E + e]; }
@@ -79,78 +68,12 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
 }`;
 }
 
-/** Whether any of the workgroup's R rows was routed to expert e (the same answer for every thread). */
-const anyRow = (R: number) => `fn anyRow(r0: u32, rows: u32, e: u32) -> bool {
-  for (var r = 0u; r < ${R}u; r++) {
-    if (r0 + r < rows && route[(r0 + r) * E + e] != 0.0) { return true; }
-  }
-  return false;
-}`;
-
 /**
  * act[e, n, :] = gelu(x[n] @ gate_e) * (x[n] @ up_e) for the rows routed to
- * e: kernels.ts's matmul (32 columns x 8 slices of K, R rows a thread) with
- * the expert as the third grid dimension.
+ * e: kernels.ts's matmul with the expert as the third grid dimension.
  */
 export function expertGateUpKernel(o: { H: number; Im: number; E: number; R: number }): string {
-  const R = o.R;
-  return `${stepBinding}
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> W: array<f32>;
-@group(0) @binding(3) var<storage, read> route: array<f32>;
-@group(0) @binding(4) var<storage, read_write> act: array<f32>;
-const K = ${o.H}u;
-const IM = ${o.Im}u;
-const E = ${o.E}u;
-const R = ${R}u;
-const KCHUNK = ${Math.ceil(o.H / 8)}u;
-var<workgroup> part: array<f32, ${8 * 32 * R * 2}>;
-${gelu}
-${anyRow(R)}
-@compute @workgroup_size(32, 8)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
-  let rows = step[${StepLayout.N}];
-  let r0 = wg.y * R;
-  let e = wg.z;
-  if (r0 >= rows || !anyRow(r0, rows, e)) { return; }
-  let col = wg.x * 32u + lid.x;
-  let k0 = lid.y * KCHUNK;
-  let k1 = min(K, k0 + KCHUNK);
-  let wb = e * K * 2u * IM;
-  var acc: array<f32, ${R}>;
-  var accU: array<f32, ${R}>;
-  if (col < IM) {
-    for (var k = k0; k < k1; k++) {
-      let w = W[wb + k * 2u * IM + col];
-      let wu = W[wb + k * 2u * IM + IM + col];
-      for (var r = 0u; r < R; r++) {
-        let xv = x[min(r0 + r, rows - 1u) * K + k];
-        acc[r] += xv * w;
-        accU[r] += xv * wu;
-      }
-    }
-  }
-  for (var r = 0u; r < R; r++) {
-    part[(lid.y * R + r) * 32u + lid.x] = acc[r];
-    part[${8 * 32 * R}u + (lid.y * R + r) * 32u + lid.x] = accU[r];
-  }
-  workgroupBarrier();
-  let t = lid.y * 32u + lid.x;
-  for (var o = t; o < R * 32u; o += 256u) {
-    let r = o / 32u;
-    let c = o % 32u;
-    let outCol = wg.x * 32u + c;
-    if (r0 + r < rows && outCol < IM) {
-      var v = 0.0;
-      var u = 0.0;
-      for (var s = 0u; s < 8u; s++) {
-        v += part[(s * R + r) * 32u + c];
-        u += part[${8 * 32 * R}u + (s * R + r) * 32u + c];
-      }
-      act[(e * rows + r0 + r) * IM + outCol] = gelu(v) * u;
-    }
-  }
-}`;
+  return matmulKernel({ K: o.H, M: 2 * o.Im, ld: o.Im, col0: 0, R: o.R, rowsAt: StepLayout.N, epilogue: { kind: 'geglu' }, experts: o.E });
 }
 
 /**
@@ -195,18 +118,6 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
       if (wr != 0.0) { acc[r] += wr * ae[r]; }
     }
   }
-  for (var r = 0u; r < R; r++) { part[(lid.y * R + r) * 32u + lid.x] = acc[r]; }
-  workgroupBarrier();
-  let t = lid.y * 32u + lid.x;
-  for (var o = t; o < R * 32u; o += 256u) {
-    let r = o / 32u;
-    let c = o % 32u;
-    let outCol = wg.x * 32u + c;
-    if (r0 + r < rows && outCol < M) {
-      var v = 0.0;
-      for (var s = 0u; s < 8u; s++) { v += part[(s * R + r) * 32u + c]; }
-      y[(r0 + r) * M + outCol] = v;
-    }
-  }
+  ${tileSums({ R, geglu: false, width: 'M', store: 'y[(r0 + r) * M + outCol] = v;' })}
 }`;
 }

@@ -8,6 +8,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../../model/hf-config.js';
 import type { Gemma4Weights } from '../gemma4-types.js';
+import type { ScratchSize } from './fused-path.js';
 import type { GpuRuntime } from './gpu.js';
 import { LayerVec } from './gemma4-kernels.js';
 
@@ -48,10 +49,7 @@ export function disposePacks(packs: LayerPack[]): void {
 }
 
 /** Activations of one call. */
-export interface Scratch4 {
-  tokens: number;
-  outRows: number;
-  blocks: number;
+export interface Scratch4 extends ScratchSize {
   x: tf.Tensor;
   xn: tf.Tensor;
   /** The MoE block's normed input, and a second [N, H] output (experts, per-layer projection). */
@@ -77,7 +75,8 @@ export interface Scratch4 {
 }
 
 /** Allocates the activations for `tokens` tokens, `outRows` logit rows and `blocks` attention blocks. */
-export function makeScratch(c: ModelConfig, gpu: GpuRuntime, sources: Set<number>, tokens: number, outRows: number, blocks: number): Scratch4 {
+export function allocScratch4(c: ModelConfig, gpu: GpuRuntime, sources: Set<number>, size: ScratchSize): Scratch4 {
+  const { tokens, outRows, blocks } = size;
   const g = c.gemma4!;
   const H = c.hiddenSize;
   const n = tokens;
@@ -111,7 +110,7 @@ export function makeScratch(c: ModelConfig, gpu: GpuRuntime, sources: Set<number
   return s;
 }
 
-export function disposeScratch(s: Scratch4): void {
+export function disposeScratch4(s: Scratch4): void {
   tf.dispose([s.x, s.xn, s.xm, s.y, s.y2, s.q, s.attn, s.kv, ...s.kvSrc.values(), s.act, s.partials, s.final]);
   tf.dispose([s.pleOwn, s.ple, s.pleGate, s.route, s.actE].filter((x): x is tf.Tensor => x !== undefined));
 }

@@ -38,7 +38,31 @@ export function f32(x: number): string {
   return /[.eE]/.test(s) ? s : `${s}.0`;
 }
 
-const stepBinding = '@group(0) @binding(0) var<storage, read> step: array<u32>;';
+/** The header binding every program starts with. */
+export const stepBinding = '@group(0) @binding(0) var<storage, read> step: array<u32>;';
+
+/** Sum of `v` over a workgroup of `threads` (a power of two); every thread gets the total. */
+export function groupSum(threads: number): string {
+  return `
+var<workgroup> red: array<f32, ${threads}>;
+fn groupSum(v: f32, i: u32) -> f32 {
+  red[i] = v;
+  workgroupBarrier();
+  for (var s = ${threads / 2}u; s > 0u; s >>= 1u) {
+    if (i < s) { red[i] += red[i + s]; }
+    workgroupBarrier();
+  }
+  let total = red[0];
+  workgroupBarrier();
+  return total;
+}`;
+}
+
+/** gelu(tanh) as g * sigmoid(2u); exp of a large positive gives inf and a 0 result, as it should. */
+export const gelu = `fn gelu(v: f32) -> f32 {
+  let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+  return v / (1.0 + exp(-2.0 * u));
+}`;
 
 /** x[n, :] = embedding row of ids[n] * sqrt(H), for ids inside this chunk [v0, v0 + vc) of the [H, V] table. */
 export function embedKernel(o: { H: number; vc: number; v0: number; scale: number }): string {
@@ -58,54 +82,29 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
 }`;
 }
 
-/** Sum of `v` over a 256-thread workgroup (every thread gets the total). */
-const reduce256 = `
-var<workgroup> red: array<f32, 256>;
-fn sum256(v: f32, i: u32) -> f32 {
-  red[i] = v;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (i < s) { red[i] += red[i + s]; }
-    workgroupBarrier();
-  }
-  let total = red[0];
-  workgroupBarrier();
-  return total;
-}
-fn max256(v: f32, i: u32) -> f32 {
-  red[i] = v;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (i < s) { red[i] = max(red[i], red[i + s]); }
-    workgroupBarrier();
-  }
-  let m = red[0];
-  workgroupBarrier();
-  return m;
-}`;
-
 /**
- * RMSNorm of rows, one workgroup per output row. `final`: the rows that get
- * logits (header OUT_*), scaled by `w`; otherwise every row, unscaled (the
- * norm's weight is folded into the next projection).
+ * RMSNorm of rows, one workgroup of `threads` per output row: every row, or
+ * the rows that get logits (header OUT_*). With `weight`, times `w`
+ * (Gemma 2/3 fold the other norms' weights into the next projection).
  */
-export function normKernel(o: { H: number; eps: number; final: boolean }): string {
+export function normKernel(o: { H: number; eps: number; rows: 'all' | 'logits'; weight: boolean; threads: number }): string {
+  const n = o.threads;
   return `${stepBinding}
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
-${o.final ? '@group(0) @binding(3) var<storage, read> w: array<f32>;' : ''}
+${o.weight ? '@group(0) @binding(3) var<storage, read> w: array<f32>;' : ''}
 const H = ${o.H}u;
-${reduce256}
-@compute @workgroup_size(256)
+${groupSum(n)}
+@compute @workgroup_size(${n})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let r = wg.x;
-  ${o.final ? `if (r >= step[${StepLayout.OUT_ROWS}]) { return; }
+  ${o.rows === 'logits' ? `if (r >= step[${StepLayout.OUT_ROWS}]) { return; }
   let src = (r * step[${StepLayout.OUT_STRIDE}] + step[${StepLayout.OUT_OFFSET}]) * H;` : `if (r >= step[${StepLayout.N}]) { return; }
   let src = r * H;`}
   var ss = 0.0;
-  for (var i = lid.x; i < H; i += 256u) { let v = x[src + i]; ss += v * v; }
-  let inv = inverseSqrt(sum256(ss, lid.x) / f32(H) + ${f32(o.eps)});
-  for (var i = lid.x; i < H; i += 256u) { y[r * H + i] = x[src + i] * inv${o.final ? ' * w[i]' : ''}; }
+  for (var i = lid.x; i < H; i += ${n}u) { let v = x[src + i]; ss += v * v; }
+  let inv = inverseSqrt(groupSum(ss, lid.x) / f32(H) + ${f32(o.eps)});
+  for (var i = lid.x; i < H; i += ${n}u) { y[r * H + i] = x[src + i] * inv${o.weight ? ' * w[i]' : ''}; }
 }`;
 }
 
@@ -120,7 +119,7 @@ export function residualKernel(o: { H: number; eps: number }): string {
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> xn: array<f32>;
 const H = ${o.H}u;
-${reduce256}
+${groupSum(256)}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let r = wg.x;
@@ -128,20 +127,58 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   let base = r * H;
   var ss = 0.0;
   for (var i = lid.x; i < H; i += 256u) { let v = y[base + i]; ss += v * v; }
-  let inv = inverseSqrt(sum256(ss, lid.x) / f32(H) + ${f32(o.eps)});
+  let inv = inverseSqrt(groupSum(ss, lid.x) / f32(H) + ${f32(o.eps)});
   var hs = 0.0;
   for (var i = lid.x; i < H; i += 256u) {
     let h = x[base + i] + y[base + i] * inv * w[i];
     x[base + i] = h;
     hs += h * h;
   }
-  let inv2 = inverseSqrt(sum256(hs, lid.x) / f32(H) + ${f32(o.eps)});
+  let inv2 = inverseSqrt(groupSum(hs, lid.x) / f32(H) + ${f32(o.eps)});
   for (var i = lid.x; i < H; i += 256u) { xn[base + i] = x[base + i] * inv2; }
 }`;
 }
 
 /** What a matmul writes: the product, gelu(gate) * up of its two column halves, or soft-capped logits. */
 export type Epilogue = { kind: 'plain' } | { kind: 'geglu' } | { kind: 'softcap'; cap: number };
+
+/** Whether any of the workgroup's R rows was routed to expert e (the same answer for every thread; `route` is [rows, E]). */
+export const anyRow = (R: number) => `fn anyRow(r0: u32, rows: u32, e: u32) -> bool {
+  for (var r = 0u; r < ${R}u; r++) {
+    if (r0 + r < rows && route[(r0 + r) * E + e] != 0.0) { return true; }
+  }
+  return false;
+}`;
+
+/**
+ * The second stage of a 32-column x 8-slice tile (matmulKernel's): each K
+ * slice leaves its R rows of sums `acc` (and `accU`, the up half) in `part`,
+ * then thread t adds up outputs (r, c) over the slices and runs `store` with
+ * `v` (and `u`) for the rows below `rows` and the columns below `width`.
+ */
+export function tileSums(o: { R: number; geglu: boolean; width: string; store: string }): string {
+  const up = 8 * 32 * o.R;
+  return `for (var r = 0u; r < R; r++) {
+    part[(lid.y * R + r) * 32u + lid.x] = acc[r];
+    ${o.geglu ? `part[${up}u + (lid.y * R + r) * 32u + lid.x] = accU[r];` : ''}
+  }
+  workgroupBarrier();
+  let t = lid.y * 32u + lid.x;
+  for (var o = t; o < R * 32u; o += 256u) {
+    let r = o / 32u;
+    let c = o % 32u;
+    let outCol = wg.x * 32u + c;
+    if (r0 + r < rows && outCol < ${o.width}) {
+      var v = 0.0;
+      ${o.geglu ? 'var u = 0.0;' : ''}
+      for (var s = 0u; s < 8u; s++) {
+        v += part[(s * R + r) * 32u + c];
+        ${o.geglu ? `u += part[${up}u + (s * R + r) * 32u + c];` : ''}
+      }
+      ${o.store}
+    }
+  }`;
+}
 
 /**
  * y[r, col0 + c] = x[r, :] . W[:, c] for W [K, M] (the engine's [in, out]
@@ -150,44 +187,47 @@ export type Epilogue = { kind: 'plain' } | { kind: 'geglu' } | { kind: 'softcap'
  * and the K slices give a GEMV enough threads to stream the weight.
  * With `geglu`, columns c and c + M/2 are gate and up, and the output is
  * M/2 wide. Rows come from the header (N, or OUT_ROWS for the logits).
+ * With `experts` (E), W is [E, K, M], the expert is the grid's third
+ * dimension, y is [E, rows, ld], and a workgroup none of whose rows was
+ * routed to its expert (`route` [rows, E], binding 3) does nothing.
  */
-export function matmulKernel(o: { K: number; M: number; ld: number; col0: number; R: number; rowsAt: number; epilogue: Epilogue }): string {
+export function matmulKernel(o: { K: number; M: number; ld: number; col0: number; R: number; rowsAt: number; epilogue: Epilogue; experts?: number }): string {
   const geglu = o.epilogue.kind === 'geglu';
   const width = geglu ? o.M / 2 : o.M;
   const parts = geglu ? 2 : 1;
+  const E = o.experts;
   let store = 'v';
   if (geglu) store = 'gelu(v) * u';
   else if (o.epilogue.kind === 'softcap') store = `tanh(clamp(v / ${f32(o.epilogue.cap)}, -10.0, 10.0)) * ${f32(o.epilogue.cap)}`;
   return `${stepBinding}
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> W: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+${E ? '@group(0) @binding(3) var<storage, read> route: array<f32>;' : ''}
+@group(0) @binding(${E ? 4 : 3}) var<storage, read_write> y: array<f32>;
 const K = ${o.K}u;
 const M = ${o.M}u;
 const WIDTH = ${width}u;
 const R = ${o.R}u;
-const KS = 8u;
 const KCHUNK = ${Math.ceil(o.K / 8)}u;
 var<workgroup> part: array<f32, ${8 * 32 * o.R * parts}>;
-fn gelu(g: f32) -> f32 {
-  // gelu(tanh) as g * sigmoid(2u); exp of a large positive gives inf and a 0 result, as it should.
-  let u = 0.7978845608028654 * (g + 0.044715 * g * g * g);
-  return g / (1.0 + exp(-2.0 * u));
-}
+${geglu ? gelu : ''}
+${E ? `const E = ${E}u;\n${anyRow(o.R)}` : ''}
 @compute @workgroup_size(32, 8)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let rows = step[${o.rowsAt}];
   let r0 = wg.y * R;
-  if (r0 >= rows) { return; }
+  ${E ? 'let e = wg.z;' : ''}
+  if (r0 >= rows${E ? ' || !anyRow(r0, rows, e)' : ''}) { return; }
   let col = wg.x * 32u + lid.x;
   let k0 = lid.y * KCHUNK;
   let k1 = min(K, k0 + KCHUNK);
+  let wb = ${E ? 'e * K * M' : '0u'};
   var acc: array<f32, ${o.R}>;
   ${geglu ? `var accU: array<f32, ${o.R}>;` : ''}
   if (col < WIDTH) {
     for (var k = k0; k < k1; k++) {
-      let w = W[k * M + col];
-      ${geglu ? 'let wu = W[k * M + WIDTH + col];' : ''}
+      let w = W[wb + k * M + col];
+      ${geglu ? 'let wu = W[wb + k * M + WIDTH + col];' : ''}
       for (var r = 0u; r < R; r++) {
         let xv = x[min(r0 + r, rows - 1u) * K + k];
         acc[r] += xv * w;
@@ -195,38 +235,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
       }
     }
   }
-  for (var r = 0u; r < R; r++) {
-    part[(lid.y * R + r) * 32u + lid.x] = acc[r];
-    ${geglu ? `part[${8 * 32 * o.R}u + (lid.y * R + r) * 32u + lid.x] = accU[r];` : ''}
-  }
-  workgroupBarrier();
-  let t = lid.y * 32u + lid.x;
-  for (var o = t; o < R * 32u; o += 256u) {
-    let r = o / 32u;
-    let c = o % 32u;
-    let outCol = wg.x * 32u + c;
-    if (r0 + r < rows && outCol < WIDTH) {
-      var v = 0.0;
-      ${geglu ? 'var u = 0.0;' : ''}
-      for (var s = 0u; s < KS; s++) {
-        v += part[(s * R + r) * 32u + c];
-        ${geglu ? `u += part[${8 * 32 * o.R}u + (s * R + r) * 32u + c];` : ''}
-      }
-      y[(r0 + r) * ${o.ld}u + ${o.col0}u + outCol] = ${store};
-    }
-  }
+  ${tileSums({ R: o.R, geglu, width: 'WIDTH', store: `y[(${E ? 'e * rows + ' : ''}r0 + r) * ${o.ld}u + ${o.col0}u + outCol] = ${store};` })}
 }`;
 }
 
-/** Model shapes the attention kernels are built for. */
-export interface AttentionShape {
+/** Gemma 2/3's per-head programs: the head shapes, the q/k norm (Gemma 3) and which rope table a layer type reads. */
+export interface RopeShape {
   headDim: number;
   numHeads: number;
   numKvHeads: number;
-  /** Cache entries of this layer type, and its window (0 = global). */
-  entries: number;
-  window: number;
-  softcap: number | null;
   eps: number;
   /** q/k carry a per-head RMSNorm (Gemma 3). */
   qkNorm: boolean;
@@ -238,16 +255,15 @@ export interface AttentionShape {
  * Per (token, q or k head): Gemma 3's q/k RMSNorm, then the rotary embedding,
  * in place in the fused q/k/v activations. One workgroup of headDim threads.
  */
-export function qkRopeKernel(s: AttentionShape): string {
+export function qkRopeKernel(s: RopeShape): string {
   const hd = s.headDim;
   const qkvWidth = (s.numHeads + 2 * s.numKvHeads) * hd;
   return `${stepBinding}
 @group(0) @binding(1) var<storage, read> rope: array<f32>;
 @group(0) @binding(2) var<storage, read_write> qkv: array<f32>;
-${s.qkNorm ? '@group(0) @binding(3) var<storage, read> qkn: array<f32>;' : ''}
+${s.qkNorm ? `@group(0) @binding(3) var<storage, read> qkn: array<f32>;\n${groupSum(hd)}` : ''}
 const HD = ${hd}u;
 const HALF = ${hd / 2}u;
-var<workgroup> sh: array<f32, ${hd}>;
 var<workgroup> vals: array<f32, ${hd}>;
 @compute @workgroup_size(${hd})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
@@ -257,247 +273,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   let N = step[${StepLayout.N}];
   let at = n * ${qkvWidth}u + h * HD + d;
   var v = qkv[at];
-  ${
-    s.qkNorm
-      ? `sh[d] = v * v;
-  workgroupBarrier();
-  for (var k = HALF; k > 0u; k >>= 1u) {
-    if (d < k) { sh[d] += sh[d + k]; }
-    workgroupBarrier();
-  }
-  v = v * inverseSqrt(sh[0] / f32(HD) + ${f32(s.eps)}) * qkn[h * HD + d];`
-      : ''
-  }
+  ${s.qkNorm ? `v = v * inverseSqrt(groupSum(v * v, d) / f32(HD) + ${f32(s.eps)}) * qkn[h * HD + d];` : ''}
   vals[d] = v;
   workgroupBarrier();
   let rot = select(vals[d - HALF], -vals[d + HALF], d < HALF);
   let table = ${s.ropeTable * 2}u * N * HD + n * HD + d;
   qkv[at] = v * rope[table] + rot * rope[table + N * HD];
-}`;
-}
-
-/** Keys per workgroup of the attention's first pass. */
-export const ATTENTION_BLOCK = 32;
-
-/**
- * Attention, first pass (flash-decoding): one workgroup per (block of 32
- * keys, token of any row, KV head) covering the KV head's g query heads,
- * reading the row's slot of the pooled cache. It writes the
- * block's unnormalized output, max and sum of exp per query head; the
- * combine pass merges the blocks. Keys are the row's cache entries, then
- * the call's own tokens.
- *
- * Entry e of a cache holding `start` tokens holds position
- * p = (start-1) - ((start-1-e) mod E): the ring invariant of KVPool. It is
- * visible to query position q when p >= 0 and, on a sliding layer,
- * p > q - window. The call's own token u is visible to its token t when
- * u <= t (and inside the window).
- */
-export function attentionKernel(s: AttentionShape): string {
-  const hd = s.headDim;
-  const g = s.numHeads / s.numKvHeads;
-  const qkvWidth = (s.numHeads + 2 * s.numKvHeads) * hd;
-  const BLK = ATTENTION_BLOCK;
-  const visible = (p: string) => (s.window > 0 ? `(${p} > q - ${s.window})` : 'true');
-  return `${stepBinding}
-@group(0) @binding(1) var<storage, read> qkv: array<f32>;
-@group(0) @binding(2) var<storage, read_write> kc: array<f32>;
-@group(0) @binding(3) var<storage, read_write> vtc: array<f32>;
-@group(0) @binding(4) var<storage, read_write> part: array<f32>;
-const HD = ${hd}u;
-const G = ${g}u;
-const E = ${s.entries}u;
-const BLK = ${BLK}u;
-const QKVW = ${qkvWidth}u;
-const NQ = ${s.numHeads}u;
-const NKV = ${s.numKvHeads}u;
-const SLICE = ${hd / 8}u;
-var<workgroup> qs: array<f32, ${g * hd}>;
-var<workgroup> pd: array<f32, ${BLK * 8 * g}>;
-var<workgroup> sc: array<f32, ${g * BLK}>;
-var<workgroup> valid: array<u32, ${BLK}>;
-var<workgroup> stat: array<f32, ${2 * g}>;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
-  let blk = wg.x;
-  let n = wg.y;
-  let h = wg.z;
-  let i = lid.x;
-  let T = step[${StepLayout.T}];
-  let b = n / T;
-  let t = n % T;
-  let start = step[${StepLayout.ROWS} + 4u * b];
-  let cached = select(0u, min(E, start), step[${StepLayout.ROWS} + 4u * b + 1u] != 0u);
-  let slot = step[${StepLayout.ROWS} + 4u * b + 3u];
-  let q = i32(start + t);
-  let L = cached + T;
-  // Rows have different lengths; the grid covers the longest.
-  if (blk * BLK >= L) { return; }
-  let kv = slot * NKV + h;
-  let NBS = step[${StepLayout.BLOCKS}];
-  for (var j = i; j < G * HD; j += 256u) {
-    qs[j] = qkv[n * QKVW + (h * G + j / HD) * HD + j % HD];
-  }
-  // Thread i: key kk of the block, slice p of its head dimension.
-  let kk = i / 8u;
-  let p8 = i % 8u;
-  let j = blk * BLK + kk;
-  var ok = false;
-  var kbase = 0u;
-  var fromCache = true;
-  if (j < L) {
-    if (j < cached) {
-      let s1 = i32(start) - 1;
-      let pos = s1 - (((s1 - i32(j)) % i32(E)) + i32(E)) % i32(E);
-      ok = pos >= 0 && ${visible('pos')};
-      kbase = (kv * E + j) * HD;
-    } else {
-      let u = j - cached;
-      let pos = i32(start + u);
-      ok = u <= t && ${visible('pos')};
-      kbase = (b * T + u) * QKVW + (NQ + h) * HD;
-      fromCache = false;
-    }
-  }
-  if (p8 == 0u) { valid[kk] = select(0u, 1u, ok); }
-  workgroupBarrier();
-  var dots: array<f32, ${g}>;
-  if (ok) {
-    for (var d = p8 * SLICE; d < (p8 + 1u) * SLICE; d++) {
-      var kv = 0.0;
-      if (fromCache) { kv = kc[kbase + d]; } else { kv = qkv[kbase + d]; }
-      for (var hh = 0u; hh < G; hh++) { dots[hh] += qs[hh * HD + d] * kv; }
-    }
-  }
-  for (var hh = 0u; hh < G; hh++) { pd[(kk * 8u + p8) * G + hh] = dots[hh]; }
-  workgroupBarrier();
-  if (i < BLK * G) {
-    let k2 = i / G;
-    let hh = i % G;
-    var dot = 0.0;
-    for (var x = 0u; x < 8u; x++) { dot += pd[(k2 * 8u + x) * G + hh]; }
-    ${s.softcap ? `dot = tanh(clamp(dot / ${f32(s.softcap)}, -10.0, 10.0)) * ${f32(s.softcap)};` : ''}
-    sc[hh * BLK + k2] = select(-1e30, dot, valid[k2] != 0u);
-  }
-  workgroupBarrier();
-  if (i < G) {
-    var m = -1e30;
-    for (var x = 0u; x < BLK; x++) { m = max(m, sc[i * BLK + x]); }
-    var l = 0.0;
-    if (m > -1e29) {
-      for (var x = 0u; x < BLK; x++) { l += select(0.0, exp(sc[i * BLK + x] - m), sc[i * BLK + x] > -1e29); }
-    }
-    stat[i] = m;
-    stat[G + i] = l;
-  }
-  workgroupBarrier();
-  if (i < G * BLK) {
-    let hh = i / BLK;
-    sc[i] = select(0.0, exp(sc[i] - stat[hh]), sc[i] > -1e29);
-  }
-  workgroupBarrier();
-  for (var o = i; o < G * HD; o += 256u) {
-    let hh = o / HD;
-    let d = o % HD;
-    var acc = 0.0;
-    for (var x = 0u; x < BLK; x++) {
-      let w = sc[hh * BLK + x];
-      if (w != 0.0) {
-        let jj = blk * BLK + x;
-        if (jj < cached) {
-          acc += w * vtc[(kv * HD + d) * E + jj];
-        } else {
-          acc += w * qkv[(b * T + jj - cached) * QKVW + (NQ + NKV + h) * HD + d];
-        }
-      }
-    }
-    let at = ((n * NQ + h * G + hh) * NBS + blk) * (HD + 2u);
-    part[at + d] = acc;
-    if (d == 0u) {
-      part[at + HD] = stat[hh];
-      part[at + HD + 1u] = stat[G + hh];
-    }
-  }
-  // A decode step writes its token's key and value here (one dispatch fewer per layer). The entry it
-  // takes, start mod E, holds position start - E, which no query of this step sees, so no workgroup reads it.
-  if (T == 1u && blk == 0u && step[${StepLayout.ROWS} + 4u * b + 2u] != 0u) {
-    let e = start % E;
-    for (var d = i; d < HD; d += 256u) {
-      kc[(kv * E + e) * HD + d] = qkv[n * QKVW + (NQ + h) * HD + d];
-      vtc[(kv * HD + d) * E + e] = qkv[n * QKVW + (NQ + NKV + h) * HD + d];
-    }
-  }
-}`;
-}
-
-/** Attention, second pass: merges a token's blocks per query head (all rows in one dispatch). */
-export function attentionCombineKernel(s: AttentionShape): string {
-  const hd = s.headDim;
-  return `${stepBinding}
-@group(0) @binding(1) var<storage, read> part: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-const HD = ${hd}u;
-const E = ${s.entries}u;
-const NQ = ${s.numHeads}u;
-@compute @workgroup_size(${hd})
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
-  let n = wg.x;
-  let hq = wg.y;
-  let d = lid.x;
-  if (n >= step[${StepLayout.N}]) { return; }
-  let T = step[${StepLayout.T}];
-  let b = n / T;
-  let start = step[${StepLayout.ROWS} + 4u * b];
-  let cached = select(0u, min(E, start), step[${StepLayout.ROWS} + 4u * b + 1u] != 0u);
-  let blocks = (cached + T + ${ATTENTION_BLOCK - 1}u) / ${ATTENTION_BLOCK}u;
-  let base = (n * NQ + hq) * step[${StepLayout.BLOCKS}];
-  var M = -1e30;
-  for (var k = 0u; k < blocks; k++) { M = max(M, part[(base + k) * (HD + 2u) + HD]); }
-  var acc = 0.0;
-  var z = 0.0;
-  for (var k = 0u; k < blocks; k++) {
-    let at = (base + k) * (HD + 2u);
-    let l = part[at + HD + 1u];
-    if (l > 0.0) {
-      let f = exp(part[at + HD] - M);
-      acc += f * part[at + d];
-      z += f * l;
-    }
-  }
-  out[n * NQ * HD + hq * HD + d] = acc / z;
-}`;
-}
-
-/**
- * Writes a prompt chunk's new keys and values into each row's slot of the pooled cache, after its
- * attention (a decode step's attention writes its own): token t goes to entry (start + t) mod E,
- * K as [slots, kvHeads, E, headDim] and V^T as [slots, kvHeads, headDim, E].
- * Only the last E tokens of a long chunk land (older ones would be overwritten).
- */
-export function kvWriteKernel(s: AttentionShape): string {
-  const hd = s.headDim;
-  const qkvWidth = (s.numHeads + 2 * s.numKvHeads) * hd;
-  return `${stepBinding}
-@group(0) @binding(1) var<storage, read> qkv: array<f32>;
-@group(0) @binding(2) var<storage, read_write> kc: array<f32>;
-@group(0) @binding(3) var<storage, read_write> vtc: array<f32>;
-const HD = ${hd}u;
-const E = ${s.entries}u;
-const NKV = ${s.numKvHeads}u;
-@compute @workgroup_size(${hd})
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
-  let n = wg.x;
-  let h = wg.y;
-  let d = lid.x;
-  let T = step[${StepLayout.T}];
-  if (n >= step[${StepLayout.N}]) { return; }
-  let b = n / T;
-  let t = n % T;
-  if (t + E < T || step[${StepLayout.ROWS} + 4u * b + 2u] == 0u) { return; }
-  let e = (step[${StepLayout.ROWS} + 4u * b] + t) % E;
-  let kv = step[${StepLayout.ROWS} + 4u * b + 3u] * NKV + h;
-  let src = n * ${qkvWidth}u;
-  kc[(kv * E + e) * HD + d] = qkv[src + (${s.numHeads}u + h) * HD + d];
-  vtc[(kv * HD + d) * E + e] = qkv[src + (${s.numHeads + s.numKvHeads}u + h) * HD + d];
 }`;
 }
