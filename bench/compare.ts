@@ -53,7 +53,8 @@ import type { WritableDType } from '../src/model/safetensors.js';
 import { GemmaTokenizer, type ChatMessage } from '../src/model/tokenizer.js';
 import { startService } from '../src/service.js';
 import { benchEngineOptions, benchModelDir, promptIds } from './model-dir.js';
-import { convertToGguf, GGUF_TYPES, type GgufType } from './peers/gguf.js';
+import { convertToGguf } from './peers/convert.js';
+import { GGUF_TYPES, type GgufType } from './peers/gguf.js';
 import type { LlamaJob, LlamaResult } from './peers/llamacpp-child.js';
 
 // The oldest release whose llama.cpp ("v0.4.0") has both gemma3 and gemma4.

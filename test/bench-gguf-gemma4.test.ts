@@ -2,7 +2,7 @@
 import t, { type Test } from 'tap';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { convertToGguf } from '../bench/peers/gguf.js';
+import { convertToGguf } from '../bench/peers/convert.js';
 import { gemma4GgufName } from '../bench/peers/gguf-gemma4.js';
 import { makeModel } from '../src/model/make-model.js';
 import type { Gemma4Shape } from '../src/model/make-model-gemma4.js';

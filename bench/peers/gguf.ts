@@ -10,17 +10,15 @@
  *    (-rank of the first BPE merge that yields the token, 0 for none), token
  *    types, special ids, chat template.
  * Gemma 4 checkpoints go to llama.cpp's `gemma4` architecture
- * (gguf-gemma4.ts), through the same metadata, tokenizer and tensor writer.
- * Tensors are streamed from the checkpoint in chunks, so a multi-gigabyte
- * table (Gemma 4's per-layer embeddings) never sits in memory whole.
- *
- * usage: node dist/bench/peers/gguf.js MODEL_DIR OUT.gguf [f32|f16|bf16]
+ * (gguf-gemma4.ts), through the same metadata, tokenizer and tensor writer;
+ * convert.ts picks the table for the checkpoint's family. Tensors are
+ * streamed from the checkpoint in chunks, so a multi-gigabyte table (Gemma
+ * 4's per-layer embeddings) never sits in memory whole.
  */
 import { open, readFile, rename, type FileHandle } from 'node:fs/promises';
-import { basename, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { loadModelConfig, type ModelConfig } from '../../src/model/hf-config.js';
-import { bf16ToF32, f32ToBf16, readSafetensors, type TensorStore } from '../../src/model/safetensors.js';
+import { basename, join } from 'node:path';
+import type { ModelConfig } from '../../src/model/hf-config.js';
+import { bf16ToF32, f32ToBf16, type TensorStore } from '../../src/model/safetensors.js';
 
 export type GgufType = 'f32' | 'f16' | 'bf16';
 export const GGUF_TYPES: readonly GgufType[] = ['f32', 'f16', 'bf16'];
@@ -395,7 +393,7 @@ export async function checkpointTensors(dir: string, store: TensorStore, type: G
 }
 
 /** Gemma 3 metadata and tensor table. */
-async function gemma3Table(dir: string, c: ModelConfig, meta: Metadata, store: TensorStore, type: GgufType): Promise<TensorTable> {
+export async function gemma3Table(dir: string, c: ModelConfig, meta: Metadata, store: TensorStore, type: GgufType): Promise<TensorTable> {
   checkSupported(c, dir);
   const A = 'gemma3';
   addGeneral(meta, A, dir, type);
@@ -419,35 +417,4 @@ async function gemma3Table(dir: string, c: ModelConfig, meta: Metadata, store: T
   }
   // Gemma3RMSNorm computes x * (1 + w); llama.cpp's RMS norm x * w.
   return checkpointTensors(dir, store, type, ggufName, (hf) => (hf.endsWith('norm.weight') ? 1 : 0));
-}
-
-export async function convertToGguf(modelDir: string, out: string, type: GgufType = 'f32'): Promise<ConvertResult> {
-  const dir = resolve(modelDir);
-  const c = await loadModelConfig(dir);
-  const meta = new Metadata();
-  const store = await readSafetensors(dir);
-  try {
-    // Imported here: gguf-gemma4.ts builds on this module's writer.
-    const table = c.family === 'gemma4'
-      ? await (await import('./gguf-gemma4.js')).gemma4Table(dir, c, meta, store, type)
-      : await gemma3Table(dir, c, meta, store, type);
-    const special = await addTokenizer(meta, dir, c);
-    const tensors = llamaOrder(table.tensors);
-    const bytes = await writeGguf(out, meta, tensors, store);
-    return { file: out, bytes, tensors: tensors.length, skipped: table.skipped, special };
-  } finally {
-    await store.close();
-  }
-}
-
-if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  const [dir, out, type = 'f32'] = process.argv.slice(2);
-  if (!dir || !out || !GGUF_TYPES.includes(type as GgufType)) {
-    console.error('usage: node dist/bench/peers/gguf.js MODEL_DIR OUT.gguf [f32|f16|bf16]');
-    process.exit(2);
-  }
-  convertToGguf(dir, out, type as GgufType).then(
-    (r) => console.log(JSON.stringify({ ...r, skipped: r.skipped.length })),
-    (err) => { console.error(err); process.exit(1); },
-  );
 }

@@ -7,7 +7,7 @@
  * a forward call widens only its tokens' rows. Every path reads it the same
  * way, so no backend ever holds the whole table.
  */
-import { WeightError, type TensorSource } from './weights.js';
+import { WeightError, type TensorSource } from './tensor-source.js';
 
 const BLOCK_BYTES = 1 << 30;
 

@@ -14,17 +14,10 @@ import { GemmaServeError } from '../errors.js';
 import type { ModelConfig } from '../model/hf-config.js';
 import { gemma4ParameterCount } from '../model/gemma4-config.js';
 import { gemma4Tensors, type Gemma4Weights } from './gemma4-types.js';
-import type { NativeGemma4Weights } from './native/gemma4-weights.js';
+import type { NativeGemma4Weights } from './native/kernels.js';
+import { WeightError, type TensorSource } from './tensor-source.js';
 
-/** What the weight loader needs from a safetensors reader. */
-export interface TensorSource {
-  names(): string[];
-  has(name: string): boolean;
-  info(name: string): { dtype: string; shape: number[] };
-  read(name: string): Promise<Float32Array>;
-  /** Part of a tensor's bytes as stored (Gemma 4's per-layer table is kept as its bf16 bits, in blocks). */
-  readRange?(name: string, offset: number, length: number): Promise<Uint8Array>;
-}
+export { WeightError, type TensorSource } from './tensor-source.js';
 
 /** A weight W [K, N] held outside tfjs by a path's own kernels (the native CPU kernels pack them). */
 export interface PackedMatrix {
@@ -142,11 +135,6 @@ export function tensorLayout(maxPartBytes?: number): WeightLayout {
 }
 
 /** A tensor the model needs is absent or has the wrong shape. */
-export class WeightError extends GemmaServeError {
-  constructor(message: string) {
-    super(message, { status: 500, code: 'model_weights' });
-  }
-}
 
 /** The model will not fit the backend's memory. */
 export class ModelTooLargeError extends GemmaServeError {

@@ -9,19 +9,10 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../../model/hf-config.js';
-import type { Gemma4PerLayerTableOf } from '../gemma4-types.js';
 import { readGemma4 } from '../gemma4-weights.js';
 import { concat, type TensorSource, type Weights } from '../weights.js';
-import type { NativeGemma4Layer, NativeKernels, NativeMatrix } from './kernels.js';
+import type { NativeGemma4Weights, NativeKernels, NativeMatrix } from './kernels.js';
 
-/** The per-layer embeddings on the native path. */
-export type NativePerLayerTable = Gemma4PerLayerTableOf<NativeMatrix, Float32Array>;
-
-export interface NativeGemma4Weights {
-  layers: NativeGemma4Layer[];
-  perLayer?: NativePerLayerTable;
-  finalNorm: Float32Array;
-}
 
 export async function loadGemma4Native(c: ModelConfig, src: TensorSource, kernels: NativeKernels): Promise<Weights> {
   // Host bytes of every packed matrix, for memory().

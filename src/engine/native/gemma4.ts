@@ -20,8 +20,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../../model/hf-config.js';
 import type { PrefillOptions } from '../forward.js';
 import type { Weights } from '../weights.js';
-import type { NativeGemma4Weights } from './gemma4-weights.js';
-import type { Gemma4LayerShape, NativeKernels, NativeMatrix } from './kernels.js';
+import type { Gemma4LayerShape, NativeGemma4Weights, NativeKernels, NativeMatrix } from './kernels.js';
 import { NativePathBase } from './path-base.js';
 
 export class Gemma4NativePath extends NativePathBase {

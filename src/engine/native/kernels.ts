@@ -11,7 +11,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Gemma4LayerOf } from '../gemma4-types.js';
+import type { Gemma4LayerOf, Gemma4PerLayerTableOf } from '../gemma4-types.js';
 
 /** The addon's functions (see native/matmul.cc). */
 interface Addon {
@@ -93,6 +93,16 @@ export interface Gemma4LayerShape extends Omit<LayerShape, 'attnSoftcap'> {
 
 /** A Gemma 4 decoder layer's weights as the addon takes them. */
 export type NativeGemma4Layer = Gemma4LayerOf<NativeMatrix, Float32Array>;
+
+/** The per-layer embeddings on the native path. */
+export type NativePerLayerTable = Gemma4PerLayerTableOf<NativeMatrix, Float32Array>;
+
+/** A Gemma 4 checkpoint's weights as the native path holds them. */
+export interface NativeGemma4Weights {
+  layers: NativeGemma4Layer[];
+  perLayer?: NativePerLayerTable;
+  finalNorm: Float32Array;
+}
 
 /** A weight W [K, N] packed for the kernels. */
 export interface NativeMatrix {
