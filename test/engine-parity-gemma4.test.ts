@@ -4,7 +4,7 @@ import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
 import { Engine, engineParts } from '../src/engine/engine.js';
 import { nativeAddon } from '../src/engine/native/kernels.js';
-import { idsMatchUpToTies, modelDir, reference } from './helpers/fixtures.js';
+import { checkGreedyDecode, idsMatchUpToTies, modelDir, reference } from './helpers/fixtures.js';
 import { testEngineOptions } from './helpers/engine-options.js';
 
 const TOL = 1e-3;
@@ -48,25 +48,8 @@ for (const { label, backend, kernels, threads } of VARIANTS) {
         });
 
         t.test(`${c.name}: greedy continuation through the cached decode path`, async (t) => {
-          const pool = engineParts(engine).pool;
-          pool.reset(0);
-          let logits = engineParts(engine).path.prefill(c.input_ids, { pool, slots: [0] }) as tf.Tensor2D;
-          let worstAll = 0;
-          for (let s = 0; s < c.greedy_new_ids.length; s++) {
-            const top = tf.topk(logits, 5);
-            const ids = Array.from(await top.indices.data());
-            const vals = Array.from(await top.values.data());
-            tf.dispose([top.values, top.indices, logits]);
-            const refVals = c.greedy_top5_logits[s];
-            const worst = Math.max(...vals.map((v, j) => Math.abs(v - refVals[j])));
-            worstAll = Math.max(worstAll, worst);
-            t.ok(worst < TOL, `step ${s}: top-5 logits within ${TOL} (worst ${worst.toExponential(2)})`);
-            if (refVals[0] - refVals[1] > 1e-2) t.equal(ids[0], c.greedy_new_ids[s], `step ${s}: greedy id`);
-            // Teacher forcing keeps the comparison aligned where a near-tie could go either way.
-            logits = engineParts(engine).path.forward([[c.greedy_new_ids[s]]], { pool, slots: [0] });
-          }
-          logits.dispose();
-          pool.reset(0);
+          const { path, pool } = engineParts(engine);
+          const worstAll = await checkGreedyDecode(t, path, pool, c, TOL);
           t.comment(`worst |top-5 logit - reference| over the decode steps: ${worstAll.toExponential(2)}`);
           t.equal(tf.memory().numTensors, baseline, 'no tensor leaked');
         });

@@ -223,7 +223,6 @@ export class GraphPath extends ForwardBase implements ForwardPath {
     const hd = c.headDim;
     const nq = c.numHeads;
     const nkv = c.numKvHeads;
-    const g = nq / nkv;
 
     // Attention: one fused q/k/v matmul; q and k are normed and rotated together.
     const qkv = tf.reshape(this.linear(this.rmsNorm(x), tensorOf(w.qkv), w.remote?.qkv), [B * T, nq + 2 * nkv, hd]);
@@ -244,28 +243,9 @@ export class GraphPath extends ForwardBase implements ForwardPath {
 
     // Attention runs row by row (see attention.ts for the operand order).
     if (pool && slots && writeFirst) pool.write(l, k, vh, ctx.write as WritePlan);
-    const rowOf = (t: tf.Tensor4D, b: number): tf.Tensor4D => (B === 1 ? t : tf.slice(t, [b, 0, 0, 0], [1, t.shape[1], T, hd]));
-    const outs: tf.Tensor[] = [];
-    for (let b = 0; b < B; b++) {
-      const slot = slots?.[b];
-      const cache = pool && slot !== undefined && ctx.useCache[b] ? this.filledCache(pool.k[l][slot], pool.vT[l][slot], ctx.filled[b]) : undefined;
-      outs.push(
-        attendRow({
-          q: tf.reshape(rowOf(q, b), [1, nkv, g * T, hd]),
-          k: writeFirst ? undefined : rowOf(k, b),
-          v: writeFirst ? undefined : rowOf(vh, b),
-          cache,
-          mask: ctx.masks[b],
-          g,
-          T,
-          softcap: c.attnLogitSoftcap,
-        }),
-      );
-    }
+    const attn = this.attendRows(q, nkv, writeFirst ? undefined : { k, v: vh }, l, ctx, B, T, c.attnLogitSoftcap, pool, slots);
     if (pool && slots && !writeFirst) pool.write(l, k, vh, ctx.write as WritePlan);
-    const out = B === 1 ? outs[0] : tf.concat(outs, 0);
-    const attn = T === 1 ? tf.reshape(out, [B, nq * hd]) : tf.reshape(tf.transpose(tf.reshape(out, [B, nq, T, hd]), [0, 2, 1, 3]), [B * T, nq * hd]);
-    const h = tf.add(x, this.rmsNorm(this.linear(attn as tf.Tensor2D, tensorOf(w.o), w.remote?.o), w.postAttnNorm)) as tf.Tensor2D;
+    const h = tf.add(x, this.rmsNorm(this.linear(attn, tensorOf(w.o), w.remote?.o), w.postAttnNorm)) as tf.Tensor2D;
 
     // MLP: one fused gate/up matmul; gelu(tanh) written as x * sigmoid(2u) (identical, fewer kernels).
     const { gate, up } = this.gateUp(this.rmsNorm(h), w);
@@ -273,6 +253,48 @@ export class GraphPath extends ForwardBase implements ForwardPath {
     const inner = tf.mul(gate, tf.add(tf.mul(tf.square(gate), a * 0.044715), a));
     const act = tf.mul(tf.mul(gate, tf.sigmoid(inner)), up);
     return tf.add(h, this.rmsNorm(this.linear(act as tf.Tensor2D, tensorOf(w.down), w.remote?.down), w.postFfwNorm)) as tf.Tensor2D;
+  }
+
+  /**
+   * Attention row by row (see attention.ts for the operand order): q [B, nq,
+   * T, hd] over `nkv` KV heads, the cached K/V of layer `cacheLayer` and the
+   * call's own K/V (`own`, absent when they were written to the cache
+   * first); the heads merged back to [B * T, nq * hd].
+   */
+  protected attendRows(
+    q: tf.Tensor4D,
+    nkv: number,
+    own: { k: tf.Tensor4D; v: tf.Tensor4D } | undefined,
+    cacheLayer: number,
+    ctx: TypeContext,
+    B: number,
+    T: number,
+    scoreCap: number | null,
+    pool?: KVPool,
+    slots?: number[],
+  ): tf.Tensor2D {
+    const [, nq, , hd] = q.shape;
+    const g = nq / nkv;
+    const rowOf = (t: tf.Tensor4D, b: number): tf.Tensor4D => (B === 1 ? t : tf.slice(t, [b, 0, 0, 0], [1, t.shape[1], T, hd]));
+    const outs: tf.Tensor[] = [];
+    for (let b = 0; b < B; b++) {
+      const slot = slots?.[b];
+      const cache = pool && slot !== undefined && ctx.useCache[b] ? this.filledCache(pool.k[cacheLayer][slot], pool.vT[cacheLayer][slot], ctx.filled[b]) : undefined;
+      outs.push(
+        attendRow({
+          q: tf.reshape(rowOf(q, b), [1, nkv, g * T, hd]),
+          k: own ? rowOf(own.k, b) : undefined,
+          v: own ? rowOf(own.v, b) : undefined,
+          cache,
+          mask: ctx.masks[b],
+          g,
+          T,
+          softcap: scoreCap,
+        }),
+      );
+    }
+    const out = B === 1 ? outs[0] : tf.concat(outs, 0);
+    return (T === 1 ? tf.reshape(out, [B, nq * hd]) : tf.reshape(tf.transpose(tf.reshape(out, [B, nq, T, hd]), [0, 2, 1, 3]), [B * T, nq * hd])) as tf.Tensor2D;
   }
 
   /** The first `n` entries of a slot's cache (all of them once its ring has wrapped). */

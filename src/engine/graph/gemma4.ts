@@ -14,7 +14,6 @@ import { callFrame, type PrefillOptions } from '../forward.js';
 import type { Gemma4Layer } from '../gemma4-weights.js';
 import { type KVPool, type WritePlan, typeHeadDim } from '../kv-pool.js';
 import { applyRope, rotateHalfMatrix } from '../rope.js';
-import { attendRow } from './attention.js';
 import { disposeContext, GraphPath, type TypeContext } from './forward.js';
 
 /** A source layer's keys and values of this call, [B, kvHeads, T, headDim], for the layers that share them. */
@@ -107,7 +106,6 @@ export class Gemma4GraphPath extends GraphPath {
     const type = c.layerTypes[l];
     const { headDim: hd, numKvHeads: nkv } = s;
     const nq = c.numHeads;
-    const g = nq / nkv;
     const N = B * T;
     const R = this.rotations[type];
     // [N, n, hd] -> [B, n, T, hd].
@@ -133,28 +131,9 @@ export class Gemma4GraphPath extends GraphPath {
       k = src?.k as tf.Tensor4D;
       v = src?.v as tf.Tensor4D;
     }
-    const rowOf = (t: tf.Tensor4D, b: number): tf.Tensor4D => (B === 1 ? t : tf.slice(t, [b, 0, 0, 0], [1, t.shape[1], T, hd]));
-    const outs: tf.Tensor[] = [];
-    for (let b = 0; b < B; b++) {
-      const slot = slots?.[b];
-      const cache = pool && slot !== undefined && ctx.useCache[b] ? this.filledCache(pool.k[s.kvSource][slot], pool.vT[s.kvSource][slot], ctx.filled[b]) : undefined;
-      outs.push(
-        attendRow({
-          q: tf.reshape(rowOf(q, b), [1, nkv, g * T, hd]),
-          k: writeFirst ? undefined : rowOf(k, b),
-          v: writeFirst ? undefined : rowOf(v, b),
-          cache,
-          mask: ctx.masks[b],
-          g,
-          T,
-          softcap: null,
-        }),
-      );
-    }
+    const attn = this.attendRows(q, nkv, writeFirst ? undefined : { k, v }, s.kvSource, ctx, B, T, null, pool, slots);
     if (own && pool && slots && !writeFirst && !this.sources.has(l)) pool.write(l, k, v, ctx.write as WritePlan);
-    const out = B === 1 ? outs[0] : tf.concat(outs, 0);
-    const attn = T === 1 ? tf.reshape(out, [B, nq * hd]) : tf.reshape(tf.transpose(tf.reshape(out, [B, nq, T, hd]), [0, 2, 1, 3]), [N, nq * hd]);
-    const h = tf.add(x, this.rmsNorm(tf.matMul(attn as tf.Tensor2D, w.o), w.postAttnNorm)) as tf.Tensor2D;
+    const h = tf.add(x, this.rmsNorm(tf.matMul(attn, w.o), w.postAttnNorm)) as tf.Tensor2D;
 
     // Dense MLP, and beside it the experts (routed on the residual h).
     const I = s.intermediateSize;
