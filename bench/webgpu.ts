@@ -5,11 +5,14 @@
  *   node dist/bench/webgpu.js parity             the HF fixture checks of test/engine-parity.test.ts (same tolerance)
  *   node dist/bench/webgpu.js decode MODEL_DIR   prefill 512 and decode at batch 1, 8 and 32
  *   node dist/bench/webgpu.js breakdown MODEL_DIR  a decode step's time: recording, forward pass, top-k
+ *   node dist/bench/webgpu.js matmul             the linear-layer programs alone, beside the card's copy bandwidth (webgpu-matmul.ts)
  *
  * Each prints one JSON object. BACKEND picks the backend (default webgpu),
  * DEVICE_NAME is copied into the result (the device script passes
  * nvidia-smi's name), BENCH_STEPS sets the timed decode steps per batch size,
- * WEBGPU_KERNELS picks the fused WGSL programs (default) or the tfjs op graph.
+ * WEBGPU_KERNELS picks the fused WGSL programs (default) or the tfjs op graph,
+ * WEBGPU_WEIGHTS=float32 keeps a bf16 checkpoint's weights in f32 on the
+ * fused programs (default: bf16 where the checkpoint holds bf16).
  * tap is a dev dependency, so the parity checks are repeated here rather
  * than run through the test file on machines that get production modules.
  */
@@ -24,6 +27,7 @@ import { DEFAULT_SAMPLING } from '../src/engine/types.js';
 import { webgpuLimits } from '../src/engine/webgpu/adapter.js';
 import { WebGPUPath } from '../src/engine/webgpu/forward.js';
 import { promptIds } from './model-dir.js';
+import { matmulBench } from './webgpu-matmul.js';
 
 /** The service's configuration from the environment, but BACKEND defaults to webgpu here. */
 const CONFIG = loadConfig({ ...process.env, BACKEND: process.env.BACKEND || 'webgpu' });
@@ -31,6 +35,7 @@ const BACKEND = CONFIG.model.backend;
 /** Options for an engine on the model in `dir` (on wasm, the tfjs graph on one thread). */
 const options = (dir: string, o: Partial<EngineOptions>): EngineOptions => engineOptions(CONFIG, { dir, graphThreads: 1, ...o });
 const KERNELS = process.env.WEBGPU_KERNELS === 'graph' ? 'graph' : 'fused';
+const WEIGHTS = process.env.WEBGPU_WEIGHTS === 'float32' ? 'float32' : 'auto';
 const STEPS = Number(process.env.BENCH_STEPS ?? 16);
 const TOL = 1e-3;
 const greedy = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 1 << 20 };
@@ -136,7 +141,7 @@ async function parity(): Promise<object> {
 
 async function decode(dir: string): Promise<object> {
   const maxB = 32;
-  const engine = await Engine.load(options(dir, { slots: maxB, capacity: 1024, maxBatchSize: maxB, prefillChunk: 512, webgpuKernels: KERNELS }));
+  const engine = await Engine.load(options(dir, { slots: maxB, capacity: 1024, maxBatchSize: maxB, prefillChunk: 512, webgpuKernels: KERNELS, webgpuWeights: WEIGHTS }));
   const sampler = new Sampler(engine);
   note(`loaded ${dir} on ${engine.backend.name} in ${Math.round(engine.loadMs)} ms`);
 
@@ -151,9 +156,7 @@ async function decode(dir: string): Promise<object> {
   }
 
   note(`prefill 512: ${round(prefillMs)} ms`);
-  const flag = 'WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE';
-  const submitSizes = BACKEND === 'webgpu' ? [tf.env().getNumber(flag), 200] : [0];
-  const decodeRuns: Record<string, unknown>[] = [];
+  const decodeRuns: Array<{ batch: number; tokens_per_s: number; step_ms_median: number; steps: number; context_after: number }> = [];
   let kernelsPerStepB1: number | undefined;
   for (const B of [1, 8, 32]) {
     const seqs: Sequence[] = [];
@@ -162,23 +165,20 @@ async function decode(dir: string): Promise<object> {
       seqs.push(await sampler.add({ slot: b, promptIds: promptIds(64, b + 2), params: greedy }));
     }
     for (const s of seqs) await sampler.prefill(s);
-    for (const submit of submitSizes) {
-      if (BACKEND === 'webgpu') tf.env().set(flag, submit);
-      for (let i = 0; i < 2; i++) await sampler.step(seqs);
-      const times: number[] = [];
-      for (let i = 0; i < STEPS; i++) {
-        const t0 = performance.now();
-        await sampler.step(seqs);
-        times.push(performance.now() - t0);
-      }
-      const total = times.reduce((a, b) => a + b, 0);
-      times.sort((a, b) => a - b);
-      note(`decode batch ${B}, submit batch ${submit}: median step ${round(times[times.length >> 1])} ms`);
-      decodeRuns.push({
-        batch: B, submit_batch_size: submit, steps: STEPS, context_after: seqs[0].promptTokens + seqs[0].generated.length,
-        tokens_per_s: round((B * STEPS * 1000) / total), step_ms_median: round(times[times.length >> 1]),
-      });
+    for (let i = 0; i < 2; i++) await sampler.step(seqs);
+    const times: number[] = [];
+    for (let i = 0; i < STEPS; i++) {
+      const t0 = performance.now();
+      await sampler.step(seqs);
+      times.push(performance.now() - t0);
     }
+    const total = times.reduce((a, b) => a + b, 0);
+    times.sort((a, b) => a - b);
+    note(`decode batch ${B}: median step ${round(times[times.length >> 1])} ms`);
+    decodeRuns.push({
+      batch: B, steps: STEPS, context_after: seqs[0].promptTokens + seqs[0].generated.length,
+      tokens_per_s: round((B * STEPS * 1000) / total), step_ms_median: round(times[times.length >> 1]),
+    });
     if (B === 1) {
       // tfjs kernels (the graph, or the top-k after the fused pass) plus the fused pass's own dispatches.
       const path = engineParts(engine).path;
@@ -203,6 +203,12 @@ async function decode(dir: string): Promise<object> {
     prefill_512_tps: Math.round((512 * 1000) / prefillMs),
     prefill_512_ms: round(prefillMs),
     decode: decodeRuns,
+    decode_b1_tps: decodeRuns[0].tokens_per_s,
+    decode_b8_aggregate_tps: decodeRuns[1].tokens_per_s,
+    decode_b32_aggregate_tps: decodeRuns[2].tokens_per_s,
+    weights: WEIGHTS === 'float32' ? 'float32' : 'bf16 where the checkpoint holds bf16',
+    // A batch-1 step reads every weight once (the tied embedding as the unembedding); the cache reads are left out.
+    b1_weight_gbps: round(mem.weightsBytes / (decodeRuns[0].step_ms_median * 1e6)),
     kernels_per_decode_step_b1: kernelsPerStepB1,
     memory: mem,
   };
@@ -217,7 +223,7 @@ async function decode(dir: string): Promise<object> {
  * Medians of BENCH_STEPS runs.
  */
 async function breakdown(dir: string): Promise<object> {
-  const engine = await Engine.load(options(dir, { slots: 32, capacity: 1024, maxBatchSize: 32, prefillChunk: 512, webgpuKernels: KERNELS }));
+  const engine = await Engine.load(options(dir, { slots: 32, capacity: 1024, maxBatchSize: 32, prefillChunk: 512, webgpuKernels: KERNELS, webgpuWeights: WEIGHTS }));
   const { path, pool } = engineParts(engine);
   const rows: Record<string, unknown>[] = [];
   const median = (xs: number[]) => round([...xs].sort((x, y) => x - y)[xs.length >> 1]);
@@ -263,7 +269,10 @@ async function main(): Promise<void> {
   else if (cmd === 'parity') result = await parity();
   else if (cmd === 'decode' && arg) result = await decode(arg);
   else if (cmd === 'breakdown' && arg) result = await breakdown(arg);
-  else throw new Error('usage: webgpu.js probe | parity | decode MODEL_DIR | breakdown MODEL_DIR');
+  else if (cmd === 'matmul') {
+    await initBackend(BACKEND);
+    result = { ...stamp(), ...(await matmulBench(note)) };
+  } else throw new Error('usage: webgpu.js probe | parity | decode MODEL_DIR | breakdown MODEL_DIR | matmul');
   console.log(JSON.stringify(result));
 }
 

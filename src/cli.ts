@@ -16,7 +16,7 @@ const USAGE = `usage:
   gemma-serve score --model DIR --ids 2,105,1645 [--top-k 20] [--backend wasm|cpu|webgpu|tensorflow]
   gemma-serve generate [--model DIR] --prompt "..." [--max-tokens N] [--backend ...]
   gemma-serve make-model --out DIR [--arch gemma3|gemma4] [--preset NAME] [--seed N] [--dtype bf16|f32]
-      presets: gemma3 tiny|270m|1b (default tiny), gemma4 tiny|e2b|e4b|26b-a4b|31b`;
+      presets: gemma3 tiny|270m|1b|4b|12b (default tiny), gemma4 tiny|e2b|e4b|26b-a4b|31b`;
 
 /**
  * Engine options for score and generate: the flags on top of the

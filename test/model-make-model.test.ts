@@ -2,7 +2,9 @@ import t from 'tap';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { loadConfig } from '../config/index.js';
-import { makeModel, defaultModelDir, PRESETS, parameterCount, layerTypes } from '../src/model/make-model.js';
+import { makeModel, defaultModelDir, hfConfig, PRESETS, parameterCount, layerTypes, presetNames } from '../src/model/make-model.js';
+import { parameterCount as engineParameterCount } from '../src/engine/weights.js';
+import { parseModelConfig } from '../src/model/hf-config.js';
 import { readSafetensors } from '../src/model/safetensors.js';
 import { GemmaTokenizer } from '../src/model/tokenizer.js';
 
@@ -20,6 +22,52 @@ t.test('presets', async (t) => {
   // Gemma 3 270M has ~268M parameters with the tied embedding.
   t.ok(Math.abs(parameterCount(PRESETS['270m']) - 268_098_176) < 1e6, `270m params ${parameterCount(PRESETS['270m'])}`);
   t.ok(Math.abs(parameterCount(PRESETS['1b']) - 999_885_952) < 2e6, `1b params ${parameterCount(PRESETS['1b'])}`);
+});
+
+// Text models of google/gemma-3-4b-it and -12b-it. Their weights (7.8 and 23.5 GB
+// in bf16) are never generated here: only the shapes and config.json are checked.
+t.test('4b and 12b presets: released shapes, scaled global RoPE', async (t) => {
+  t.same(presetNames(), ['tiny', '270m', '1b', '4b', '12b']);
+  const released = {
+    '4b': { layers: 34, hidden: 2560, heads: 8, kv: 4, inter: 10240, params: 3.88e9 },
+    '12b': { layers: 48, hidden: 3840, heads: 16, kv: 8, inter: 15360, params: 11.77e9 },
+  } as const;
+  for (const [name, r] of Object.entries(released)) {
+    const p = PRESETS[name as '4b' | '12b'];
+    t.match(p, {
+      numLayers: r.layers, hiddenSize: r.hidden, numHeads: r.heads, numKvHeads: r.kv, headDim: 256,
+      intermediateSize: r.inter, slidingWindow: 1024, queryPreAttnScalar: 256, vocabSize: 262144,
+      slidingPattern: 6, maxPositionEmbeddings: 131072, ropeScalingFactor: 8,
+    }, name);
+
+    // config.json, read back by the engine's own parser.
+    const raw = hfConfig(p);
+    t.same(raw.rope_parameters, {
+      full_attention: { factor: 8, rope_theta: 1e6, rope_type: 'linear' },
+      sliding_attention: { rope_theta: 1e4, rope_type: 'default' },
+    }, `${name} rope_parameters`);
+    const c = parseModelConfig(JSON.parse(JSON.stringify(raw)));
+    t.match(c, {
+      family: 'gemma3', numLayers: r.layers, hiddenSize: r.hidden, numHeads: r.heads, numKvHeads: r.kv, headDim: 256,
+      intermediateSize: r.inter, slidingWindow: 1024, queryPreAttnScalar: 256, vocabSize: 262144, maxPositions: 131072,
+    }, `${name} parsed`);
+    t.same(c.rope, { global: { base: 1e6, factor: 8 }, sliding: { base: 1e4, factor: 1 } }, `${name} rope parsed`);
+    const globals = c.layerTypes.flatMap((l, i) => (l === 'global' ? [i] : []));
+    t.same(globals, Array.from({ length: Math.floor(r.layers / 6) }, (_, k) => 6 * k + 5), `${name} every 6th layer global`);
+
+    // Parameters: the tensors make-model would write, and the engine's count of the parsed config.
+    const n = parameterCount(p);
+    t.ok(Math.abs(n - r.params) / r.params < 0.01, `${name} params ${n} within 1% of ${r.params}`);
+    const e = engineParameterCount(c);
+    t.equal(e.embedding + e.linear + e.norms, n, `${name} engine parameter count`);
+  }
+});
+
+t.test('presets without scaling keep default global RoPE', async (t) => {
+  for (const name of ['tiny', '270m', '1b'] as const) {
+    t.equal(PRESETS[name].ropeScalingFactor, undefined);
+    t.same(parseModelConfig(hfConfig(PRESETS[name])).rope.global, { base: 1e6, factor: 1 }, name);
+  }
 });
 
 t.test('tiny preset writes a loadable HF directory', async (t) => {

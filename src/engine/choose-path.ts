@@ -23,6 +23,7 @@ import { supportsInPlace } from './tensor-memory.js';
 import { WebGPUPath } from './webgpu/forward.js';
 import { Gemma4WebGPUPath } from './webgpu/gemma4.js';
 import { reduceFused } from './webgpu/reduce.js';
+import { gpuLayout, type StoragePolicy } from './webgpu/weights.js';
 import { tensorLayout, type WeightLayout, type Weights } from './weights.js';
 
 /** The choices are config's CPU_KERNELS. */
@@ -39,6 +40,8 @@ export interface PathOptions {
   graphThreads: number;
   /** On webgpu with the fused programs: the most bytes one embedding part may hold. */
   maxTensorBytes?: number;
+  /** On webgpu with the fused Gemma 2/3 programs: bf16 weights where the checkpoint's are ('auto'), or all f32. */
+  webgpuWeights?: StoragePolicy;
   /** Sizes the worker thread's hand-off buffer. */
   maxBatch: number;
   prefillChunk: number;
@@ -64,7 +67,8 @@ export function choosePath(config: ModelConfig, backend: BackendName, opts: Path
   if (backend === 'webgpu') {
     // The fused programs take the embedding in parts that fit one buffer binding; the graph needs it whole.
     if (opts.webgpuKernels === 'graph') return { name: 'graph', backend, layout: tensorLayout(), description: 'webgpu backend' };
-    return { name: 'webgpu', backend, layout: tensorLayout(opts.maxTensorBytes), description: 'webgpu backend' };
+    const policy = opts.webgpuWeights ?? 'auto';
+    return { name: 'webgpu', backend, layout: gpuLayout(policy, opts.maxTensorBytes), description: `webgpu backend (fused programs, ${policy === 'auto' ? 'bf16 weights where the checkpoint holds bf16' : 'f32 weights'})` };
   }
   if (backend !== 'wasm' && backend !== 'cpu') return { name: 'graph', backend, layout: tensorLayout(), description: `${backend} backend` };
   if (opts.kernels !== 'tfjs') {

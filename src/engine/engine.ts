@@ -120,6 +120,7 @@ export class Engine {
       threads: opts.cpuThreads,
       graphThreads: opts.graphThreads ?? opts.cpuThreads,
       maxTensorBytes: opts.maxTensorBytes ?? backendTensorLimit(backend.name)?.bytes,
+      webgpuWeights: opts.webgpuWeights ?? 'auto',
       maxBatch,
       prefillChunk,
     });

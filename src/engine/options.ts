@@ -32,6 +32,8 @@ export interface EngineTuning {
   webgpuKernels?: 'fused' | 'graph';
   /** On webgpu with the fused programs: the most bytes one embedding part may hold; unset, the device's binding limit. */
   maxTensorBytes?: number;
+  /** On webgpu with the fused Gemma 2/3 programs: 'float32' keeps every weight in f32; unset, a bf16 checkpoint's weights stay bf16. */
+  webgpuWeights?: 'auto' | 'float32';
   /**
    * With the tfjs graph on wasm: its threads, where they should differ from
    * `cpuThreads` (2 or more split each linear weight by columns with a worker

@@ -3,7 +3,7 @@
  * model with deterministic random weights as a Hugging Face directory (config.json, generation_config.json,
  * model.safetensors, tokenizer files), so the service runs without
  * downloading a checkpoint. Tensors are generated and streamed chunk by chunk,
- * so even the 1B preset never sits in memory.
+ * so even the 12B preset (~23.5 GB in bf16) never sits in memory.
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fsp, readFileSync } from 'node:fs';
@@ -16,7 +16,7 @@ import { specElements, writeRandomSafetensors, type GenSpec } from './random-ten
 import type { WritableDType } from './safetensors.js';
 import { defaultTokenizerFiles } from './tokenizer.js';
 
-export type PresetName = 'tiny' | '270m' | '1b';
+export type PresetName = 'tiny' | '270m' | '1b' | '4b' | '12b';
 
 export interface ModelShape {
   numLayers: number;
@@ -31,6 +31,11 @@ export interface ModelShape {
   vocabSize: number;
   /** Every `slidingPattern`-th layer is global, the others sliding. */
   slidingPattern: number;
+  /**
+   * Linear RoPE scaling factor of the global layers (Gemma 3 4B/12B/27B: 8,
+   * for their 128K context); absent: unscaled. Sliding layers are never scaled.
+   */
+  ropeScalingFactor?: number;
 }
 
 const GEMMA3_VOCAB = 262144;
@@ -48,6 +53,18 @@ export const PRESETS: Readonly<Record<PresetName, Readonly<ModelShape>>> = {
     numLayers: 26, hiddenSize: 1152, numHeads: 4, numKvHeads: 1, headDim: 256, intermediateSize: 6912,
     slidingWindow: 512, queryPreAttnScalar: 256, maxPositionEmbeddings: 32768, vocabSize: GEMMA3_VOCAB, slidingPattern: 6,
   },
+  // Text model of google/gemma-3-4b-it (~3.88 B parameters).
+  '4b': {
+    numLayers: 34, hiddenSize: 2560, numHeads: 8, numKvHeads: 4, headDim: 256, intermediateSize: 10240,
+    slidingWindow: 1024, queryPreAttnScalar: 256, maxPositionEmbeddings: 131072, vocabSize: GEMMA3_VOCAB, slidingPattern: 6,
+    ropeScalingFactor: 8,
+  },
+  // Text model of google/gemma-3-12b-it (~11.77 B parameters).
+  '12b': {
+    numLayers: 48, hiddenSize: 3840, numHeads: 16, numKvHeads: 8, headDim: 256, intermediateSize: 15360,
+    slidingWindow: 1024, queryPreAttnScalar: 256, maxPositionEmbeddings: 131072, vocabSize: GEMMA3_VOCAB, slidingPattern: 6,
+    ropeScalingFactor: 8,
+  },
 };
 
 /** Bump when the generated weights or files change, so cached default models are rebuilt. */
@@ -64,7 +81,13 @@ export function layerTypes(s: ModelShape): ('sliding_attention' | 'full_attentio
   return Array.from({ length: s.numLayers }, (_, i) => ((i + 1) % s.slidingPattern === 0 ? 'full_attention' : 'sliding_attention'));
 }
 
-/** config.json in the newer transformers style (layer_types, rope_parameters). */
+/** RoPE of the global layers: theta 1e6, linearly scaled where the shape says so. */
+function globalRope(s: ModelShape): Record<string, unknown> {
+  if (s.ropeScalingFactor === undefined) return { rope_theta: 1000000.0, rope_type: 'default' };
+  return { factor: s.ropeScalingFactor, rope_theta: 1000000.0, rope_type: 'linear' };
+}
+
+/** config.json in the newer transformers style (layer_types, rope_parameters per layer type). */
 export function hfConfig(s: ModelShape): Record<string, unknown> {
   return {
     architectures: ['Gemma3ForCausalLM'],
@@ -90,7 +113,7 @@ export function hfConfig(s: ModelShape): Record<string, unknown> {
     query_pre_attn_scalar: s.queryPreAttnScalar,
     rms_norm_eps: 1e-6,
     rope_parameters: {
-      full_attention: { rope_theta: 1000000.0, rope_type: 'default' },
+      full_attention: globalRope(s),
       sliding_attention: { rope_theta: 10000.0, rope_type: 'default' },
     },
     sliding_window: s.slidingWindow,

@@ -14,6 +14,8 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 
 interface GpuAdapterInfo {
+  subgroupMinSize?: number;
+  subgroupMaxSize?: number;
   vendor?: string;
   architecture?: string;
   device?: string;
@@ -148,7 +150,13 @@ export async function probeWebGPU(opts: { quiet: boolean; timeoutMs?: number }):
  * keeps Node's event loop alive, so `releaseWebGPU` lets go of it when the
  * engine is done.
  */
-let held: { gpu: Gpu; adapter: GpuAdapter; device: GpuDevice } | undefined;
+let held: { gpu: Gpu; adapter: GpuAdapter; device: GpuDevice; subgroups: SubgroupSizes | undefined } | undefined;
+
+/** The subgroup sizes the device's shaders may see, where it has the `subgroups` feature. */
+export interface SubgroupSizes {
+  min: number;
+  max: number;
+}
 
 /**
  * Registers and starts tfjs's `webgpu` backend on the probed adapter, with the
@@ -161,7 +169,7 @@ export async function startWebGPU(probe: Extract<GpuProbe, { ok: true }>): Promi
   nav.gpu = gpu;
   const pkg = '@tensorflow/tfjs-backend-webgpu';
   const { WebGPUBackend } = (await import(pkg)) as { WebGPUBackend: new (device: GpuDevice, info?: GpuAdapterInfo) => tf.KernelBackend };
-  const requiredFeatures = adapter.features.has('timestamp-query') ? ['timestamp-query'] : [];
+  const requiredFeatures = ['timestamp-query', 'subgroups'].filter((f) => adapter.features.has(f));
   const l = adapter.limits;
   const requiredLimits = {
     maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
@@ -172,7 +180,9 @@ export async function startWebGPU(probe: Extract<GpuProbe, { ok: true }>): Promi
     maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
   };
   const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
-  held = { gpu, adapter, device };
+  const info = adapter.info ?? {};
+  const subgroups = requiredFeatures.includes('subgroups') && info.subgroupMinSize && info.subgroupMaxSize ? { min: info.subgroupMinSize, max: info.subgroupMaxSize } : undefined;
+  held = { gpu, adapter, device, subgroups };
   // The backend package, once loaded with navigator.gpu set, registers a factory of its own; this one reuses the probed device.
   if (tf.findBackendFactory('webgpu')) tf.removeBackend('webgpu');
   tf.registerBackend('webgpu', () => new WebGPUBackend(device, adapter.info), 0);
@@ -188,6 +198,11 @@ export function releaseWebGPU(): void {
   const nav = (globalThis as { navigator?: { gpu?: Gpu } }).navigator;
   if (nav?.gpu === held.gpu) delete nav.gpu;
   held = undefined;
+}
+
+/** The started device's subgroup sizes; undefined without the feature (or before webgpu starts). */
+export function webgpuSubgroups(): SubgroupSizes | undefined {
+  return held?.subgroups;
 }
 
 /** Limits of the started device; undefined when webgpu has not been started. */

@@ -15,7 +15,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../../model/hf-config.js';
 import { callRope } from '../forward.js';
 import type { KVPool } from '../kv-pool.js';
-import { tensorOf, type Weights } from '../weights.js';
+import type { Weights } from '../weights.js';
 import { ATTENTION_BLOCK, attentionCombineKernel, attentionKernel, kvWriteKernel, type AttentionShape } from './attention.js';
 import { FusedPath, type FusedCall, type ScratchSize } from './fused-path.js';
 import type { Binding } from './gpu.js';
@@ -57,16 +57,19 @@ export class WebGPUPath extends FusedPath<Scratch> {
     const buf = (t: tf.TensorInfo) => g.bufferOf(t);
     const step = this.stepBuffer;
 
-    this.embed(s.x, N);
-    this.program('norm', () => normKernel({ H, eps: c.rmsNormEps, rows: 'all', weight: false, threads: 256 }), 'norm', [step, buf(s.x), buf(s.xn)], N);
+    const layers = this.weights.layers;
+    const norms = layers.map((lw) => [lw.inputNorm, lw.preFfwNorm].map((w) => buf(w!)));
+    this.embedRows(s.x, N);
+    this.program('norm', () => normKernel({ H, eps: c.rmsNormEps, rows: 'all', weight: true, threads: 256 }), 'norm', [step, buf(s.x), buf(s.xn), norms[0][0]], N);
     const residual = () => residualKernel({ H, eps: c.rmsNormEps });
-    const qDim = c.numHeads * c.headDim;
-    const I = c.intermediateSize;
+    const plain = { kind: 'plain' } as const;
 
-    this.weights.layers.forEach((lw, l) => {
+    layers.forEach((lw, l) => {
       const type = c.layerTypes[l];
       const shape = this.attentionShape(type, pool);
-      this.matmul(`qkv:${l}`, H, this.qkvWidth, { kind: 'plain' }, s.xn, tensorOf(lw.qkv), s.qkv, N);
+      // The norm after the MLP's residual feeds the next layer (after the last one: unused, the final norm runs on x).
+      const nextNorm = norms[l + 1]?.[0] ?? buf(this.weights.finalNorm);
+      this.linear(`qkv:${l}`, lw.qkv, plain, buf(s.xn), buf(s.qkv), N);
       const ropeBindings: Binding[] = [step, this.ropeBuffer, buf(s.qkv)];
       if (lw.qkNorm) ropeBindings.push(buf(lw.qkNorm));
       this.program(`rope:${type}`, () => qkRopeKernel(shape), `rope:${l}`, ropeBindings, N, c.numHeads + c.numKvHeads);
@@ -78,14 +81,14 @@ export class WebGPUPath extends FusedPath<Scratch> {
       if (pool && call.T > 1) this.program(`kvw:${tag}`, () => kvWriteKernel(shape), `kvw:${l}`, [step, buf(s.qkv), ...cache], N, c.numKvHeads);
       this.program(`comb:${tag}`, () => attentionCombineKernel(shape), `comb:${l}`, [step, buf(s.partials), buf(s.attn)], N, c.numHeads);
 
-      this.matmul(`o:${l}`, qDim, H, { kind: 'plain' }, s.attn, tensorOf(lw.o), s.y, N);
-      this.program('residual', residual, `res:attn:${l}`, [step, buf(s.y), buf(lw.postAttnNorm), buf(s.x), buf(s.xn)], N);
-      this.matmul(`gateUp:${l}`, H, 2 * I, { kind: 'geglu' }, s.xn, tensorOf(lw.gateUp), s.act, N);
-      this.matmul(`down:${l}`, I, H, { kind: 'plain' }, s.act, tensorOf(lw.down), s.y, N);
-      this.program('residual', residual, `res:ffw:${l}`, [step, buf(s.y), buf(lw.postFfwNorm), buf(s.x), buf(s.xn)], N);
+      this.linear(`o:${l}`, lw.o, plain, buf(s.attn), buf(s.y), N);
+      this.program('residual', residual, `res:attn:${l}`, [step, buf(s.y), buf(lw.postAttnNorm), buf(s.x), buf(s.xn), norms[l][1]], N);
+      this.linear(`gateUp:${l}`, lw.gateUp, { kind: 'geglu' }, buf(s.xn), buf(s.act), N);
+      this.linear(`down:${l}`, lw.down, plain, buf(s.act), buf(s.y), N);
+      this.program('residual', residual, `res:ffw:${l}`, [step, buf(s.y), buf(lw.postFfwNorm), buf(s.x), buf(s.xn), nextNorm], N);
     });
 
-    if (call.out) this.logits(s.x, s.final, call.outRows, call.out);
+    if (call.out) this.logitsRows(s.x, s.final, call.outRows, call.out);
   }
 
   private attentionShape(type: LayerType, pool: KVPool | undefined): AttentionShape & RopeShape {

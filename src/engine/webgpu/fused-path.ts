@@ -16,10 +16,13 @@ import { callFrame, ForwardBase, type ForwardPath, type PathMemory, type Prefill
 import { KVPool } from '../kv-pool.js';
 import type { RowLogitsInput } from '../reduce.js';
 import type { TopK } from '../types.js';
-import type { Weights } from '../weights.js';
+import type { Linear, Weights } from '../weights.js';
 import { ATTENTION_BLOCK } from './attention.js';
 import { GpuRuntime, type Binding, type GPUBufferLike } from './gpu.js';
-import { embedKernel, matmulKernel, normKernel, StepLayout, type Epilogue } from './kernels.js';
+import { webgpuSubgroups } from './adapter.js';
+import { embedKernel, embedRowsKernel, matmulKernel, normKernel, StepLayout, type Epilogue } from './kernels.js';
+import { GEMV_ROWS, gemmGrid, gemmKernel, gemvGrid, gemvKernel, gemvRows, type MatmulShape, type Subgroups } from './matmul.js';
+import { gpuMatrix } from './weights.js';
 import { reduceFused } from './reduce.js';
 
 /** Sizes an activation set was made for: tokens, logit rows, attention blocks per (token, head). */
@@ -52,6 +55,8 @@ export abstract class FusedPath<S extends ScratchSize> extends ForwardBase imple
   /** Stand-ins bound as the cache of a pass without a pool (two: writable bindings must not alias). */
   protected readonly noCache: GPUBufferLike[];
   private scratch: S | undefined;
+  /** Subgroup adds in the GEMV programs where the device has them, with sizes up to 32 (a team of 32 threads per column). */
+  protected readonly subgroups: Subgroups;
 
   constructor(
     readonly config: ModelConfig,
@@ -62,6 +67,8 @@ export abstract class FusedPath<S extends ScratchSize> extends ForwardBase imple
     this.stepBuffer = this.gpu.createBuffer(4096);
     this.ropeBuffer = this.gpu.createBuffer(ropeBytes);
     this.noCache = [this.gpu.createBuffer(16), this.gpu.createBuffer(16)];
+    const sg = webgpuSubgroups();
+    this.subgroups = sg && sg.max <= 32 && 32 % sg.min === 0 ? { min: sg.min } : undefined;
   }
 
   /** Records the layers of a call (the scratch fits it; header and rope tables are written). */
@@ -154,6 +161,49 @@ export abstract class FusedPath<S extends ScratchSize> extends ForwardBase imple
     const key = `mm:${K}:${M}:${ld}:${epilogue.kind}:${R}`;
     const buf = (t: tf.TensorInfo) => this.gpu.bufferOf(t);
     this.program(key, () => matmulKernel({ K, M, ld, col0: 0, R, rowsAt: StepLayout.N, epilogue }), `${key}:${name}`, [this.stepBuffer, buf(x), buf(wt), buf(y)], Math.ceil(width / 32), Math.ceil(N / R));
+  }
+
+  /**
+   * y = x @ W^T for a weight in the checkpoint's [out, in] layout (matmul.ts),
+   * over the `rows` rows the header field `rowsAt` counts: the GEMV up to
+   * GEMV_ROWS rows, else the tiled GEMM.
+   */
+  protected linear(name: string, w: Linear, epilogue: Epilogue, x: Binding, y: Binding, rows: number, o: { ld?: number; col0?: number; rowsAt?: number } = {}): void {
+    const m = gpuMatrix(w);
+    const width = epilogue.kind === 'geglu' ? m.rows / 2 : m.rows;
+    const shape: MatmulShape = { K: m.K, M: m.rows, ld: o.ld ?? width, col0: o.col0 ?? 0, rowsAt: o.rowsAt ?? StepLayout.N, epilogue, storage: m.storage };
+    const id = `${shape.K}:${shape.M}:${shape.ld}:${shape.col0}:${shape.rowsAt}:${epilogue.kind}:${shape.storage}`;
+    const bindings = [this.stepBuffer, x, this.gpu.bufferOf(m.tensor), y];
+    if (rows <= GEMV_ROWS) {
+      const R = gemvRows(rows);
+      const key = `gemv:${R}:${id}`;
+      this.program(key, () => gemvKernel(shape, R, this.subgroups), `${key}:${name}`, bindings, ...gemvGrid(shape, rows));
+    } else {
+      const key = `gemm:${id}`;
+      this.program(key, () => gemmKernel(shape), `${key}:${name}`, bindings, ...gemmGrid(shape, rows));
+    }
+  }
+
+  /** x [N, H] = the tokens' embeddings from [count, H] row parts (weights.ts here); each part writes the tokens in its id range. */
+  protected embedRows(x: tf.Tensor, N: number): void {
+    const H = this.config.hiddenSize;
+    for (const part of this.weights.embedParts) {
+      const m = gpuMatrix(part.table);
+      const key = `embedRows:${m.storage}:${part.from}`;
+      this.program(key, () => embedRowsKernel({ H, count: m.rows, v0: part.from, scale: Math.sqrt(H), bf16: m.storage === 'bf16' }), key, [this.stepBuffer, this.gpu.bufferOf(m.tensor), this.gpu.bufferOf(x)], N);
+    }
+  }
+
+  /** The logits of the header's rows from [count, H] row parts: final norm, then each part's columns (soft-capped where the model caps). */
+  protected logitsRows(x: tf.Tensor, final: tf.Tensor, outRows: number, out: tf.Tensor2D): void {
+    const c = this.config;
+    const buf = (t: tf.TensorInfo) => this.gpu.bufferOf(t);
+    const norm = () => normKernel({ H: c.hiddenSize, eps: c.rmsNormEps, rows: 'logits', weight: true, threads: 256 });
+    this.program('norm:final', norm, 'norm:final', [this.stepBuffer, buf(x), buf(final), buf(this.weights.finalNorm)], outRows);
+    const epilogue: Epilogue = c.finalLogitSoftcap ? { kind: 'softcap', cap: c.finalLogitSoftcap } : { kind: 'plain' };
+    for (const part of this.weights.embedParts) {
+      this.linear(`unembed:${part.from}`, part.table, epilogue, buf(final), buf(out), outRows, { ld: c.vocabSize, col0: part.from, rowsAt: StepLayout.OUT_ROWS });
+    }
   }
 
   /** x [N, H] = the tokens' embeddings (the [H, V] tables serve both ends); each part writes the tokens in its id range. */

@@ -39,7 +39,7 @@ interface GPUDeviceLike {
   createBindGroup(d: { layout: GPUBindGroupLayoutLike; entries: Array<{ binding: number; resource: { buffer: GPUBufferLike; offset?: number; size?: number } }> }): GPUBindGroupLike;
   createBuffer(d: { size: number; usage: number }): GPUBufferLike;
   createCommandEncoder(): GPUEncoderLike;
-  readonly queue: { writeBuffer(b: GPUBufferLike, offset: number, data: ArrayBufferView): void; submit(c: unknown[]): void };
+  readonly queue: { writeBuffer(b: GPUBufferLike, offset: number, data: ArrayBufferView): void; submit(c: unknown[]): void; onSubmittedWorkDone(): Promise<void> };
 }
 interface WebGPUBackendInternals {
   device: GPUDeviceLike;
@@ -140,6 +140,13 @@ export class GpuRuntime {
     this.dispatches++;
   }
 
+  /** Copies `bytes` from one buffer to another (its own submit). */
+  copyBuffers(src: GPUBufferLike, dst: GPUBufferLike, bytes: number): void {
+    const encoder = this.device.createCommandEncoder();
+    encoder.copyBufferToBuffer(src, 0, dst, 0, bytes);
+    this.device.queue.submit([encoder.finish()]);
+  }
+
   /** Copies a tensor's bytes into another tensor at a byte offset, in order with tfjs's work and the fused passes. */
   copyInto(dst: tf.TensorInfo, offsetBytes: number, src: tf.TensorInfo): void {
     const from = this.bufferOf(src);
@@ -148,6 +155,11 @@ export class GpuRuntime {
     const encoder = this.device.createCommandEncoder();
     encoder.copyBufferToBuffer(from, 0, to, offsetBytes, 4 * src.shape.reduce((a, b) => a * b, 1));
     this.device.queue.submit([encoder.finish()]);
+  }
+
+  /** Resolves when the device has finished everything submitted so far. */
+  done(): Promise<void> {
+    return this.device.queue.onSubmittedWorkDone();
   }
 
   submit(): void {

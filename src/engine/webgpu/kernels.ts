@@ -83,6 +83,29 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
 }
 
 /**
+ * x[n, :] = row ids[n] of a [count, H] embedding part * sqrt(H), for ids in
+ * [v0, v0 + count): f32 rows, or bf16 rows as two values per u32.
+ */
+export function embedRowsKernel(o: { H: number; count: number; v0: number; scale: number; bf16: boolean }): string {
+  const value = o.bf16 ? 'bitcast<f32>(select(table[(row + i) / 2u] << 16u, table[(row + i) / 2u] & 0xffff0000u, (i & 1u) == 1u))' : 'table[row + i]';
+  return `${stepBinding}
+@group(0) @binding(1) var<storage, read> table: array<${o.bf16 ? 'u32' : 'f32'}>;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+const H = ${o.H}u;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+  let n = wg.x;
+  if (n >= step[${StepLayout.N}]) { return; }
+  let id = step[step[${StepLayout.IDS_AT}] + n];
+  if (id < ${o.v0}u || id >= ${o.v0 + o.count}u) { return; }
+  let row = (id - ${o.v0}u) * H;
+  for (var i = lid.x; i < H; i += 64u) {
+    x[n * H + i] = ${value} * ${f32(o.scale)};
+  }
+}`;
+}
+
+/**
  * RMSNorm of rows, one workgroup of `threads` per output row: every row, or
  * the rows that get logits (header OUT_*). With `weight`, times `w`
  * (Gemma 2/3 fold the other norms' weights into the next projection).
@@ -110,7 +133,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
 
 /**
  * The residual step after attention or the MLP: x += rms(y) * w, then
- * xn = rms(x) for the next projection (its norm weight is folded into it).
+ * xn = rms(x) * wn, the next projection's input (wn: its norm weight).
  */
 export function residualKernel(o: { H: number; eps: number }): string {
   return `${stepBinding}
@@ -118,6 +141,7 @@ export function residualKernel(o: { H: number; eps: number }): string {
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> xn: array<f32>;
+@group(0) @binding(5) var<storage, read> wn: array<f32>;
 const H = ${o.H}u;
 ${groupSum(256)}
 @compute @workgroup_size(256)
@@ -135,7 +159,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
     hs += h * h;
   }
   let inv2 = inverseSqrt(groupSum(hs, lid.x) / f32(H) + ${f32(o.eps)});
-  for (var i = lid.x; i < H; i += 256u) { xn[base + i] = x[base + i] * inv2; }
+  for (var i = lid.x; i < H; i += 256u) { xn[base + i] = x[base + i] * inv2 * wn[i]; }
 }`;
 }
 
