@@ -26,6 +26,7 @@ import { Sampler, type Sequence } from '../src/engine/sampler.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
 import { webgpuLimits } from '../src/engine/webgpu/adapter.js';
 import { WebGPUPath } from '../src/engine/webgpu/forward.js';
+import { FusedPath } from '../src/engine/webgpu/fused-path.js';
 import { promptIds } from './model-dir.js';
 import { matmulBench } from './webgpu-matmul.js';
 
@@ -35,6 +36,8 @@ const BACKEND = CONFIG.model.backend;
 /** Options for an engine on the model in `dir` (on wasm, the tfjs graph on one thread). */
 const options = (dir: string, o: Partial<EngineOptions>): EngineOptions => engineOptions(CONFIG, { dir, graphThreads: 1, ...o });
 const KERNELS = process.env.WEBGPU_KERNELS === 'graph' ? 'graph' : 'fused';
+/** Dispatches per command buffer to try at batch 1 besides one per call (WEBGPU_SUBMIT_SWEEP, e.g. "32 64"). */
+const SUBMIT_SWEEP = (process.env.WEBGPU_SUBMIT_SWEEP ?? '').split(/\s+/).filter(Boolean).map(Number);
 const WEIGHTS = process.env.WEBGPU_WEIGHTS === 'float32' ? 'float32' : 'auto';
 const STEPS = Number(process.env.BENCH_STEPS ?? 16);
 const TOL = 1e-3;
@@ -158,6 +161,9 @@ async function decode(dir: string): Promise<object> {
   note(`prefill 512: ${round(prefillMs)} ms`);
   const decodeRuns: Array<{ batch: number; tokens_per_s: number; step_ms_median: number; steps: number; context_after: number }> = [];
   let kernelsPerStepB1: number | undefined;
+  const path = engineParts(engine).path;
+  const fusedPath = path instanceof FusedPath ? path : undefined;
+  const submitSweep: Array<{ submit_every: number; step_ms_median: number }> = [];
   for (const B of [1, 8, 32]) {
     const seqs: Sequence[] = [];
     for (let b = 0; b < B; b++) {
@@ -179,6 +185,23 @@ async function decode(dir: string): Promise<object> {
       batch: B, steps: STEPS, context_after: seqs[0].promptTokens + seqs[0].generated.length,
       tokens_per_s: round((B * STEPS * 1000) / total), step_ms_median: round(times[times.length >> 1]),
     });
+    if (B === 1 && fusedPath) {
+      // The same steps with the call's dispatches split over several command buffers (the host records while the device runs).
+      for (const every of SUBMIT_SWEEP) {
+        fusedPath.submitEvery = every;
+        for (let i = 0; i < 2; i++) await sampler.step(seqs);
+        const t: number[] = [];
+        for (let i = 0; i < STEPS; i++) {
+          const t0 = performance.now();
+          await sampler.step(seqs);
+          t.push(performance.now() - t0);
+        }
+        t.sort((a, b) => a - b);
+        submitSweep.push({ submit_every: every, step_ms_median: round(t[t.length >> 1]) });
+        note(`decode batch 1, submit every ${every}: median step ${round(t[t.length >> 1])} ms`);
+      }
+      fusedPath.submitEvery = 0;
+    }
     if (B === 1) {
       // tfjs kernels (the graph, or the top-k after the fused pass) plus the fused pass's own dispatches.
       const path = engineParts(engine).path;
@@ -210,6 +233,7 @@ async function decode(dir: string): Promise<object> {
     // A batch-1 step reads every weight once (the tied embedding as the unembedding); the cache reads are left out.
     b1_weight_gbps: round(mem.weightsBytes / (decodeRuns[0].step_ms_median * 1e6)),
     kernels_per_decode_step_b1: kernelsPerStepB1,
+    decode_b1_submit_sweep: submitSweep,
     memory: mem,
   };
   engine.dispose();

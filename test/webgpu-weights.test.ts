@@ -61,6 +61,11 @@ for (const name of MODELS) {
       bytes.push(weights.bytes);
       const baseline = tf.memory().numTensors;
       results.push(await logitsOf(engine, name));
+      if (policy === 'auto') {
+        // A call's dispatches over several command buffers: the same programs in the same order.
+        (engineParts(engine).path as WebGPUPath).submitEvery = 7;
+        t.same(await logitsOf(engine, name), results[1], 'the same logits with a command buffer submitted every 7 dispatches');
+      }
       t.equal(tf.memory().numTensors, baseline, `${policy}: no tensor leaked`);
       engine.dispose();
     }

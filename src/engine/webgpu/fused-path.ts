@@ -97,6 +97,11 @@ export abstract class FusedPath<S extends ScratchSize> extends ForwardBase imple
     return { backendWeightBytes: this.weights.bytes, hostWeightBytes: this.hostWeightBytes(), hostScratchBytes: 0 };
   }
 
+  /** Dispatches per command buffer within a call (GpuRuntime.submitEvery; 0: one per call). */
+  set submitEvery(n: number) {
+    this.gpu.submitEvery = n;
+  }
+
   /** Dispatches recorded so far (for the decode benchmark's kernels-per-token figure). */
   get dispatches(): number {
     return this.gpu.dispatches;

@@ -68,6 +68,13 @@ export class GpuRuntime {
   private encoder: GPUEncoderLike | undefined;
   /** Dispatches recorded since the runtime was made (benchmarks report it per token). */
   dispatches = 0;
+  /**
+   * Dispatches per command buffer within one call (0: the whole call in one):
+   * submitting the first layers while the host still records the rest lets
+   * the device start before recording ends.
+   */
+  submitEvery = 0;
+  private inBuffer = 0;
 
   constructor() {
     if (tf.getBackend() !== 'webgpu') throw new Error('the fused forward pass needs the webgpu backend');
@@ -128,6 +135,7 @@ export class GpuRuntime {
   }
 
   begin(): void {
+    this.inBuffer = 0;
     this.encoder = this.device.createCommandEncoder();
     this.pass = this.encoder.beginComputePass();
   }
@@ -138,6 +146,10 @@ export class GpuRuntime {
     this.pass.setBindGroup(0, group);
     this.pass.dispatchWorkgroups(x, y, z);
     this.dispatches++;
+    if (this.submitEvery > 0 && ++this.inBuffer >= this.submitEvery) {
+      this.submit();
+      this.begin();
+    }
   }
 
   /** Copies `bytes` from one buffer to another (its own submit). */
