@@ -51,8 +51,9 @@ t.test('linear-layer programs on webgpu', { skip: WEBGPU_TESTABLE ? false : 'no 
     // Every epilogue on one GEMV and one GEMM row class; plain and geglu on the others.
     for (const epilogue of rows === 1 || rows === 70 ? epilogues : epilogues.slice(0, 2)) {
       for (const subgroups of rows <= 8 ? reductions : [undefined]) {
-        // 136 outputs (68 with geglu): partial column blocks of both programs; K 200: 25 groups of 8, not a multiple of 32.
-        const base = { K: 200, M: 136, rows, epilogue, subgroups };
+        // 136 outputs (68 with geglu): partial column blocks of both programs. K 200 is 25 groups of 8 (the GEMM
+        // stages one group per barrier), K 256 is 32 (four per barrier).
+        const base = { K: rows === 70 ? 256 : 200, M: 136, rows, epilogue, subgroups };
         const x = bf16Values(rows * base.K, rows * 7 + 1);
         const w = bf16Values(base.M * base.K, 99);
         const outs: Float32Array[] = [];

@@ -174,24 +174,29 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
 }`;
 }
 
+/** Groups of 8 inputs the GEMM stages per barrier: 4 where K allows (fewer barriers per multiply-add), else 2 or 1. */
+export const gemmGroups = (K: number): number => [4, 2, 1].find((g) => (K / 8) % g === 0)!;
+
 /**
  * The same product for prompt chunks: a 64 x 64 tile of outputs per
- * workgroup of 16 x 16 threads, over K in steps of 8 inputs staged (as
+ * workgroup of 16 x 16 threads, over K in steps of 8 * G inputs staged (as
  * even and odd elements) in workgroup memory.
  */
 export function gemmKernel(s: MatmulShape): string {
   if (s.K % 8 !== 0) throw new Error(`the webgpu matmul needs inputs in multiples of 8, not ${s.K}`);
   const geglu = s.epilogue.kind === 'geglu';
   const T = GEMM_TILE;
-  // Tiles as [step k of 8][row or column / 4] vec4s: xt = x rows, wt = W rows (gate), ut = up rows.
-  const tile = (name: string) => `var<workgroup> ${name}: array<vec4f, ${8 * (T / 4)}>;`;
-  const stageW = (dst: string, rowExpr: string) => `{
-      let p = w8(${rowExpr}, kc);
-      for (var i = 0u; i < 4u; i++) {
-        ${dst}[(2u * i) * ${T / 4}u + n / 4u][n % 4u] = p.e[i];
-        ${dst}[(2u * i + 1u) * ${T / 4}u + n / 4u][n % 4u] = p.o[i];
-      }
-    }`;
+  const G = gemmGroups(s.K);
+  const Q = T / 4;
+  // Tiles as [input k of 8G][row or column / 4] vec4s: xt = x rows, wt = W rows (gate), ut = up rows.
+  const tile = (name: string) => `var<workgroup> ${name}: array<vec4f, ${8 * G * Q}>;`;
+  const stage = (dst: string, load: string) => `for (var g = 0u; g < ${G}u; g++) {
+        let p = ${load};
+        for (var i = 0u; i < 4u; i++) {
+          ${dst}[(g * 8u + 2u * i) * ${Q}u + n / 4u][n % 4u] = p.e[i];
+          ${dst}[(g * 8u + 2u * i + 1u) * ${Q}u + n / 4u][n % 4u] = p.o[i];
+        }
+      }`;
   return `${weightSource(s)}
 ${geglu ? gelu : ''}
 const K8 = ${s.K / 8}u;
@@ -209,31 +214,30 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   let ty = lid.x / 16u;
   var acc: array<vec4f, 4>;
   ${geglu ? 'var accU: array<vec4f, 4>;' : ''}
-  for (var kc = 0u; kc < K8; kc++) {
-    // 64 rows of x and 64 (or 2 x 64) rows of W, 8 inputs each: one row per thread of the first 64 (128, 192).
+  for (var kc = 0u; kc < K8; kc += ${G}u) {
+    // 64 rows of x and 64 (or 2 x 64) rows of W, 8G inputs each: one row per thread of the first 64 (128, 192).
     if (lid.x < ${T}u) {
       let n = lid.x;
-      let p = x8(min(r0 + n, rows - 1u), kc);
-      for (var i = 0u; i < 4u; i++) {
-        xt[(2u * i) * ${T / 4}u + n / 4u][n % 4u] = p.e[i];
-        xt[(2u * i + 1u) * ${T / 4}u + n / 4u][n % 4u] = p.o[i];
-      }
+      let xr = min(r0 + n, rows - 1u);
+      ${stage('xt', 'x8(xr, kc + g)')}
     } else if (lid.x < ${2 * T}u) {
       let n = lid.x - ${T}u;
-      ${stageW('wt', 'min(n0 + n, WIDTH - 1u)')}
+      let wr = min(n0 + n, WIDTH - 1u);
+      ${stage('wt', 'w8(wr, kc + g)')}
     }${
       geglu
         ? ` else if (lid.x < ${3 * T}u) {
       let n = lid.x - ${2 * T}u;
-      ${stageW('ut', 'WIDTH + min(n0 + n, WIDTH - 1u)')}
+      let wr = WIDTH + min(n0 + n, WIDTH - 1u);
+      ${stage('ut', 'w8(wr, kc + g)')}
     }`
         : ''
     }
     workgroupBarrier();
-    for (var k = 0u; k < 8u; k++) {
-      let a = xt[k * ${T / 4}u + ty];
-      let b = wt[k * ${T / 4}u + tx];
-      ${geglu ? `let bu = ut[k * ${T / 4}u + tx];` : ''}
+    for (var k = 0u; k < ${8 * G}u; k++) {
+      let a = xt[k * ${Q}u + ty];
+      let b = wt[k * ${Q}u + tx];
+      ${geglu ? `let bu = ut[k * ${Q}u + tx];` : ''}
       for (var i = 0u; i < 4u; i++) {
         acc[i] += a[i] * b;
         ${geglu ? 'accU[i] += a[i] * bu;' : ''}
