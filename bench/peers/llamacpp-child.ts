@@ -12,8 +12,7 @@
  * context, timed from the earliest first token to the latest last one.
  */
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { decode, loadNodeLlamaCpp, now } from './llamacpp-api.js';
 
 export interface LlamaJob {
   nlcDir: string;
@@ -58,65 +57,11 @@ export interface LlamaResult {
   logs: string[];
 }
 
-interface Sequence {
-  evaluateWithoutGeneratingNewTokens(tokens: number[]): Promise<void>;
-  evaluate(tokens: number[], opts: { temperature: number; yieldEogToken: boolean }): AsyncGenerator<number, void, void>;
-  evaluateWithMetadata(
-    tokens: number[], meta: { probabilities: true },
-    opts: { temperature: number; topK: number; topP: number; minP: number; yieldEogToken: boolean },
-  ): AsyncGenerator<{ token: number; probabilities: Map<number, number> }, void, void>;
-  clearHistory(): Promise<void>;
-}
-interface Context {
-  readonly flashAttention: boolean | string;
-  getSequence(): Sequence;
-  dispose(): Promise<void>;
-}
-interface Model {
-  tokenize(text: string): number[];
-  createContext(opts: {
-    contextSize: number; batchSize: number; threads: number; sequences: number;
-    flashAttention?: boolean | 'auto'; experimentalKvCacheKeyType?: string; experimentalKvCacheValueType?: string;
-  }): Promise<Context>;
-  dispose(): Promise<void>;
-}
-interface Llama {
-  readonly systemInfo: string;
-  readonly llamaCppRelease: { release: string };
-  loadModel(opts: { modelPath: string; gpuLayers: number }): Promise<Model>;
-  dispose(): Promise<void>;
-}
-interface NodeLlamaCpp {
-  getLlama(opts: Record<string, unknown>): Promise<Llama>;
-  LlamaLogLevel: Record<string, unknown>;
-}
-
-const now = () => performance.now();
 /** llama.cpp's log lines (info and up); the last ones go to stderr when the run fails. */
 const logs: string[] = [];
 
-/** Greedy decode of `n` tokens after `prompt`; returns the span of the n forwards and the tokens. */
-async function decode(seq: Sequence, prompt: number[], n: number): Promise<{ t0: number; t1: number; tokens: number[] }> {
-  const tokens: number[] = [];
-  let t0 = 0;
-  let t1 = 0;
-  // llama.cpp keeps decoding past an end-of-generation token, as our side does.
-  for await (const tok of seq.evaluate(prompt, { temperature: 0, yieldEogToken: true })) {
-    tokens.push(tok);
-    if (tokens.length === 1) t0 = now();
-    if (tokens.length === n + 1) {
-      t1 = now();
-      break;
-    }
-  }
-  await seq.clearHistory();
-  return { t0, t1, tokens };
-}
-
 async function run(job: LlamaJob): Promise<LlamaResult> {
-  const pkgDir = join(job.nlcDir, 'node_modules', 'node-llama-cpp');
-  const version = (JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8')) as { version: string }).version;
-  const nlc = (await import(pathToFileURL(join(pkgDir, 'dist', 'index.js')).href)) as NodeLlamaCpp;
+  const { nlc, version } = await loadNodeLlamaCpp(job.nlcDir);
   const llama = await nlc.getLlama({
     gpu: false, build: 'never', maxThreads: job.threads, progressLogs: false,
     logLevel: nlc.LlamaLogLevel.info, logger: (_: unknown, msg: string) => logs.push(String(msg).trimEnd()),
