@@ -93,53 +93,65 @@ async function parity(): Promise<object> {
   const root = join(process.cwd(), 'test', 'fixtures', 'hf-reference');
   const results = [];
   let allPass = true;
+  const storage: Array<{ model: string; bf16_vs_f32_worst_abs: number; pass: boolean }> = [];
   for (const name of ['gemma3-tiny', 'gemma3-tiny-scaled', 'gemma2-tiny']) {
-    const dir = join(root, name);
-    const cases = (JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as { cases: ReferenceCase[] }).cases;
-    const engine = await Engine.load(options(dir, { slots: 2, capacity: 128 }));
-    note(`${name} loaded on ${engine.backend.name}`);
-    const baseline = tf.memory().numTensors;
-    for (const c of cases) {
-      // Full forward pass (score): top-k logits, ids up to ties, logsumexp at every position.
-      const positions = await engine.score(c.input_ids, c.top_k);
-      let scoreWorst = 0;
-      let lseWorst = 0;
-      let idsOk = true;
-      positions.forEach((p, i) => {
-        scoreWorst = Math.max(scoreWorst, ...p.top_logits.map((v, j) => Math.abs(v - c.top_logits[i][j])));
-        lseWorst = Math.max(lseWorst, Math.abs(p.logsumexp - c.logsumexp[i]));
-        idsOk &&= idsMatchUpToTies(p.top_ids, c.top_ids[i], c.top_logits[i]);
-      });
-      // Greedy continuation through the cached decode path, teacher-forced.
-      const { path, pool } = engineParts(engine);
-      pool.reset(0);
-      let logits = path.prefill(c.input_ids, { pool, slots: [0] }) as tf.Tensor2D;
-      let decodeWorst = 0;
-      let greedyOk = true;
-      for (let s = 0; s < c.greedy_new_ids.length; s++) {
-        const top = tf.topk(logits, 5);
-        const ids = Array.from(await top.indices.data());
-        const vals = Array.from(await top.values.data());
-        tf.dispose([top.values, top.indices, logits]);
-        const ref = c.greedy_top5_logits[s];
-        decodeWorst = Math.max(decodeWorst, ...vals.map((v, j) => Math.abs(v - ref[j])));
-        if (ref[0] - ref[1] > 1e-2 && ids[0] !== c.greedy_new_ids[s]) greedyOk = false;
-        logits = path.forward([[c.greedy_new_ids[s]]], { pool, slots: [0] });
+    // Each model with bf16 weights (the checkpoint's) and with f32 weights; every logit of the two must agree to 1e-5.
+    const raw: Float32Array[][] = [];
+    for (const webgpuWeights of ['auto', 'float32'] as const) {
+      const dir = join(root, name);
+      const cases = (JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as { cases: ReferenceCase[] }).cases;
+      const engine = await Engine.load(options(dir, { slots: 2, capacity: 128, webgpuWeights }));
+      note(`${name} loaded on ${engine.backend.name} (${webgpuWeights} weights)`);
+      const logitsSeen: Float32Array[] = [];
+      raw.push(logitsSeen);
+      const baseline = tf.memory().numTensors;
+      for (const c of cases) {
+        // Full forward pass (score): top-k logits, ids up to ties, logsumexp at every position.
+        const positions = await engine.score(c.input_ids, c.top_k);
+        let scoreWorst = 0;
+        let lseWorst = 0;
+        let idsOk = true;
+        positions.forEach((p, i) => {
+          scoreWorst = Math.max(scoreWorst, ...p.top_logits.map((v, j) => Math.abs(v - c.top_logits[i][j])));
+          lseWorst = Math.max(lseWorst, Math.abs(p.logsumexp - c.logsumexp[i]));
+          idsOk &&= idsMatchUpToTies(p.top_ids, c.top_ids[i], c.top_logits[i]);
+        });
+        // Greedy continuation through the cached decode path, teacher-forced.
+        const { path, pool } = engineParts(engine);
+        pool.reset(0);
+        let logits = path.prefill(c.input_ids, { pool, slots: [0] }) as tf.Tensor2D;
+        let decodeWorst = 0;
+        let greedyOk = true;
+        for (let s = 0; s < c.greedy_new_ids.length; s++) {
+          logitsSeen.push((await logits.data()) as Float32Array);
+          const top = tf.topk(logits, 5);
+          const ids = Array.from(await top.indices.data());
+          const vals = Array.from(await top.values.data());
+          tf.dispose([top.values, top.indices, logits]);
+          const ref = c.greedy_top5_logits[s];
+          decodeWorst = Math.max(decodeWorst, ...vals.map((v, j) => Math.abs(v - ref[j])));
+          if (ref[0] - ref[1] > 1e-2 && ids[0] !== c.greedy_new_ids[s]) greedyOk = false;
+          logits = path.forward([[c.greedy_new_ids[s]]], { pool, slots: [0] });
+        }
+        logits.dispose();
+        pool.reset(0);
+        const leaked = tf.memory().numTensors - baseline;
+        const pass = scoreWorst < TOL && lseWorst < TOL && decodeWorst < TOL && idsOk && greedyOk && leaked === 0;
+        allPass &&= pass;
+        results.push({
+          model: name, weights: webgpuWeights, case: c.name, pass,
+          score_worst_abs: scoreWorst, logsumexp_worst_abs: lseWorst, decode_top5_worst_abs: decodeWorst,
+          ids_match: idsOk, greedy_ids_match: greedyOk, leaked_tensors: leaked,
+        });
       }
-      logits.dispose();
-      pool.reset(0);
-      const leaked = tf.memory().numTensors - baseline;
-      const pass = scoreWorst < TOL && lseWorst < TOL && decodeWorst < TOL && idsOk && greedyOk && leaked === 0;
-      allPass &&= pass;
-      results.push({
-        model: name, case: c.name, pass,
-        score_worst_abs: scoreWorst, logsumexp_worst_abs: lseWorst, decode_top5_worst_abs: decodeWorst,
-        ids_match: idsOk, greedy_ids_match: greedyOk, leaked_tensors: leaked,
-      });
+      engine.dispose();
     }
-    engine.dispose();
+    let worst = 0;
+    raw[0].forEach((a, i) => a.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - raw[1][i][j])))));
+    storage.push({ model: name, bf16_vs_f32_worst_abs: worst, pass: worst <= 1e-5 });
+    allPass &&= worst <= 1e-5;
   }
-  return { ...stamp(), backend: BACKEND, tolerance: TOL, all_pass: allPass, cases: results };
+  return { ...stamp(), backend: BACKEND, tolerance: TOL, all_pass: allPass, bf16_storage: storage, cases: results };
 }
 
 async function decode(dir: string): Promise<object> {

@@ -4,6 +4,7 @@
 # Stages (STAGES picks and orders them; default all):
 #   env      nvidia-smi's name, driver and memory, the date            -> env.json
 #   matmul   node dist/bench/webgpu.js matmul                         -> matmul.json
+#   parity   the HF fixture checks, bf16 and f32 weights (webgpu.js parity) -> parity.json
 # then for each preset in MODELS (default "270m 1b"): make-model (bf16) into
 # /tmp/m<preset> and its GGUF F16 /tmp/m<preset>.f16.gguf unless there, and
 #   ours     node dist/bench/webgpu.js decode (BENCH_STEPS, default 16) -> ours-<p>.json
@@ -56,11 +57,12 @@ for s in $STAGES; do
           console.log(JSON.stringify({ date: new Date().toISOString(), gpu: name, driver, memory_total_mib: +total, memory_used_mib: +used,
             node: process.version, nlc_dir: process.env.NLC_DIR ?? null, stages: process.env.STAGES ?? null }))" >"$R/env.json" ;;
     matmul) run matmul matmul.json "$STAGE_MAX" node dist/bench/webgpu.js matmul ;;
+    parity) run parity parity.json "$STAGE_MAX" node dist/bench/webgpu.js parity ;;
   esac
 done
 for p in $MODELS; do
   for s in $STAGES; do
-    case $s in env|matmul) continue ;; esac
+    case $s in env|matmul|parity) continue ;; esac
     model "$p" || { echo "no model $p" | tee -a "$R/log.txt"; break; }
     case $s in
       ours)   BENCH_STEPS=${BENCH_STEPS:-16} run "ours-$p" "ours-$p.json" "$STAGE_MAX" node dist/bench/webgpu.js decode "/tmp/m$p" ;;
