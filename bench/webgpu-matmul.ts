@@ -14,7 +14,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { webgpuSubgroups } from '../src/engine/webgpu/adapter.js';
 import type { Epilogue } from '../src/engine/webgpu/kernels.js';
-import { bandwidthProbe, MatmulRunner, type MatmulCase } from '../src/engine/webgpu/matmul-runner.js';
+import { bandwidthProbe, MatmulRunner, type MatmulCase, type MatmulProgram } from '../src/engine/webgpu/matmul-runner.js';
 import { PRESETS } from '../src/model/make-model.js';
 
 interface Layer {
@@ -53,15 +53,16 @@ export async function matmulBench(note: (msg: string) => void): Promise<object> 
       for (const storage of ['bf16', 'f32'] as const) {
         if (layer.M * layer.K * (storage === 'bf16' ? 2 : 4) > MAX_BINDING) continue;
         for (const rows of (process.env.MATMUL_ROWS ?? '1 8 32 512').split(/\s+/).map(Number)) {
-          // 32 rows run as the GEMM (what the forward pass picks) and as the GEMV in row blocks.
-          for (const program of rows === 32 ? (['gemm', 'gemv'] as const) : [undefined]) {
+          // 32 rows run as the GEMM (what the forward pass picks) and as the GEMV in row blocks; 512 with both GEMM tiles.
+          const programs: Array<MatmulProgram | undefined> = rows === 32 ? [undefined, 'gemv'] : rows === 512 ? ['gemm64', 'gemm128'] : [undefined];
+          for (const program of programs) {
             const c: MatmulCase = { K: layer.K, M: layer.M, rows, epilogue: layer.epilogue, storage, program, subgroups };
             const run = new MatmulRunner(c, new Float32Array(rows * layer.K).fill(0.5), 'pattern');
             const first = await run.time(3);
             const times = Math.max(5, Math.min(200, Math.ceil(40 / first)));
             const ms = await run.time(times);
             results.push({
-              model: preset, layer: layer.name, K: layer.K, M: layer.M, rows, storage, program: program ?? (rows <= 8 ? 'gemv' : 'gemm'),
+              model: preset, layer: layer.name, K: layer.K, M: layer.M, rows, storage, program: run.program,
               ms: round(ms, 4), gbps: round(run.bytes / ms / 1e6), gflops: round(run.flops / ms / 1e6), products: times,
             });
             note(JSON.stringify(results.at(-1)));

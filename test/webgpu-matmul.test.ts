@@ -73,6 +73,20 @@ t.test('linear-layer programs on webgpu', { skip: WEBGPU_TESTABLE ? false : 'no 
       }
     }
   }
+  // The 128-row tile (8 x 8 outputs per thread), plain and geglu, over a partial row and column tile.
+  for (const epilogue of epilogues.slice(0, 2)) {
+    const c: MatmulCase = { K: 256, M: 272, rows: 150, epilogue, storage: 'bf16', program: 'gemm128', subgroups: undefined };
+    const x = bf16Values(150 * 256, 3);
+    const w = bf16Values(272 * 256, 4);
+    const run = new MatmulRunner(c, x, w);
+    run.record();
+    const got = await run.output();
+    run.dispose();
+    const want = reference(c, x, w);
+    let worst = 0;
+    want.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - got[i]))));
+    t.ok(worst < 1e-4, `128 x 128 tile, ${epilogue.kind}: max error ${worst.toExponential(2)}`);
+  }
   // A GEMV over more rows than one workgroup row holds (32 rows as 4 blocks of 8), as the microbenchmark runs it.
   const c: MatmulCase = { K: 64, M: 40, rows: 32, epilogue: { kind: 'plain' }, storage: 'bf16', program: 'gemv', subgroups: reductions.at(-1) };
   const x = bf16Values(32 * 64, 5);

@@ -21,7 +21,7 @@ import { ATTENTION_BLOCK } from './attention.js';
 import { GpuRuntime, type Binding, type GPUBufferLike } from './gpu.js';
 import { webgpuSubgroups } from './adapter.js';
 import { embedKernel, embedRowsKernel, matmulKernel, normKernel, StepLayout, type Epilogue } from './kernels.js';
-import { GEMV_ROWS, gemmGrid, gemmKernel, gemvGrid, gemvKernel, gemvRows, type MatmulShape, type Subgroups } from './matmul.js';
+import { GEMV_ROWS, gemmGrid, gemmKernel, gemmTile, gemvGrid, gemvKernel, gemvRows, type MatmulShape, type Subgroups } from './matmul.js';
 import { gpuMatrix } from './weights.js';
 import { reduceFused } from './reduce.js';
 
@@ -184,8 +184,9 @@ export abstract class FusedPath<S extends ScratchSize> extends ForwardBase imple
       const key = `gemv:${R}:${id}`;
       this.program(key, () => gemvKernel(shape, R, this.subgroups), `${key}:${name}`, bindings, ...gemvGrid(shape, rows));
     } else {
-      const key = `gemm:${id}`;
-      this.program(key, () => gemmKernel(shape), `${key}:${name}`, bindings, ...gemmGrid(shape, rows));
+      const tile = gemmTile(shape, rows);
+      const key = `gemm:${tile}:${id}`;
+      this.program(key, () => gemmKernel(shape, tile), `${key}:${name}`, bindings, ...gemmGrid(shape, rows, tile));
     }
   }
 

@@ -7,8 +7,10 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { GpuRuntime, type GPUBufferLike } from './gpu.js';
 import { StepLayout, type Epilogue } from './kernels.js';
-import { GEMV_ROWS, gemmGrid, gemmKernel, gemvGrid, gemvKernel, gemvRows, outputWidth, type MatmulShape, type Subgroups } from './matmul.js';
+import { GEMV_ROWS, gemmGrid, gemmKernel, gemmTile, gemvGrid, gemvKernel, gemvRows, outputWidth, type GemmTile, type MatmulShape, type Subgroups } from './matmul.js';
 import { packBf16 } from './weights.js';
+
+export type MatmulProgram = 'gemv' | 'gemm64' | 'gemm128';
 
 export interface MatmulCase {
   K: number;
@@ -17,8 +19,8 @@ export interface MatmulCase {
   rows: number;
   epilogue: Epilogue;
   storage: MatmulShape['storage'];
-  /** The program: by rows (GEMV up to GEMV_ROWS, else GEMM), or the one named. */
-  program?: 'gemv' | 'gemm';
+  /** The program: as the forward pass picks it by rows (GEMV up to GEMV_ROWS, else the GEMM and its tile), or the one named. */
+  program?: MatmulProgram;
   subgroups: Subgroups;
 }
 
@@ -69,8 +71,8 @@ export class MatmulRunner {
     return (performance.now() - t0) / times;
   }
 
-  private get program(): 'gemv' | 'gemm' {
-    return this.c.program ?? (this.c.rows <= GEMV_ROWS ? 'gemv' : 'gemm');
+  get program(): MatmulProgram {
+    return this.c.program ?? (this.c.rows <= GEMV_ROWS ? 'gemv' : `gemm${gemmTile(this.shape, this.c.rows)}`);
   }
 
   /** Records `times` products into one pass and submits it. */
@@ -79,10 +81,11 @@ export class MatmulRunner {
     const gemv = this.program === 'gemv';
     const R = gemvRows(Math.min(this.c.rows, GEMV_ROWS));
     const key = `${this.program}:${R}:${s.K}:${s.M}:${s.epilogue.kind}:${s.storage}:${this.c.subgroups?.min ?? 0}`;
-    const p = this.gpu.pipeline(key, () => (gemv ? gemvKernel(s, R, this.c.subgroups) : gemmKernel(s)));
+    const tile: GemmTile = this.program === 'gemm128' ? 128 : 64;
+    const p = this.gpu.pipeline(key, () => (gemv ? gemvKernel(s, R, this.c.subgroups) : gemmKernel(s, tile)));
     const group = this.gpu.bindGroup(key, p, [this.step, this.gpu.bufferOf(this.x), this.gpu.bufferOf(this.w), this.gpu.bufferOf(this.y)]);
     // The GEMV's grid for `rows` rows in blocks of R (a microbenchmark may run 32 rows as 4 blocks of 8).
-    const [gx, gy] = gemv ? [gemvGrid(s, R)[0], Math.ceil(this.c.rows / R)] : gemmGrid(s, this.c.rows);
+    const [gx, gy] = gemv ? [gemvGrid(s, R)[0], Math.ceil(this.c.rows / R)] : gemmGrid(s, this.c.rows, tile);
     this.gpu.begin();
     for (let i = 0; i < times; i++) this.gpu.dispatch(p, group, gx, gy);
     this.gpu.submit();

@@ -43,8 +43,13 @@ export const gemvRows = (n: number): number => (n <= 1 ? 1 : n <= 4 ? 4 : 8);
 /** Output columns per GEMV workgroup: 8 teams of 32 threads, `cols` columns each. */
 const TEAMS = 8;
 export const gemvColumns = (rows: number): number => (rows === 1 ? 1 : 2);
-/** The GEMM's output tile. */
-export const GEMM_TILE = 64;
+/** The GEMM's output tiles: 64 x 64 (4 x 4 per thread) or 128 x 128 (8 x 8 per thread, half the staged loads per multiply-add). */
+export type GemmTile = 64 | 128;
+
+/** The larger tile where it still gives at least 128 workgroups (a device's worth), else the smaller. */
+export function gemmTile(s: MatmulShape, rows: number): GemmTile {
+  return Math.ceil(outputWidth(s) / 128) * Math.ceil(rows / 128) >= 128 ? 128 : 64;
+}
 
 /** The output's width (M, or M/2 for gate and up halves). */
 export const outputWidth = (s: MatmulShape): number => (s.epilogue.kind === 'geglu' ? s.M / 2 : s.M);
@@ -55,8 +60,8 @@ export function gemvGrid(s: MatmulShape, rows: number): [number, number] {
   return [Math.ceil(outputWidth(s) / (TEAMS * gemvColumns(R))), Math.ceil(rows / R)];
 }
 
-export function gemmGrid(s: MatmulShape, rows: number): [number, number] {
-  return [Math.ceil(outputWidth(s) / GEMM_TILE), Math.ceil(rows / GEMM_TILE)];
+export function gemmGrid(s: MatmulShape, rows: number, tile: GemmTile): [number, number] {
+  return [Math.ceil(outputWidth(s) / tile), Math.ceil(rows / tile)];
 }
 
 function storeExpr(e: Epilogue): string {
@@ -178,25 +183,21 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
 export const gemmGroups = (K: number): number => [4, 2, 1].find((g) => (K / 8) % g === 0)!;
 
 /**
- * The same product for prompt chunks: a 64 x 64 tile of outputs per
- * workgroup of 16 x 16 threads, over K in steps of 8 * G inputs staged (as
- * even and odd elements) in workgroup memory.
+ * The same product for prompt chunks: a T x T tile of outputs per workgroup
+ * of 16 x 16 threads, each U x U of them (U = T / 16), over K in steps of
+ * 8 * G inputs staged (as even and odd elements) in workgroup memory.
  */
-export function gemmKernel(s: MatmulShape): string {
+export function gemmKernel(s: MatmulShape, T: GemmTile): string {
   if (s.K % 8 !== 0) throw new Error(`the webgpu matmul needs inputs in multiples of 8, not ${s.K}`);
   const geglu = s.epilogue.kind === 'geglu';
-  const T = GEMM_TILE;
-  const G = gemmGroups(s.K);
+  const U = T / 16;
+  const V = U / 4;
+  // 24 KiB of staged tiles at most: T = 128 stages 16 inputs per barrier (12 with geglu would not divide; 8 then).
+  const G = T === 64 ? gemmGroups(s.K) : geglu ? 1 : [2, 1].find((g) => (s.K / 8) % g === 0)!;
   const Q = T / 4;
   // Tiles as [input k of 8G][row or column / 4] vec4s: xt = x rows, wt = W rows (gate), ut = up rows.
   const tile = (name: string) => `var<workgroup> ${name}: array<vec4f, ${8 * G * Q}>;`;
-  const stage = (dst: string, load: string) => `for (var g = 0u; g < ${G}u; g++) {
-        let p = ${load};
-        for (var i = 0u; i < 4u; i++) {
-          ${dst}[(g * 8u + 2u * i) * ${Q}u + n / 4u][n % 4u] = p.e[i];
-          ${dst}[(g * 8u + 2u * i + 1u) * ${Q}u + n / 4u][n % 4u] = p.o[i];
-        }
-      }`;
+  const tiles = geglu ? 3 : 2;
   return `${weightSource(s)}
 ${geglu ? gelu : ''}
 const K8 = ${s.K / 8}u;
@@ -204,6 +205,14 @@ const WIDTH = ${outputWidth(s)}u;
 ${tile('xt')}
 ${tile('wt')}
 ${geglu ? tile('ut') : ''}
+fn put(which: u32, k: u32, n: u32, v: f32) {
+  let at = k * ${Q}u + n / 4u;
+  switch (which) {
+    case 0u: { xt[at][n % 4u] = v; }
+    case 1u: { wt[at][n % 4u] = v; }
+    default: { ${geglu ? 'ut[at][n % 4u] = v;' : ''} }
+  }
+}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let rows = step[${s.rowsAt}];
@@ -212,47 +221,50 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   let n0 = wg.x * ${T}u;
   let tx = lid.x % 16u;
   let ty = lid.x / 16u;
-  var acc: array<vec4f, 4>;
-  ${geglu ? 'var accU: array<vec4f, 4>;' : ''}
+  var acc: array<array<vec4f, ${V}>, ${U}>;
+  ${geglu ? `var accU: array<array<vec4f, ${V}>, ${U}>;` : ''}
   for (var kc = 0u; kc < K8; kc += ${G}u) {
-    // 64 rows of x and 64 (or 2 x 64) rows of W, 8G inputs each: one row per thread of the first 64 (128, 192).
-    if (lid.x < ${T}u) {
-      let n = lid.x;
-      let xr = min(r0 + n, rows - 1u);
-      ${stage('xt', 'x8(xr, kc + g)')}
-    } else if (lid.x < ${2 * T}u) {
-      let n = lid.x - ${T}u;
-      let wr = min(n0 + n, WIDTH - 1u);
-      ${stage('wt', 'w8(wr, kc + g)')}
-    }${
-      geglu
-        ? ` else if (lid.x < ${3 * T}u) {
-      let n = lid.x - ${2 * T}u;
-      let wr = WIDTH + min(n0 + n, WIDTH - 1u);
-      ${stage('ut', 'w8(wr, kc + g)')}
-    }`
-        : ''
+    // ${tiles} x ${T} rows (x, W${geglu ? ', up' : ''}) of 8G inputs each, a row per thread and step.
+    for (var job = lid.x; job < ${tiles * T}u; job += 256u) {
+      let which = job / ${T}u;
+      let n = job % ${T}u;
+      for (var g = 0u; g < ${G}u; g++) {
+        var p: Pair;
+        if (which == 0u) {
+          p = x8(min(r0 + n, rows - 1u), kc + g);
+        } else {
+          p = w8(select(0u, WIDTH, which == 2u) + min(n0 + n, WIDTH - 1u), kc + g);
+        }
+        for (var i = 0u; i < 4u; i++) {
+          put(which, g * 8u + 2u * i, n, p.e[i]);
+          put(which, g * 8u + 2u * i + 1u, n, p.o[i]);
+        }
+      }
     }
     workgroupBarrier();
     for (var k = 0u; k < ${8 * G}u; k++) {
-      let a = xt[k * ${Q}u + ty];
-      let b = wt[k * ${Q}u + tx];
-      ${geglu ? `let bu = ut[k * ${Q}u + tx];` : ''}
-      for (var i = 0u; i < 4u; i++) {
-        acc[i] += a[i] * b;
-        ${geglu ? 'accU[i] += a[i] * bu;' : ''}
+      for (var a4 = 0u; a4 < ${V}u; a4++) {
+        let a = xt[k * ${Q}u + ty * ${V}u + a4];
+        for (var b4 = 0u; b4 < ${V}u; b4++) {
+          let b = wt[k * ${Q}u + tx * ${V}u + b4];
+          ${geglu ? `let bu = ut[k * ${Q}u + tx * ${V}u + b4];` : ''}
+          for (var i = 0u; i < 4u; i++) {
+            acc[a4 * 4u + i][b4] += a[i] * b;
+            ${geglu ? 'accU[a4 * 4u + i][b4] += a[i] * bu;' : ''}
+          }
+        }
       }
     }
     workgroupBarrier();
   }
-  for (var i = 0u; i < 4u; i++) {
-    let r = r0 + ty * 4u + i;
+  for (var i = 0u; i < ${U}u; i++) {
+    let r = r0 + ty * ${U}u + i;
     if (r >= rows) { break; }
-    for (var j = 0u; j < 4u; j++) {
-      let col = n0 + tx * 4u + j;
+    for (var j = 0u; j < ${U}u; j++) {
+      let col = n0 + tx * ${U}u + j;
       if (col < WIDTH) {
-        let v = acc[i][j];
-        ${geglu ? 'let u = accU[i][j];' : ''}
+        let v = acc[i][j / 4u][j % 4u];
+        ${geglu ? 'let u = accU[i][j / 4u][j % 4u];' : ''}
         y[r * ${s.ld}u + ${s.col0}u + col] = ${storeExpr(s.epilogue)};
       }
     }
