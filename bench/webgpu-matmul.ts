@@ -9,7 +9,8 @@
  *   node dist/bench/webgpu.js matmul     (BACKEND defaults to webgpu)
  *
  * MATMUL_MODELS picks the shapes (default "1b 4b"), MATMUL_ROWS the row
- * counts (default "1 8 32 512"), MATMUL_LAYERS the layers (default all).
+ * counts (default "1 8 32 512"), MATMUL_LAYERS the layers (default all),
+ * MATMUL_STORAGE the weight storages (default "bf16 f32").
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { webgpuSubgroups } from '../src/engine/webgpu/adapter.js';
@@ -50,7 +51,7 @@ export async function matmulBench(note: (msg: string) => void): Promise<object> 
   for (const preset of (process.env.MATMUL_MODELS ?? '1b 4b').split(/\s+/).filter(Boolean) as Array<'1b' | '4b'>) {
     const only = process.env.MATMUL_LAYERS?.split(/\s+/);
     for (const layer of layers(preset).filter((l) => !only || only.includes(l.name))) {
-      for (const storage of ['bf16', 'f32'] as const) {
+      for (const storage of (process.env.MATMUL_STORAGE ?? 'bf16 f32').split(/\s+/) as Array<'bf16' | 'f32'>) {
         if (layer.M * layer.K * (storage === 'bf16' ? 2 : 4) > MAX_BINDING) continue;
         for (const rows of (process.env.MATMUL_ROWS ?? '1 8 32 512').split(/\s+/).map(Number)) {
           // 32 rows run as the GEMM (what the forward pass picks) and as the GEMV in row blocks; 512 with both GEMM tiles.
