@@ -98,9 +98,10 @@ ENV NODE_ENV=production \
 EXPOSE 8080
 VOLUME ["/models"]
 USER node
-# Model loading takes a while on first start; /health answers 503 until it is done.
+# Readiness (GET /ready): 503 while the model loads (a while on first start) and while draining.
+# GET /health is liveness (200 while the process answers): point a Kubernetes livenessProbe there.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=180s --retries=3 \
-  CMD ["node", "dist/src/http/healthcheck.js"]
+  CMD ["node", "dist/src/http/healthcheck.js", "/ready"]
 # SIGTERM: stop admitting, finish or cancel within SHUTDOWN_GRACE_MS, flush sessions, exit 0.
 STOPSIGNAL SIGTERM
 CMD ["node", "dist/src/cli.js", "serve"]

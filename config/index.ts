@@ -59,6 +59,26 @@ export interface Config {
     /** How long SIGTERM waits for running requests before cancelling them. */
     shutdownGraceMs: number;
     logLevel: LogLevel;
+    /** A request's line and headers must arrive within this (Node's headersTimeout; 408 after). */
+    headersTimeoutMs: number;
+    /** The whole request, body included, must arrive within this (Node's requestTimeout; 408 after). Not the response. */
+    requestTimeoutMs: number;
+    /** An idle keep-alive socket is closed after this. */
+    keepAliveTimeoutMs: number;
+    /** Open sockets beyond this are closed at accept (Node's maxConnections); 0 = unlimited. */
+    maxConnections: number;
+    /** Open sockets from one client address beyond this are closed at accept; 0 = unlimited. */
+    maxConnectionsPerAddress: number;
+    /** A streamed request waiting for its first token sends `: ping` this often; 0 = never. */
+    ssePingMs: number;
+  };
+  /** Per-credential limits (per API key, or per client address when keys are off); 0 = unlimited. */
+  rateLimit: {
+    requestsPerWindow: number;
+    /** Prompt tokens (estimated at admission) + max_tokens reserved, corrected to actual usage at the end. */
+    tokensPerWindow: number;
+    /** The window both limits count in (a minute unless tests shorten it). */
+    windowMs: number;
   };
   /** Which weights to load and where they run. */
   model: {
@@ -92,6 +112,8 @@ export interface Config {
     maxQueue: number;
     /** Prompt tokens prefilled per scheduler step, interleaved with decode steps. */
     prefillChunk: number;
+    /** Chat requests arriving while this many wait are refused with 503 before their body is read; 0 = off. */
+    shedQueueDepth: number;
   };
   /** Bounds on what one request may send; each is checked before any work is done. */
   limits: {
@@ -195,6 +217,8 @@ export function loadConfig(env: Env = process.env): Config {
   const maxBatchSize = r.int('MAX_BATCH_SIZE', Math.min(8, slots), 1, slots, ' (at most SLOTS)');
   const maxQueue = r.int('MAX_QUEUE', 64, 0);
   const prefillChunk = r.int('PREFILL_CHUNK', 256, 1, 1 << 16);
+  // Shedding only means something below MAX_QUEUE, where the queue itself would refuse with 429.
+  const shedQueueDepth = r.int('SHED_QUEUE_DEPTH', 0, 0, Math.max(0, maxQueue), ' (at most MAX_QUEUE; 0 = off)');
 
   const topKCap = r.int('TOPK_CAP', 64, 1, 4096);
   const maxTokensLimit = r.int('MAX_TOKENS_LIMIT', 4096, 1, 1 << 24);
@@ -215,12 +239,28 @@ export function loadConfig(env: Env = process.env): Config {
   };
   const shutdownGraceMs = r.int('SHUTDOWN_GRACE_MS', 10000, 0, 3_600_000);
   const logLevel = r.oneOf('LOG_LEVEL', LOG_LEVELS, 'info');
+  const connections = {
+    requestTimeoutMs: r.int('REQUEST_TIMEOUT_MS', 30_000, 100, 3_600_000),
+    keepAliveTimeoutMs: r.int('KEEP_ALIVE_TIMEOUT_MS', 72_000, 100, 3_600_000),
+    maxConnections: r.int('MAX_CONNECTIONS', 4096, 0, 1 << 20),
+    maxConnectionsPerAddress: r.int('MAX_CONNECTIONS_PER_ADDRESS', 256, 0, 1 << 20),
+    ssePingMs: r.int('SSE_PING_MS', 5000, 0, 600_000),
+  };
+  // Node refuses a headers timeout longer than the request timeout it is part of.
+  const headersTimeoutMs = r.int('HEADERS_TIMEOUT_MS', Math.min(10_000, connections.requestTimeoutMs), 100,
+    connections.requestTimeoutMs, ' (at most REQUEST_TIMEOUT_MS)');
+  const rateLimit = {
+    requestsPerWindow: r.int('RATE_LIMIT_RPM', 0, 0),
+    tokensPerWindow: r.int('RATE_LIMIT_TPM', 0, 0),
+    windowMs: r.int('RATE_LIMIT_WINDOW_MS', 60_000, 100, 86_400_000),
+  };
 
   return {
-    server: { host, port, apiKeys, metricsAuth, bodyLimitBytes, shutdownGraceMs, logLevel },
+    server: { host, port, apiKeys, metricsAuth, bodyLimitBytes, shutdownGraceMs, logLevel, headersTimeoutMs, ...connections },
+    rateLimit,
     model: { dir, id, backend, cpuKernels, cpuThreads, cacheDir },
     cache: { slots, capacity, evictionMode, redisUrl, sessionTtlSeconds },
-    scheduler: { maxBatchSize, maxQueue, prefillChunk },
+    scheduler: { maxBatchSize, maxQueue, prefillChunk, shedQueueDepth },
     limits,
     sampling: { topKCap, maxTokensLimit, defaultMaxTokens },
   };
@@ -253,6 +293,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
     model: { ...config.model, dir: config.model.dir ?? '(embedded default model)' },
     cache: { ...config.cache, redisUrl: redisUrl ?? '(in-memory session store)' },
     scheduler: { ...config.scheduler },
+    rateLimit: { ...config.rateLimit },
     limits: { ...config.limits },
     sampling: { ...config.sampling },
   };

@@ -19,7 +19,8 @@ import { toChatTurns, toSamplingParams } from '../src/protocol/convert.js';
 import type { GenerationEvent } from '../src/scheduler/types.js';
 import { type CompletionMeta, CompletionBuilder } from './chat-format.js';
 import { ChatObserver } from './chat-observer.js';
-import { sseFrames } from './chat-sse.js';
+import { estimatePromptTokens } from '../src/http/token-budget.js';
+import { settleWithin, sseFrames } from './chat-sse.js';
 import { errorResponses } from './schema-helpers.js';
 
 const SESSION_NAME_RE = new RegExp(SESSION_NAME_PATTERN);
@@ -75,6 +76,7 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
         ...errorResponses(400, 401, 404, 413, 415, 429, 503),
       },
     },
+    config: { shed: true },
   }, async (req, reply) => {
     const body = req.body;
     // 1. Cross-field checks against server limits (the schema already ran).
@@ -96,19 +98,34 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
     const scheduler = readyScheduler(service);
 
     const n = body.n ?? 1;
+    const messages = toChatTurns(body.messages);
+    const params = toSamplingParams(body, { maxTokens: config.sampling.defaultMaxTokens, ...service.model?.samplingDefaults });
+    // 4. Tokens per window: prompt (estimated) + max_tokens per choice now, corrected to the usage at the end.
+    const promptEstimate = estimatePromptTokens(messages);
+    const reservation = await app.rateLimiter.reserveTokens(req, reply, promptEstimate + params.maxTokens * n);
+    // A request that ended before its first token is charged nothing; one cut short, what it got.
+    const observer = new ChatObserver(metrics, n, (usage, tokenEvents) => reservation.settle(
+      usage !== undefined ? usage.promptTokens + usage.completionTokens : tokenEvents > 0 ? promptEstimate + tokenEvents : 0,
+    ));
+
     const abort = abortOnDisconnect(reply);
-    const stream = scheduler.submit({
-      requestId: req.id,
-      ...(sessionId === undefined ? {} : { sessionId }),
-      namespace: req.namespace,
-      messages: toChatTurns(body.messages),
-      ...(body.chat_template_kwargs ? { templateKwargs: body.chat_template_kwargs } : {}),
-      params: toSamplingParams(body, { maxTokens: config.sampling.defaultMaxTokens, ...service.model?.samplingDefaults }),
-      n,
-      signal: abort.signal,
-    });
+    let stream;
+    try {
+      stream = scheduler.submit({
+        requestId: req.id,
+        ...(sessionId === undefined ? {} : { sessionId }),
+        namespace: req.namespace,
+        messages,
+        ...(body.chat_template_kwargs ? { templateKwargs: body.chat_template_kwargs } : {}),
+        params,
+        n,
+        signal: abort.signal,
+      });
+    } catch (err) {
+      observer.end('error');
+      throw err;
+    }
     const events = stream[Symbol.asyncIterator]();
-    const observer = new ChatObserver(metrics, n);
     const meta: CompletionMeta = {
       id: `chatcmpl-${randomUUID().replace(/-/g, '')}`,
       created: Math.floor(Date.now() / 1000),
@@ -116,20 +133,25 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
       includeUsage: body.stream === true && body.stream_options?.include_usage === true,
     };
 
-    // 4. Wait for the first event: failures up to here are ordinary HTTP errors.
-    let first: IteratorResult<GenerationEvent>;
+    // 5. Wait for the first event: failures up to here are ordinary HTTP errors. A stream
+    // waits one ping interval at most; after that its SSE body starts and pings while it waits.
+    const pingMs = body.stream === true ? config.server.ssePingMs : 0;
+    let first: IteratorResult<GenerationEvent> | Promise<IteratorResult<GenerationEvent>>;
     try {
-      first = await events.next();
+      const next = events.next();
+      first = pingMs > 0 ? ((await settleWithin(next, pingMs)) ?? next) : await next;
     } catch (err) {
       observer.end(abort.signal.aborted ? 'cancelled' : 'error');
       throw err;
     }
-    if (stream.sessionId !== undefined) void reply.header('x-session-id', stream.sessionId);
+    // Known once admitted; a stream that starts while still queued can only name the session it asked for.
+    const boundSession = stream.sessionId ?? (first instanceof Promise ? sessionId : undefined);
+    if (boundSession !== undefined) void reply.header('x-session-id', boundSession);
 
-    // 5a. Streaming: SSE frames pulled from the scheduler as the socket drains.
+    // 6a. Streaming: SSE frames pulled from the scheduler as the socket drains.
     if (body.stream === true) {
       const errorBody = (err: unknown): ErrorBody => toErrorReply(err, req, config.server.bodyLimitBytes).body;
-      const frames = sseFrames({ meta, n, first, events, observer, abort, errorBody, log: req.log });
+      const frames = sseFrames({ meta, n, first, pingMs, events, observer, abort, errorBody, log: req.log });
       void reply
         .header('content-type', 'text/event-stream; charset=utf-8')
         .header('cache-control', 'no-cache')
@@ -137,10 +159,10 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
       return reply.send(Readable.from(frames, { objectMode: false, encoding: 'utf8' }));
     }
 
-    // 5b. Whole response.
+    // 6b. Whole response (never pinged, so `first` is settled).
     const builder = new CompletionBuilder(meta, n, body.logprobs === true);
     try {
-      for (let r = first; r.done !== true; r = await events.next()) {
+      for (let r = await first; r.done !== true; r = await events.next()) {
         observer.event(r.value);
         builder.add(r.value);
       }

@@ -4,6 +4,10 @@
  * choice, the usage chunk when asked for, then `data: [DONE]\n\n`. An error
  * after the headers went out is sent as `data: {"error": {...}}\n\n` and the
  * stream ends without [DONE] (the openai SDK raises it as an APIError).
+ *
+ * While the first event is still to come (the request waits in the queue or
+ * prefills) the stream sends an SSE comment, `: ping`, every SSE_PING_MS, so
+ * proxies with idle timeouts keep it open; clients ignore comments.
  */
 import type { FastifyBaseLogger } from 'fastify';
 import type { ErrorBody } from '../src/protocol/chat-types.js';
@@ -12,12 +16,41 @@ import { type CompletionMeta, finishChunk, reasoningChunk, roleChunk, tokenChunk
 import type { ChatObserver } from './chat-observer.js';
 
 const frame = (obj: unknown): string => `data: ${JSON.stringify(obj)}\n\n`;
+export const PING = ': ping\n\n';
+
+const TIMED_OUT = Symbol('timed out');
+
+/** `p`'s value if it settles within `ms` (a rejection is thrown), else undefined: it is still pending. */
+export async function settleWithin<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<typeof TIMED_OUT>((resolve) => (timer = setTimeout(resolve, ms, TIMED_OUT)));
+  try {
+    const v = await Promise.race([p, timeout]);
+    return v === TIMED_OUT ? undefined : (v as T);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Yields a ping every `ms` until `p` settles; returns its value (or throws its error). */
+async function* pingUntil<T>(p: Promise<T>, ms: number): AsyncGenerator<string, T> {
+  for (;;) {
+    const v = await settleWithin(p, ms);
+    if (v !== undefined) return v;
+    yield PING;
+  }
+}
 
 export interface SseSource {
   meta: CompletionMeta;
   n: number;
-  /** The first event, already awaited so that early failures became HTTP errors. */
-  first: IteratorResult<GenerationEvent>;
+  /**
+   * The first event: awaited already when it came within one ping interval (so
+   * early failures became HTTP errors), else still pending, pinged for meanwhile.
+   */
+  first: IteratorResult<GenerationEvent> | Promise<IteratorResult<GenerationEvent>>;
+  /** Interval of `: ping` comments while the first event is pending. */
+  pingMs: number;
   events: AsyncIterator<GenerationEvent>;
   observer: ChatObserver;
   /** Aborted when the client went away; aborting it cancels the request upstream. */
@@ -30,9 +63,9 @@ export async function* sseFrames(src: SseSource): AsyncGenerator<string> {
   const { meta, events, observer } = src;
   let ended = false;
   try {
-    for (let c = 0; c < src.n; c++) yield frame(roleChunk(meta, c));
-    let r = src.first;
     try {
+      let r = src.first instanceof Promise ? yield* pingUntil(src.first, src.pingMs) : src.first;
+      for (let c = 0; c < src.n; c++) yield frame(roleChunk(meta, c));
       while (r.done !== true) {
         const ev = r.value;
         observer.event(ev);

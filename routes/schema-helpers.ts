@@ -6,8 +6,8 @@ const DESCRIPTIONS: Record<number, string> = {
   404: 'Unknown model, session or URL.',
   413: 'Request body larger than BODY_LIMIT_BYTES.',
   415: 'Body is not application/json.',
-  429: 'Queue full; retry after the Retry-After header.',
-  503: 'Model loading, load failed, or shutting down.',
+  429: 'Queue full or a rate limit reached (RATE_LIMIT_RPM, RATE_LIMIT_TPM); retry after the Retry-After header.',
+  503: 'Model loading, load failed, shutting down, or (chat completions) overloaded past SHED_QUEUE_DEPTH; retry after the Retry-After header.',
 };
 
 /** `{status: {description, $ref ErrorResponse}}` for each status given. */

@@ -88,6 +88,18 @@ export class Metrics {
     labelNames: ['route', 'status'] as const,
     registers: [this.registry],
   });
+  readonly connectionsRefused = new Counter({
+    name: `${P}connections_refused_total`,
+    help: 'Sockets closed at accept: over MAX_CONNECTIONS (max_connections) or MAX_CONNECTIONS_PER_ADDRESS (per_address).',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly rejected = new Counter({
+    name: `${P}rejected_requests_total`,
+    help: 'Requests refused before the scheduler: rate limits (requests, tokens) or load shedding (overloaded).',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
   readonly finishes = new Counter({
     name: `${P}finished_choices_total`,
     help: 'Completed choices by finish reason (stop, length, cancelled, error).',

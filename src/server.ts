@@ -15,7 +15,10 @@ import { sessionsRoute } from '../routes/sessions.js';
 import { QUOTE_MAX_CHARS } from './errors.js';
 import { authPlugin } from './http/auth.js';
 import { jsonBodyPlugin } from './http/body-parser.js';
-import { clientErrorHandler, errorHandlerPlugin, frameworkErrors } from './http/error-handler.js';
+import { limitConnections, serverTimeouts } from './http/connections.js';
+import { answerProtocolRequests, clientErrorHandler, errorHandlerPlugin, frameworkErrors } from './http/error-handler.js';
+import { loadShedPlugin } from './http/load-shed.js';
+import { rateLimitPlugin } from './http/rate-limit.js';
 import { contextPlugin, type ServiceState } from './http/service.js';
 import type { Metrics } from './metrics.js';
 import { chatSchemas, type ProtocolLimits } from './protocol/chat-schemas.js';
@@ -55,6 +58,12 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
         ? { loggerInstance: opts.logger.child({}, { serializers: logSerializers }) }
         : { logger: { level: config.server.logLevel, serializers: logSerializers } }),
     bodyLimit: config.server.bodyLimitBytes,
+    // Node's timeouts: a request (body included) that has not fully arrived in time gets 408
+    // (clientErrorHandler) and its socket closed; it never reached a route, so it held no
+    // queue place, batch row or KV slot. Fastify sets the last two again from its own options.
+    http: serverTimeouts(config.server),
+    requestTimeout: config.server.requestTimeoutMs,
+    keepAliveTimeout: config.server.keepAliveTimeoutMs,
     // Longer than any session id or model name (256), so those reach their routes; past it, 414.
     routerOptions: { maxParamLength: 300 },
     frameworkErrors,
@@ -75,6 +84,8 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
       customOptions: { coerceTypes: false, removeAdditional: false, allowUnionTypes: true },
     },
   }) as unknown as FastifyInstance;
+  limitConnections(app.server, config.server, (reason) => metrics.connectionsRefused.inc({ reason }));
+  answerProtocolRequests(app.server);
 
   if (opts.onRoute !== undefined) app.addHook('onRoute', opts.onRoute);
   await app.register(contextPlugin, { config, service, metrics });
@@ -82,6 +93,9 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   await app.register(errorHandlerPlugin, { bodyLimit: config.server.bodyLimitBytes });
   await app.register(jsonBodyPlugin, { maxDepth: config.limits.jsonDepth });
   await app.register(authPlugin, { apiKeys: config.server.apiKeys, metricsAuth: config.server.metricsAuth });
+  // Admission, in this order at onRequest: the key (above), then the queue bound, then the credential's rate.
+  await app.register(loadShedPlugin, { queueDepth: config.scheduler.shedQueueDepth, service, metrics });
+  await app.register(rateLimitPlugin, { limits: config.rateLimit, redisUrl: config.cache.redisUrl, metrics });
 
   app.addHook('onRequest', async (req, reply) => {
     void reply.header('x-request-id', req.id);

@@ -346,9 +346,9 @@ t.test('SIGTERM drains: running streams finish, new requests are refused, exit 0
   const stream = startStream(base, chatBody({ max_tokens: 250 }));
   await stream.firstToken;
   child.kill('SIGTERM');
-  await waitFor('/health to report draining', async () => {
-    const res = await request(`${base}/health`).catch(() => undefined);
-    return res !== undefined && res.statusCode === 503 && ((await res.body.json()) as { status: string }).status === 'draining';
+  await waitFor('/ready to report draining', async () => {
+    const res = await request(`${base}/ready`).catch(() => undefined);
+    return res !== undefined && res.statusCode === 503 && ((await res.body.json()) as { error: { code: string } }).error.code === 'shutting_down';
   });
   const refused = await post(base, chatBody({ max_tokens: 4 })).then(
     async (res) => ({ status: res.statusCode, body: (await res.body.json()) as { error: ErrorShape } }),

@@ -100,3 +100,19 @@ t.test('bad values throw ConfigError naming the variable', async (t) => {
     t.match((err as ConfigError).message, variable);
   }
 });
+
+t.test('timeouts, connection limits, rate limits and shedding: defaults and bounds', async (t) => {
+  const c = loadConfig({});
+  t.match(c.server, {
+    headersTimeoutMs: 10000, requestTimeoutMs: 30000, keepAliveTimeoutMs: 72000,
+    maxConnections: 4096, maxConnectionsPerAddress: 256, ssePingMs: 5000,
+  });
+  t.same(c.rateLimit, { requestsPerWindow: 0, tokensPerWindow: 0, windowMs: 60000 }, 'rate limits off by default');
+  t.equal(c.scheduler.shedQueueDepth, 0, 'shedding off by default');
+  t.equal(loadConfig({ REQUEST_TIMEOUT_MS: '5000' }).server.headersTimeoutMs, 5000, 'the headers timeout follows a shorter request timeout');
+  t.throws(() => loadConfig({ REQUEST_TIMEOUT_MS: '5000', HEADERS_TIMEOUT_MS: '6000' }), { variable: 'HEADERS_TIMEOUT_MS' });
+  t.throws(() => loadConfig({ MAX_QUEUE: '8', SHED_QUEUE_DEPTH: '9' }), { variable: 'SHED_QUEUE_DEPTH' });
+  t.throws(() => loadConfig({ RATE_LIMIT_RPM: '-1' }), { variable: 'RATE_LIMIT_RPM' });
+  t.throws(() => loadConfig({ RATE_LIMIT_WINDOW_MS: '10' }), { variable: 'RATE_LIMIT_WINDOW_MS' });
+  t.throws(() => loadConfig({ REQUEST_TIMEOUT_MS: '0' }), ConfigError, 'a request timeout is always on');
+});

@@ -56,12 +56,15 @@ t.test('sessions: inspect and delete', async (t) => {
   t.equal((await app.inject({ method: 'GET', url: '/v1/sessions/s1' })).statusCode, 404);
 });
 
-t.test('health and chat follow the service phase', async (t) => {
+t.test('ready and chat follow the service phase; health stays 200', async (t) => {
   const { app, service } = await makeApp({ phase: 'loading' });
   t.teardown(() => app.close());
   let res = await app.inject({ method: 'GET', url: '/health' });
-  t.equal(res.statusCode, 503);
+  t.equal(res.statusCode, 200, 'liveness: the process answers');
   t.same(res.json(), { status: 'loading', model: MODEL });
+  res = await app.inject({ method: 'GET', url: '/ready' });
+  t.equal(res.statusCode, 503);
+  t.equal(res.json().error.code, 'model_loading');
   res = await app.inject({ method: 'POST', url: '/v1/chat/completions', payload: chat });
   t.equal(res.statusCode, 503);
   t.equal(res.json().error.code, 'model_loading');
@@ -70,10 +73,12 @@ t.test('health and chat follow the service phase', async (t) => {
   res = await app.inject({ method: 'POST', url: '/v1/chat/completions', payload: { ...chat, messages: [] } });
   t.equal(res.statusCode, 400);
   service.phase = 'draining';
-  t.equal((await app.inject({ method: 'GET', url: '/health' })).statusCode, 503);
+  t.equal((await app.inject({ method: 'GET', url: '/ready' })).statusCode, 503);
+  t.equal((await app.inject({ method: 'GET', url: '/health' })).json().status, 'draining');
   res = await app.inject({ method: 'POST', url: '/v1/chat/completions', payload: chat });
   t.equal(res.json().error.code, 'shutting_down');
   service.phase = 'ready';
+  t.equal((await app.inject({ method: 'GET', url: '/ready' })).statusCode, 200);
   t.equal((await app.inject({ method: 'GET', url: '/health' })).statusCode, 200);
 });
 

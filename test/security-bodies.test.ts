@@ -55,7 +55,7 @@ function openAiError(t: Test, r: { status: number; text: string }, status: numbe
 }
 
 /** Raw bytes on a socket: what the HTTP parser refuses before any route. */
-async function raw(bytes: string): Promise<{ status: number; text: string }> {
+async function raw(bytes: string): Promise<{ status: number; head: string; text: string }> {
   const { port } = new URL(svc.url);
   const sock = net.connect(Number(port), '127.0.0.1');
   let data = '';
@@ -63,7 +63,7 @@ async function raw(bytes: string): Promise<{ status: number; text: string }> {
   sock.write(bytes);
   await new Promise<void>((resolve) => sock.on('close', () => resolve()));
   const [head, body] = [data.slice(0, data.indexOf('\r\n\r\n')), data.slice(data.indexOf('\r\n\r\n') + 4)];
-  return { status: Number(head.split(' ')[1]), text: body };
+  return { status: Number(head.split(' ')[1]), head: `${head}\r\n`, text: body };
 }
 
 let keeper: Record<string, unknown>;
@@ -134,6 +134,12 @@ t.test('URLs, methods and headers', async (t) => {
   const longUrl = await raw(`GET /v1/models?${'q'.repeat(20_000)} HTTP/1.1\r\nHost: x\r\n\r\n`);
   t.equal(openAiError(t, longUrl, 431, 'a request line over the limit').code, 'headers_too_large');
   t.equal(openAiError(t, await raw('NOT HTTP AT ALL\r\n\r\n'), 400, 'garbage').code, 'malformed_request');
+  // Node answers these two itself unless told otherwise: CONNECT with a closed socket, an unknown Expect with an empty 417.
+  const connect = await raw('CONNECT /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+  t.equal(openAiError(t, connect, 405, 'CONNECT').code, 'method_not_allowed');
+  t.match(connect.head, /\r\nAllow: GET, HEAD, POST, DELETE\r\n/, 'CONNECT: 405 with Allow');
+  const expect = await raw('GET /health HTTP/1.1\r\nHost: x\r\nExpect: nothing\r\nConnection: close\r\n\r\n');
+  t.equal(openAiError(t, expect, 417, 'an Expect other than 100-continue').code, 'expectation_failed');
 });
 
 t.test('the server is up and the earlier session intact', async (t) => {

@@ -5,7 +5,7 @@
  * Streams that already sent headers report errors in-band instead (see
  * routes/chat-sse.ts), using `toErrorBody` from here.
  */
-import { STATUS_CODES } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import fp from 'fastify-plugin';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, HTTPMethods } from 'fastify';
@@ -122,10 +122,33 @@ export function clientErrorHandler(err: NodeJS.ErrnoException, socket: Socket): 
     : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
       ? [408, 'request_timeout', 'The request took too long to arrive.']
       : [400, 'malformed_request', `The HTTP request could not be parsed (${quote(err.code ?? 'unknown')}).`];
+  answerRaw(socket, status, code, message);
+}
+
+/** An OpenAI-shaped error written straight to a socket Fastify never saw, which is then closed. */
+function answerRaw(socket: Socket, status: number, code: string, message: string, extra = ''): void {
   const body = JSON.stringify({ error: { message, type: 'invalid_request_error', param: null, code } });
   if (socket.writable) {
-    socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n`
+    socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n${extra}Content-Type: application/json; charset=utf-8\r\n`
       + `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
   }
   socket.destroy();
+}
+
+/**
+ * Requests Node's HTTP server answers itself, before Fastify: CONNECT (which
+ * it would close without a word) and an `Expect` other than 100-continue
+ * (an empty 417). Both get an OpenAI-shaped error instead.
+ */
+export function answerProtocolRequests(server: Server): void {
+  server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+    answerRaw(socket, 405, 'method_not_allowed', 'CONNECT is not supported by this server.', 'Allow: GET, HEAD, POST, DELETE\r\n');
+  });
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    const body = JSON.stringify({
+      error: { message: `Expect: ${quote(String(req.headers.expect ?? ''))} is not supported; only 100-continue is.`, type: 'invalid_request_error', param: null, code: 'expectation_failed' },
+    });
+    res.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), connection: 'close' });
+    res.end(body);
+  });
 }

@@ -71,11 +71,11 @@ export class InvalidSessionIdError extends InvalidValueError {
   }
 }
 
-/** The model is still loading; /health answers 503 until it is ready. */
+/** The model is still loading; /ready answers 503 until it is ready. */
 export class ModelLoadingError extends GemmaServeError {
   readonly retryAfter = 5;
   constructor() {
-    super('The model is still loading; retry shortly (GET /health returns 200 once it is ready).', {
+    super('The model is still loading; retry shortly (GET /ready returns 200 once it is ready).', {
       status: 503,
       type: 'server_error',
       code: 'model_loading',
@@ -120,5 +120,43 @@ export class UriTooLongError extends GemmaServeError {
 export class BadUrlError extends InvalidValueError {
   constructor(url: string) {
     super(`The request URL ${quote(url)} is malformed (an invalid percent-escape).`, null, 'invalid_url');
+  }
+}
+
+/** What a rate limit counts, as OpenAI names it in the error's `type`. */
+export type RateLimitKind = 'requests' | 'tokens';
+
+/**
+ * A per-credential limit (RATE_LIMIT_RPM or RATE_LIMIT_TPM) is used up. Shaped
+ * as OpenAI sends it: 429, `type` "requests" or "tokens", code "rate_limit_exceeded".
+ */
+export class RateLimitError extends GemmaServeError {
+  /** Whole seconds until the window resets (Retry-After). */
+  readonly retryAfter: number;
+  constructor(kind: RateLimitKind, limit: number, used: number, requested: number, resetMs: number) {
+    const variable = kind === 'requests' ? 'RATE_LIMIT_RPM' : 'RATE_LIMIT_TPM';
+    const wait = `${(resetMs / 1000).toFixed(resetMs < 10_000 ? 1 : 0)}s`;
+    const tooBig = kind === 'tokens' && requested > limit
+      ? ' This request alone asks for more than the limit: lower max_tokens or shorten the messages.'
+      : '';
+    super(`Rate limit reached on ${kind} per window (${variable}): Limit ${limit}, Used ${used}, Requested ${requested}. Please try again in ${wait}.${tooBig}`, {
+      status: 429,
+      type: kind,
+      code: 'rate_limit_exceeded',
+    });
+    this.retryAfter = Math.max(1, Math.ceil(resetMs / 1000));
+  }
+}
+
+/** Load shedding: the scheduler's queue is at SHED_QUEUE_DEPTH, so new chat requests are refused at once. */
+export class OverloadedError extends GemmaServeError {
+  readonly retryAfter: number;
+  constructor(depth: number, retryAfter = 1) {
+    super(`The server is overloaded (${depth} requests waiting, SHED_QUEUE_DEPTH); retry after ${retryAfter} s.`, {
+      status: 503,
+      type: 'server_error',
+      code: 'server_overloaded',
+    });
+    this.retryAfter = retryAfter;
   }
 }

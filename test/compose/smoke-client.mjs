@@ -1,4 +1,4 @@
-// The HTTP half of the compose smoke test: wait for /health, stream one chat
+// The HTTP half of the compose smoke test: wait for /ready, stream one chat
 // completion in a named session, check the SSE framing and /metrics.
 // Usage: node test/compose/smoke-client.mjs <base-url> <session-id>
 import { request } from 'undici';
@@ -7,16 +7,16 @@ const [base, session] = process.argv.slice(2);
 if (!base || !session) throw new Error('usage: smoke-client.mjs <base-url> <session-id>');
 const fail = (msg) => { console.error(`compose-smoke: ${msg}`); process.exit(1); };
 
-// 1. The model loads before /health turns 200 (503 meanwhile); allow a slow first start.
+// 1. The model loads before /ready turns 200 (503 meanwhile; /health is 200 throughout); allow a slow first start.
 const deadline = Date.now() + 600_000;
 for (;;) {
   try {
-    const res = await request(`${base}/health`);
+    const res = await request(`${base}/ready`);
     const text = await res.body.text();
     if (res.statusCode === 200) break;
-    if (Date.now() > deadline) fail(`/health still ${res.statusCode} ${text}`);
+    if (Date.now() > deadline) fail(`/ready still ${res.statusCode} ${text}`);
   } catch (err) {
-    if (Date.now() > deadline) fail(`/health unreachable: ${err.message}`);
+    if (Date.now() > deadline) fail(`/ready unreachable: ${err.message}`);
   }
   await new Promise((r) => setTimeout(r, 1000));
 }
