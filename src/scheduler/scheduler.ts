@@ -5,12 +5,16 @@
  * streams never stall behind a long prompt for more than a chunk, (3) runs
  * one batched decode step over every row that is decoding, and (4) retires
  * finished or cancelled rows, recording their sessions. Each choice of a
- * request (OpenAI `n`) is one row.
+ * request (OpenAI `n`) is one row. The loop yields to the event loop after
+ * the prefill chunk and after the decode step, so sockets and probes wait for
+ * one of them at most; a large prompt is tokenized off the main thread (by the
+ * `encoder`) while its request waits in the queue.
  */
 import { OPEN_NAMESPACE, SessionBusyError, SlotsBusyError, nameOf, scopedId } from '../cache/index.js';
 import type { Engine } from '../engine/engine.js';
 import { Sampler, type RequestLimits, type Sequence, type StepOutput } from '../engine/sampler.js';
 import { GemmaServeError, InvalidValueError } from '../errors.js';
+import type { ChatEncoder } from '../model/tokenizer-pool.js';
 import { endsInsideBlock, ReasoningSplitter, type ReasoningPart } from './reasoning.js';
 import { EventQueue } from './event-queue.js';
 import { QueueFullError, ShuttingDownError, TokenOutsideVocabularyError } from './errors.js';
@@ -31,6 +35,8 @@ export interface SchedulerOptions {
   prefillChunk: number;
   /** Limits on stop strings and logit_bias entries (config `limits`). */
   requestLimits?: RequestLimits;
+  /** Tokenizes the prompts it accepts (the large ones) off the main thread; the rest are tokenized in `submit`. */
+  encoder?: ChatEncoder;
 }
 
 /**
@@ -68,6 +74,8 @@ interface Job {
   req: GenerationRequest;
   /** The scoped id (`<namespace>/<name>`) the request is bound to, once bound. */
   sessionId?: string;
+  /** The prompt is being tokenized off the main thread: `promptIds` and `rows` are empty until it is, and admission skips the job. */
+  tokenizing: boolean;
   promptIds: number[];
   rows: Row[];
   events: EventQueue<GenerationEvent>;
@@ -105,27 +113,27 @@ export class BatchScheduler implements Scheduler {
     if (this.closing) throw new ShuttingDownError();
     if (req.n > this.opts.maxBatch) throw new InvalidValueError(`n must be at most ${this.opts.maxBatch} (MAX_BATCH_SIZE), got ${req.n}`, 'n');
     if (this.queue.length >= this.opts.maxQueue) throw new QueueFullError(this.opts.maxQueue);
-    const tok = this.engine.tokenizer;
-    const promptIds = tok.encodeChat(req.messages, { addGenerationPrompt: true, templateKwargs: req.templateKwargs });
-    const vocab = this.engine.config.vocabSize;
-    for (const id of promptIds) if (id >= vocab) throw new TokenOutsideVocabularyError(id, vocab);
-    // Thinking markers, when the vocabulary has them: a prompt may already leave the model inside a block.
-    const markers = tok.reasoningMarkers;
-    const open = markers !== undefined && endsInsideBlock(promptIds, markers, tok.startOfTurnId);
+    const encodeOpts = { addGenerationPrompt: true, templateKwargs: req.templateKwargs };
+    const encoder = this.opts.encoder?.accepts(req.messages) ? this.opts.encoder : undefined;
+    // Small prompts are tokenized here, so their errors are thrown to the caller as before.
+    const prompt = encoder ? undefined : this.prompt(this.engine.tokenizer.encodeChat(req.messages, encodeOpts), req.n);
     const job: Job = {
       req,
-      promptIds,
-      rows: Array.from({ length: req.n }, (_, choice) => ({
-        choice,
-        done: false,
-        ...(markers ? { reasoning: new ReasoningSplitter(markers, { open }) } : {}),
-      })),
+      tokenizing: prompt === undefined,
+      promptIds: prompt?.promptIds ?? [],
+      rows: prompt?.rows ?? [],
       events: new EventQueue<GenerationEvent>(() => this.cancel(job)),
       cancelled: false,
       submittedAt: performance.now(),
     };
     req.signal.addEventListener('abort', () => this.cancel(job), { once: true });
     this.queue.push(job);
+    if (encoder) {
+      encoder.encodeChat(req.messages, encodeOpts).then(
+        (ids) => this.tokenized(job, () => this.prompt(ids, req.n)),
+        (err: unknown) => this.tokenized(job, () => { throw err; }),
+      );
+    }
     this.wake();
     const events = job.events;
     return {
@@ -134,6 +142,36 @@ export class BatchScheduler implements Scheduler {
       },
       [Symbol.asyncIterator]: () => events[Symbol.asyncIterator](),
     };
+  }
+
+  /** Checks a prompt's ids against the vocabulary and makes the request's rows. */
+  private prompt(promptIds: number[], n: number): Pick<Job, 'promptIds' | 'rows'> {
+    const tok = this.engine.tokenizer;
+    const vocab = this.engine.config.vocabSize;
+    for (const id of promptIds) if (id >= vocab) throw new TokenOutsideVocabularyError(id, vocab);
+    // Thinking markers, when the vocabulary has them: a prompt may already leave the model inside a block.
+    const markers = tok.reasoningMarkers;
+    const open = markers !== undefined && endsInsideBlock(promptIds, markers, tok.startOfTurnId);
+    const rows = Array.from({ length: n }, (_, choice): Row => ({
+      choice,
+      done: false,
+      ...(markers ? { reasoning: new ReasoningSplitter(markers, { open }) } : {}),
+    }));
+    return { promptIds, rows };
+  }
+
+  /** A prompt tokenized off the main thread is back: the job can be admitted, or fails alone. */
+  private tokenized(job: Job, prompt: () => Pick<Job, 'promptIds' | 'rows'>): void {
+    job.tokenizing = false;
+    // Cancelled, or failed by shutdown, meanwhile: nothing waits for it.
+    if (job.cancelled || !this.queue.includes(job)) return;
+    try {
+      Object.assign(job, prompt());
+    } catch (err) {
+      this.cancel(job, err);
+      return;
+    }
+    this.wake();
   }
 
   stats(): SchedulerStats {
@@ -213,13 +251,15 @@ export class BatchScheduler implements Scheduler {
         await this.retire();
         // Both in every round: a decode step skipped for each waiting prompt would stall running streams behind all of them.
         const prefilled = await this.prefillOne();
+        // A chunk and a decode step are each a stretch of compute on this thread: let I/O in between them.
+        if (prefilled) await yieldToEventLoop();
         const decoded = await this.decodeStep();
         const worked = prefilled || decoded;
         await this.retire();
         if (!worked && !this.stopped && !this.woken) await new Promise<void>((resolve) => (this.wakeLoop = resolve));
         this.woken = false;
         // Let I/O (new requests, disconnects, SSE writes) run between steps.
-        await new Promise((r) => setImmediate(r));
+        await yieldToEventLoop();
       } catch (err) {
         this.failRunning(err);
       }
@@ -230,6 +270,10 @@ export class BatchScheduler implements Scheduler {
   private async admit(): Promise<void> {
     for (let i = 0; i < this.queue.length; ) {
       const job = this.queue[i];
+      if (job.tokenizing) {
+        i++;
+        continue;
+      }
       if (this.activeRows() + job.rows.length > this.opts.maxBatch) return;
       try {
         await this.bindJob(job);
@@ -376,6 +420,11 @@ export class BatchScheduler implements Scheduler {
       for (const row of job.rows) row.seq = undefined;
     }
   }
+}
+
+/** Lets pending I/O callbacks (sockets, timers) run before the loop goes on. */
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((r) => setImmediate(r));
 }
 
 /** Choice i > 0 of a seeded request gets its own deterministic stream. */

@@ -3,6 +3,7 @@ import { MemorySessionStore, OPEN_NAMESPACE, scopedId, type SessionStore } from 
 import type { Engine } from '../../src/engine/engine.js';
 import { DEFAULT_SAMPLING, type SamplingParams } from '../../src/engine/types.js';
 import type { SchedulerObserver } from '../../src/scheduler/scheduler.js';
+import type { ChatEncoder } from '../../src/model/tokenizer-pool.js';
 import type { EvictionMode } from '../../src/scheduler/session-turns.js';
 import { buildStack, type Stack as BuiltStack } from '../../src/scheduler/stack.js';
 import type { ChatTurn, GenerationUsage } from '../../src/scheduler/types.js';
@@ -18,14 +19,14 @@ export interface Stack extends BuiltStack {
 
 export function makeStack(
   engine: Engine,
-  opts: { store?: SessionStore; mode?: EvictionMode; maxBatch?: number; maxQueue?: number; prefillChunk?: number; observer?: SchedulerObserver } = {},
+  opts: { store?: SessionStore; mode?: EvictionMode; maxBatch?: number; maxQueue?: number; prefillChunk?: number; observer?: SchedulerObserver; encoder?: ChatEncoder } = {},
 ): Stack {
   const evictions: { kind: string; tokens: number }[] = [];
   const steps: number[] = [];
   const stack = buildStack(engine, {
     store: opts.store ?? new MemorySessionStore(),
     turns: { mode: opts.mode ?? 'shift', onEvict: (kind, tokens) => evictions.push({ kind, tokens }) },
-    scheduler: { maxBatch: opts.maxBatch ?? engine.slots, maxQueue: opts.maxQueue ?? 16, prefillChunk: opts.prefillChunk ?? 64 },
+    scheduler: { maxBatch: opts.maxBatch ?? engine.slots, maxQueue: opts.maxQueue ?? 16, prefillChunk: opts.prefillChunk ?? 64, encoder: opts.encoder },
     observer: { step: (rows) => steps.push(rows), ...opts.observer },
   });
   return { ...stack, evictions, steps };
