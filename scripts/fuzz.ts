@@ -92,6 +92,9 @@ const SERVICE_ENV = {
   MAX_TOKENS_LIMIT: '64',
   DEFAULT_MAX_TOKENS: '8',
   LOG_LEVEL: 'info',
+  // Every prompt on the main thread: a tokenizer worker's heap is another V8 isolate that the forced GC before
+  // each RSS reading cannot reach, so its high-water mark would read as growth (the pool has its own tests).
+  TOKENIZER_WORKERS: '0',
 };
 const MODEL = 'gemma-serve-default';
 const BODY_LIMIT = 1048576;
