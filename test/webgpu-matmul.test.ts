@@ -39,6 +39,19 @@ function reference(c: MatmulCase, x: Float32Array, w: Float32Array): Float64Arra
   return y;
 }
 
+/** Runs a product on the device (recorded `times` times) and compares it with the JS product: its output and worst error. */
+async function check(c: MatmulCase, x: Float32Array, w: Float32Array, times = 1): Promise<{ got: Float32Array; worst: number }> {
+  const run = new MatmulRunner(c, x, w);
+  run.record(times);
+  const out = await run.output();
+  run.dispose();
+  const want = reference(c, x, w);
+  const got = out.slice(0, want.length);
+  let worst = 0;
+  want.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - got[i]))));
+  return { got, worst };
+}
+
 t.test('linear-layer programs on webgpu', { skip: WEBGPU_TESTABLE ? false : 'no Vulkan driver installed' }, async (t) => {
   await initBackend('webgpu');
   t.teardown(() => releaseBackend());
@@ -58,16 +71,9 @@ t.test('linear-layer programs on webgpu', { skip: WEBGPU_TESTABLE ? false : 'no 
         const w = bf16Values(base.M * base.K, 99);
         const outs: Float32Array[] = [];
         for (const storage of ['f32', 'bf16'] as const) {
-          const c: MatmulCase = { ...base, storage };
-          const run = new MatmulRunner(c, x, w);
-          run.record();
-          const got = await run.output();
-          run.dispose();
-          const want = reference(c, x, w);
-          let worst = 0;
-          for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
+          const { got, worst } = await check({ ...base, storage }, x, w);
           t.ok(worst < 1e-4, `${storage} rows=${rows} ${epilogue.kind} subgroups=${subgroups?.min ?? 'off'}: max error ${worst.toExponential(2)}`);
-          outs.push(got.slice(0, want.length));
+          outs.push(got);
         }
         t.same(outs[1], outs[0], `rows=${rows} ${epilogue.kind}: bf16 storage gives the f32 storage's result exactly`);
       }
@@ -76,25 +82,11 @@ t.test('linear-layer programs on webgpu', { skip: WEBGPU_TESTABLE ? false : 'no 
   // The 128-row tile (8 x 8 outputs per thread), plain and geglu, over a partial row and column tile.
   for (const epilogue of epilogues.slice(0, 2)) {
     const c: MatmulCase = { K: 256, M: 272, rows: 150, epilogue, storage: 'bf16', program: 'gemm128', subgroups: undefined };
-    const x = bf16Values(150 * 256, 3);
-    const w = bf16Values(272 * 256, 4);
-    const run = new MatmulRunner(c, x, w);
-    run.record();
-    const got = await run.output();
-    run.dispose();
-    const want = reference(c, x, w);
-    let worst = 0;
-    want.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - got[i]))));
+    const { worst } = await check(c, bf16Values(150 * 256, 3), bf16Values(272 * 256, 4));
     t.ok(worst < 1e-4, `128 x 128 tile, ${epilogue.kind}: max error ${worst.toExponential(2)}`);
   }
   // A GEMV over more rows than one workgroup row holds (32 rows as 4 blocks of 8), as the microbenchmark runs it.
   const c: MatmulCase = { K: 64, M: 40, rows: 32, epilogue: { kind: 'plain' }, storage: 'bf16', program: 'gemv', subgroups: reductions.at(-1) };
-  const x = bf16Values(32 * 64, 5);
-  const w = bf16Values(40 * 64, 6);
-  const run = new MatmulRunner(c, x, w);
-  run.record(3);
-  const got = await run.output();
-  run.dispose();
-  const want = reference(c, x, w);
-  t.ok(want.every((v, i) => Math.abs(v - got[i]) < 1e-4), 'GEMV in row blocks, recorded three times');
+  const { worst } = await check(c, bf16Values(32 * 64, 5), bf16Values(40 * 64, 6), 3);
+  t.ok(worst < 1e-4, 'GEMV in row blocks, recorded three times');
 });
