@@ -15,7 +15,8 @@
 # against) and xz'd with the x86 filter at -9e; production node_modules
 # without source maps, type declarations, markdown, test/example/doc folders
 # and tfjs's browser bundles and per-module files (Node loads dist/*.node.js,
-# and the wasm backend its .wasm files).
+# and the wasm backend its .wasm files), with core-js, which only the browser
+# bundles' polyfilled entry loads.
 set -euo pipefail
 NLC_VERSION=${NLC_VERSION:-3.21.1}
 root=$(git rev-parse --show-toplevel)
@@ -48,7 +49,8 @@ if [ "${MAKE_ROOM:-1}" != 0 ]; then
     p ~ /\/webgpu\/dist\/(darwin-|win32-|linux-arm64)/ { next }
     p ~ /\/@lenml\/tokenizer-gemma3\/dist\// { next }
     p ~ /\/node_modules\/(@[^\/]+\/)?[^\/]+\/(test|tests|__tests__|example|examples|docs|benchmark|benchmarks)\// { next }
-    p ~ /\/@tensorflow\/tfjs-[^\/]+\/dist\// && p !~ /\/dist\/[^\/]+(\.node\.js|\.wasm|worker[^\/]*\.js)$/ { next }
+    p ~ /\/node_modules\/core-js\// { next }
+    p ~ /\/@tensorflow\/tfjs(-[^\/]+)?\/dist\// && p !~ /\/dist\/[^\/]+(\.node\.js|\.wasm|worker[^\/]*\.js)$/ { next }
     { print }' > /tmp/device-prod-files
   XZ_OPT=${XZ_OPT:--9 -T2} tar -cJf .device/node_modules.tar.xz -T /tmp/device-prod-files
 fi
