@@ -18,7 +18,10 @@
  * complete. For reference, from a quiet run: the median decode step (the
  * median gap of one stream alone) and the time of one prefill chunk
  * (PREFILL_CHUNK tokens: the 8,000-token prompt's time to first token, less a
- * short prompt's, over the number of chunks it was prefilled in).
+ * short prompt's, over the number of chunks it was prefilled in), and of its
+ * last chunk, the longest, since it attends over the whole prompt (the
+ * prompt's time to first token less that of the prompt one chunk shorter).
+ * The worst gap is judged against one decode step plus the longest chunk.
  *
  * The cache is made large enough to hold the 8,000-token prompt
  * (CACHE_CAPACITY 8448), so it is prefilled whole; of each 1 MB prompt the
@@ -345,6 +348,15 @@ async function main(): Promise<void> {
     const after = metric(await metrics(), 'gemma_serve_prefill_tokens_total') ?? 0;
     longRuns.push({ ...r, prefilled: after - before });
   }
+  // The prompt's last chunk attends over the whole prompt, so it is its longest: a prompt one chunk shorter, the difference.
+  const lastChunkRuns: number[] = [];
+  const shorter = longText.slice(0, Math.round(longText.length * (1 - PREFILL_CHUNK / longRuns[0]!.promptTokens)));
+  for (let i = 0; i < 3; i++) {
+    const full = await timeToFirstToken(`${i + 3} ${longText}`);
+    const cut = await timeToFirstToken(`${i + 3} ${shorter}`);
+    lastChunkRuns.push(((full.ttftMs - cut.ttftMs) * PREFILL_CHUNK) / Math.max(1, full.promptTokens - cut.promptTokens));
+  }
+  const lastChunkMs = percentile(lastChunkRuns, 50)!;
   const longSorted = [...longRuns].sort((a, b) => a.ttftMs - b.ttftMs);
   const longMedian = longSorted[1]!;
   const shortMedian = percentile(shortRuns, 50)!;
@@ -360,7 +372,7 @@ async function main(): Promise<void> {
 
   const rss = rssBytes(svc.proc.pid);
   const stop = await svc.stop();
-  const budgetMs = decodeStepMs + prefillChunkMs;
+  const budgetMs = decodeStepMs + Math.max(prefillChunkMs, lastChunkMs);
   const judge = (s: typeof a) => ({
     health_p99_under_50ms: s.health.p99_ms !== null && s.health.p99_ms < 50,
     worst_gap_within_one_step_plus_one_chunk: s.second_stream.gaps.worst_ms !== null && s.second_stream.gaps.worst_ms <= budgetMs,
@@ -381,13 +393,14 @@ async function main(): Promise<void> {
         decode_gaps: summarise(decodeGaps),
         prefill_chunk_ms: ms1(prefillChunkMs),
         prefill_chunk_ms_best_of_3: ms1(prefillChunkMinMs),
+        last_prefill_chunk_ms: ms1(lastChunkMs),
         long_prompt_tokens: longMedian.promptTokens,
         long_prompt_prefilled_tokens: longMedian.prefilled,
         long_prompt_ttft_ms: ms1(longMedian.ttftMs),
         short_prompt_ttft_ms: ms1(shortMedian),
       },
       scenarios: { a_big_prompts: a, b_long_prefill: b },
-      target: { health_p99_ms: 50, worst_gap_ms: ms1(budgetMs), note: 'worst gap of the second stream at most one decode step plus one prefill chunk (quiet figures)' },
+      target: { health_p99_ms: 50, worst_gap_ms: ms1(budgetMs), note: 'worst gap of the second stream at most one decode step plus one prefill chunk, the longest (the prompt\'s last), from the quiet figures' },
       meets_target: { a_big_prompts: judge(a), b_long_prefill: judge(b) },
       service_rss_mb_at_end: rss === null ? null : Math.round(rss / 2 ** 20),
       service_stopped_gracefully: stop.graceful,

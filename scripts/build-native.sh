@@ -57,7 +57,7 @@ fi
 if ! node -e '
   const m = { exports: {} };
   process.dlopen(m, require("node:path").resolve(process.argv[1]));
-  const missing = ["supported", "setThreads", "pack", "describe", "multiply", "gather", "layer", "logits", "reduce"]
+  const missing = ["supported", "setThreads", "pack", "describe", "multiply", "gather", "layer", "logits", "reduce", "layerAsync", "logitsAsync", "reduceAsync", "sequence", "sequenceAsync"]
     .filter((f) => typeof m.exports[f] !== "function");
   if (missing.length) throw new Error(`it does not export ${missing.join(", ")}`);
 ' build/gemma_cpu.node.tmp; then

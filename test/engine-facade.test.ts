@@ -92,3 +92,35 @@ t.test('the path a backend and kernel setting choose', async (t) => {
     t.throws(() => choosePath(config, 'cpu', { ...base, kernels: 'native' }), /native CPU kernels cannot run/);
   }
 });
+
+t.test('on the native path a pass runs off the event loop, and the engine runs its calls one at a time, in order', async (t) => {
+  const engine = await Engine.load(testEngineOptions({ dir: modelDir('gemma3-tiny'), backend: 'wasm', cpuKernels: 'native', cpuThreads: 2, slots: 2, capacity: 128 }));
+  t.teardown(() => engine.dispose());
+  t.equal(engine.pathName, 'native');
+  const baseline = tf.memory().numTensors;
+  const order: string[] = [];
+  let immediates = 0;
+  let inFlight = true;
+  const spin = () => {
+    if (!inFlight) return;
+    immediates++;
+    setImmediate(spin);
+  };
+  setImmediate(spin);
+  // Issued together, never awaited in between: the reset of slot 0 must wait for slot 0's prefill.
+  const prefilled = engine.prefill(0, ids, row).then((top) => (order.push('prefill 0'), top));
+  const other = engine.prefill(1, ids.slice(0, 10)).then(() => order.push('prefill 1'));
+  const reset = engine.resetSlot(0).then(() => order.push('reset 0'));
+  const top = await prefilled;
+  await Promise.all([other, reset]);
+  inFlight = false;
+  t.ok(immediates > 1, `the event loop turned while the passes ran (${immediates} immediates)`);
+  t.same(order, ['prefill 0', 'prefill 1', 'reset 0'], 'the calls ran in the order they were made');
+  close(t, top!, hf, 'prefill on a worker thread');
+  t.equal(engine.slotLength(0), 0, 'the reset came after the prefill it was queued behind');
+  t.equal(engine.slotLength(1), 10);
+  await t.rejects(engine.decode([1e9], [1], [row]), /outside|range/, 'a failing call rejects');
+  await engine.resetSlot(1);
+  t.equal(engine.slotLength(1), 0, 'and the engine goes on after it');
+  t.equal(tf.memory().numTensors, baseline, 'no tensor leaked');
+});

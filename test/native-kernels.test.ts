@@ -77,8 +77,9 @@ t.test('bad arguments throw instead of reading or writing past an array', async 
   t.throws(() => addon.multiply(packed.handle, random(8), 1, new Float32Array(15)), /shorter/);
   t.throws(() => addon.multiply({}, random(8), 1, new Float32Array(16)), /packed matrix/);
   t.throws(() => addon.gather(packed.handle, Int32Array.of(16), 1, new Float32Array(8)), /out of range/);
-  t.throws(() => kernels.reduce(random(10), 1, 10, 11, [1]), /K is not in 1\.\.V/);
-  t.throws(() => kernels.reduce(random(10), 1, 10, 3, [0]), /positive/);
+  t.throws(() => kernels.reduce(random(10), 1, 10, 11, [1]).now(), /K is not in 1\.\.V/);
+  t.throws(() => kernels.reduce(random(10), 1, 10, 11, [1]).later(), /K is not in 1\.\.V/, 'the worker-thread call checks its arguments before it is queued');
+  t.throws(() => kernels.reduce(random(10), 1, 10, 3, [0]).now(), /positive/);
 });
 
 t.test('writeKv puts the last `entries` tokens of a call at their ring entries, V transposed', async (t) => {
@@ -86,7 +87,7 @@ t.test('writeKv puts the last `entries` tokens of a call at their ring entries, 
   const kv = random(T * 2 * nkv * hd);
   const k = new Float32Array(nkv * E * hd);
   const vT = new Float32Array(nkv * hd * E);
-  kernels.writeKv(nkv, hd, kv, 1, T, [[k, vT, new Int32Array(E).fill(-1), E, start]]);
+  kernels.writeKv(nkv, hd, kv, 1, T, [[k, vT, new Int32Array(E).fill(-1), E, start]]).now();
   let same = true;
   for (let tok = T - E; tok < T; tok++) {
     const e = (start + tok) % E;
@@ -97,7 +98,7 @@ t.test('writeKv puts the last `entries` tokens of a call at their ring entries, 
       }
   }
   t.ok(same, 'every held key and value where the ring puts it');
-  t.throws(() => kernels.writeKv(nkv, hd, kv.subarray(1), 1, T, [null]), /shorter/);
+  t.throws(() => kernels.writeKv(nkv, hd, kv.subarray(1), 1, T, [null]).now(), /shorter/);
 });
 
 t.test('the Gemma 4 layer refuses weights that do not match its shape', async (t) => {
@@ -105,9 +106,43 @@ t.test('the Gemma 4 layer refuses weights that do not match its shape', async (t
   const m = (K: number, N: number) => kernels.pack(random(K * N), K, N, false);
   const layer = { q: m(H, nq * hd), kv: m(H, 2 * nkv * hd), o: m(nq * hd, H), gateUp: m(H, 2 * I), down: m(I, H), inputNorm: random(H), postAttnNorm: random(H), preFfwNorm: random(H), postFfwNorm: random(H), qNorm: random(hd), kNorm: random(hd), layerScalar: 1 };
   const shape = { hidden: H, heads: nq, kvHeads: nkv, headDim: hd, intermediate: I, eps: 1e-6, window: 4, experts: 0, topK: 0, expertIntermediate: 0, perLayer: 0, layerScalar: 1, ownKv: true, kEqV: false, writeCache: true };
-  const run = (s: typeof shape, w: typeof layer) => kernels.gemma4Layer(s, w, random(2 * H), 1, 2, random(2 * hd), random(2 * hd), null, null, [null]);
+  const run = (s: typeof shape, w: typeof layer) => kernels.gemma4Layer(s, w, random(2 * H), 1, 2, random(2 * hd), random(2 * hd), null, null, [null]).now();
   t.equal(run(shape, layer), 0, 'a dense layer runs no experts');
   t.throws(() => run({ ...shape, intermediate: I + 1 }, layer), /does not match/);
   t.throws(() => run({ ...shape, kEqV: true }, layer), /does not match/);
   t.throws(() => run({ ...shape, ownKv: false }, layer), /shorter|Float32Array/, 'a KV-shared layer needs its source K/V');
+});
+
+t.test('a call on a worker thread writes what the same call on this thread writes, and the event loop runs meanwhile', async (t) => {
+  // Big enough (2 x 256 tokens) that the call is still running when the event loop turns.
+  const [H, nq, nkv, hd, I, B, T, E] = [128, 4, 1, 32, 384, 2, 256, 256];
+  const m = (K: number, N: number) => kernels.pack(random(K * N), K, N, false);
+  const w = { qkv: m(H, (nq + 2 * nkv) * hd), o: m(nq * hd, H), gateUp: m(H, 2 * I), down: m(I, H), norms: [random(H), random(H), random(H), random(H), null] as [Float32Array, Float32Array, Float32Array, Float32Array, null] };
+  const shape = { hidden: H, heads: nq, kvHeads: nkv, headDim: hd, intermediate: I, eps: 1e-6, attnSoftcap: 0, window: 1e9 };
+  const x = random(B * T * H);
+  const [cos, sin] = [random(B * T * hd), random(B * T * hd)];
+  const cache = () => Array.from({ length: B }, () => [new Float32Array(nkv * E * hd), new Float32Array(nkv * E * hd), new Int32Array(E).fill(-1), E, 0] as [Float32Array, Float32Array, Int32Array, number, number]);
+  const [xNow, cachesNow] = [x.slice(), cache()];
+  kernels.layer(shape, w, xNow, B, T, cos, sin, cachesNow).now();
+  const [xLater, cachesLater] = [x.slice(), cache()];
+  let ticks = 0;
+  let running = true;
+  const tick = () => {
+    if (!running) return;
+    ticks++;
+    setImmediate(tick);
+  };
+  setImmediate(tick);
+  const pending = kernels.layer(shape, w, xLater, B, T, cos, sin, cachesLater).later();
+  t.ok(pending instanceof Promise, 'the worker-thread call returns a promise');
+  await pending;
+  running = false;
+  t.ok(ticks > 0, `the event loop turned while the call ran (${ticks} times)`);
+  t.same(xLater, xNow, 'the hidden state is the same');
+  t.same(cachesLater, cachesNow, 'the K/V written are the same');
+  const logitsNow = kernels.logits(xNow.slice(0, H), 1, w.norms[0], 1e-6, w.gateUp, 30, new Float32Array(2 * I)).now();
+  const logitsLater = await kernels.logits(xNow.slice(0, H), 1, w.norms[0], 1e-6, w.gateUp, 30, new Float32Array(2 * I)).later();
+  t.same(logitsLater, logitsNow, 'the logits are the same');
+  const reducedNow = kernels.reduce(logitsNow, 1, 2 * I, 5, [0.7]).now();
+  t.same(await kernels.reduce(logitsNow, 1, 2 * I, 5, [0.7]).later(), reducedNow, 'the reduction is the same');
 });

@@ -88,6 +88,8 @@ export class Engine {
   loadMs = 0;
   private readonly path: ForwardPath;
   private readonly pool: KVPool;
+  /** The tail of the calls in flight (exclusive). */
+  private queue: Promise<unknown> = Promise.resolve();
 
   private constructor(
     path: ForwardPath,
@@ -175,24 +177,32 @@ export class Engine {
    * Runs a prompt chunk into the slot's cache. With `row`, the chunk is the
    * prompt's last: its last position is reduced to that row's candidates.
    */
-  async prefill(slot: number, ids: number[], row?: RowLogitsInput): Promise<TopK | undefined> {
-    const logits = this.path.prefill(ids, { pool: this.pool, slots: [slot], noLogits: row === undefined });
-    if (!logits || !row) return undefined;
-    const [top] = await this.path.reduce(logits, [row]);
-    return top;
+  prefill(slot: number, ids: number[], row?: RowLogitsInput): Promise<TopK | undefined> {
+    return this.exclusive(async () => {
+      const logits = await this.path.prefillAsync(ids, { pool: this.pool, slots: [slot], noLogits: row === undefined });
+      if (!logits || !row) return undefined;
+      const [top] = await this.path.reduce(logits, [row]);
+      return top;
+    });
   }
 
   /** One decode step: token `tokens[b]` appended to slot `slots[b]`, each row reduced to its candidates. */
-  async decode(tokens: number[], slots: number[], rows: RowLogitsInput[]): Promise<TopK[]> {
-    const logits = this.path.forward(tokens.map((t) => [t]), { pool: this.pool, slots });
-    return this.path.reduce(logits, rows);
+  decode(tokens: number[], slots: number[], rows: RowLogitsInput[]): Promise<TopK[]> {
+    return this.exclusive(async () => {
+      const logits = await this.path.forwardAsync(tokens.map((t) => [t]), { pool: this.pool, slots });
+      return this.path.reduce(logits, rows);
+    });
   }
 
   /**
    * One full forward pass over `ids` (no cache), reduced on the device to the
    * top-k logits and the logsumexp at every position.
    */
-  async score(ids: number[], topK = 20): Promise<Array<{ top_ids: number[]; top_logits: number[]; logsumexp: number }>> {
+  score(ids: number[], topK = 20): Promise<Array<{ top_ids: number[]; top_logits: number[]; logsumexp: number }>> {
+    return this.exclusive(() => this.scoreNow(ids, topK));
+  }
+
+  private async scoreNow(ids: number[], topK: number): Promise<Array<{ top_ids: number[]; top_logits: number[]; logsumexp: number }>> {
     const { values, indices, lse } = tf.tidy(() => {
       const logits = this.path.forward([ids], { allPositions: true });
       const top = tf.topk(logits, topK);
@@ -220,24 +230,41 @@ export class Engine {
   }
 
   /** Empties the slot. */
-  async resetSlot(slot: number): Promise<void> {
-    this.pool.reset(slot);
+  resetSlot(slot: number): Promise<void> {
+    return this.exclusive(() => this.pool.reset(slot));
   }
 
   /** Drops every token at position >= n (see canTruncate). */
-  async truncateSlot(slot: number, n: number): Promise<void> {
-    this.pool.truncate(slot, n);
+  truncateSlot(slot: number, n: number): Promise<void> {
+    return this.exclusive(() => this.pool.truncate(slot, n));
   }
 
   /** Keeps the tokens of `keep` (ascending position ranges), renumbered from 0 with their keys re-rotated. */
-  async compactSlot(slot: number, keep: Array<[number, number]>): Promise<void> {
-    this.pool.compact(slot, keep);
+  compactSlot(slot: number, keep: Array<[number, number]>): Promise<void> {
+    return this.exclusive(() => this.pool.compact(slot, keep));
   }
 
   /** Empties the slot and prefills `ids` into it (recompute eviction, a restored session). */
-  async rebuildSlot(slot: number, ids: number[]): Promise<void> {
-    this.pool.reset(slot);
-    if (ids.length > 0) this.path.prefill(ids, { pool: this.pool, slots: [slot], noLogits: true });
+  rebuildSlot(slot: number, ids: number[]): Promise<void> {
+    return this.exclusive(async () => {
+      this.pool.reset(slot);
+      if (ids.length > 0) await this.path.prefillAsync(ids, { pool: this.pool, slots: [slot], noLogits: true });
+    });
+  }
+
+  /**
+   * Runs the engine's calls one at a time, in the order they were made. A
+   * native pass runs on a worker thread and writes the pool's memory in
+   * place; until it is done no other call may touch the pool or allocate a
+   * tensor (a wasm heap that grows could move what the worker writes).
+   */
+  private exclusive<T>(work: () => T | Promise<T>): Promise<T> {
+    const result = this.queue.then(work);
+    this.queue = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
   }
 
   memory(): MemoryReport {

@@ -57,6 +57,14 @@ export interface ForwardPath {
   forward(ids: number[][], opts?: ForwardOptions): tf.Tensor2D;
   /** Runs a prompt chunk into the cache; logits of its last position unless `noLogits`. */
   prefill(ids: number[], opts: PrefillOptions): tf.Tensor2D | undefined;
+  /**
+   * forward and prefill as the engine calls them: the native path runs its
+   * kernels on a worker thread so the event loop keeps serving; the others
+   * run as forward and prefill do. Nothing else may touch the pool or
+   * allocate tensors until the promise settles (the engine serializes its calls).
+   */
+  forwardAsync(ids: number[][], opts?: ForwardOptions): Promise<tf.Tensor2D>;
+  prefillAsync(ids: number[], opts: PrefillOptions): Promise<tf.Tensor2D | undefined>;
   /** The decode step's reduction: bias and penalties, then each row's top-K and log-sum-exps. Disposes `logits`. */
   reduce(logits: tf.Tensor2D, rows: RowLogitsInput[]): Promise<TopK[]>;
   /** The KV pool in the layout this path attends over. */
@@ -111,5 +119,20 @@ export abstract class ForwardBase {
     return this.run([ids], opts);
   }
 
+  async forwardAsync(ids: number[][], opts: ForwardOptions = {}): Promise<tf.Tensor2D> {
+    const logits = await this.runAsync(ids, opts);
+    if (!logits) throw new Error('forward: a pass without noLogits returns logits');
+    return logits;
+  }
+
+  prefillAsync(ids: number[], opts: PrefillOptions): Promise<tf.Tensor2D | undefined> {
+    return this.runAsync([ids], opts);
+  }
+
   protected abstract run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined;
+
+  /** `run` off the event loop where the path can; by default `run` itself. */
+  protected async runAsync(ids: number[][], opts: PrefillOptions): Promise<tf.Tensor2D | undefined> {
+    return this.run(ids, opts);
+  }
 }

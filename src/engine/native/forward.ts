@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { LayerType, ModelConfig } from '../../model/hf-config.js';
 import type { PrefillOptions } from '../forward.js';
 import { isNative, type Linear, type Weights } from '../weights.js';
-import type { LayerShape, NativeKernels, NativeLayer, NativeMatrix } from './kernels.js';
+import type { KernelSteps, LayerShape, NativeKernels, NativeLayer, NativeMatrix } from './kernels.js';
 import { NativePathBase } from './path-base.js';
 
 export class NativePath extends NativePathBase {
@@ -53,17 +53,19 @@ export class NativePath extends NativePathBase {
     this.shapes = { global: shape(Number.MAX_SAFE_INTEGER), sliding: shape(c.slidingWindow) };
   }
 
-  protected run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
+  protected *steps(ids: number[][], opts: PrefillOptions): KernelSteps<tf.Tensor2D | undefined> {
     const c = this.config;
     const call = this.begin(ids, opts);
     const { B, T, rope } = call;
     const x = this.kernels.columns(this.embed, ids.flat(), Math.fround(Math.sqrt(c.hiddenSize)));
-    this.layers.forEach((w, l) => {
-      const type = c.layerTypes[l];
-      this.kernels.layer(this.shapes[type], w, x, B, T, rope[type].cos, rope[type].sin, this.caches(call, opts, l, type));
-    });
+    yield this.kernels.sequence(
+      this.layers.map((w, l) => {
+        const type = c.layerTypes[l];
+        return this.kernels.layer(this.shapes[type], w, x, B, T, rope[type].cos, rope[type].sin, this.caches(call, opts, l, type));
+      }),
+    );
     if (opts.pool && opts.slots) opts.pool.commitWrite(opts.slots, T);
     if (opts.noLogits) return undefined;
-    return this.logits(x, call, opts, this.finalNorm, this.embed);
+    return yield* this.logits(x, call, opts, this.finalNorm, this.embed);
   }
 }

@@ -20,7 +20,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../../model/hf-config.js';
 import type { PrefillOptions } from '../forward.js';
 import type { Weights } from '../weights.js';
-import type { Gemma4LayerShape, NativeGemma4Weights, NativeKernels, NativeMatrix } from './kernels.js';
+import type { Gemma4LayerShape, KernelCall, KernelSteps, NativeGemma4Weights, NativeKernels, NativeMatrix } from './kernels.js';
 import { NativePathBase } from './path-base.js';
 
 export class Gemma4NativePath extends NativePathBase {
@@ -62,7 +62,7 @@ export class Gemma4NativePath extends NativePathBase {
     }));
   }
 
-  protected run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
+  protected *steps(ids: number[][], opts: PrefillOptions): KernelSteps<tf.Tensor2D | undefined> {
     const c = this.config;
     const call = this.begin(ids, opts);
     const { B, T, rope } = call;
@@ -73,7 +73,8 @@ export class Gemma4NativePath extends NativePathBase {
     const P = c.gemma4!.perLayerInputSize;
 
     const callKv = new Map<number, Float32Array>();
-    this.w.layers.forEach((w, l) => {
+    const calls: Array<KernelCall<unknown>> = [];
+    for (const [l, w] of this.w.layers.entries()) {
       const s = this.shapes[l];
       const source = c.gemma4!.layers[l].kvSource;
       const type = c.layerTypes[l];
@@ -82,13 +83,14 @@ export class Gemma4NativePath extends NativePathBase {
       else if (this.sources.has(l)) callKv.set(l, (kv = new Float32Array(N * 2 * s.kvHeads * s.headDim)));
       if (!s.ownKv && !kv) throw new Error(`layer ${l}: the K/V of layer ${source} are missing`);
       const pli = perLayer ? perLayer.subarray(l * N * P, (l + 1) * N * P) : null;
-      this.expertsRun += this.kernels.gemma4Layer(s, w, x, B, T, rope[type].cos, rope[type].sin, kv, pli, this.caches(call, opts, source, type));
-    });
+      calls.push(this.kernels.gemma4Layer(s, w, x, B, T, rope[type].cos, rope[type].sin, kv, pli, this.caches(call, opts, source, type)));
+    }
     // The source layers' K/V go in once the layers sharing them have read the cache as it was.
-    for (const [l, kv] of callKv) this.kernels.writeKv(this.shapes[l].kvHeads, this.shapes[l].headDim, kv, B, T, this.caches(call, opts, l, c.layerTypes[l]));
+    for (const [l, kv] of callKv) calls.push(this.kernels.writeKv(this.shapes[l].kvHeads, this.shapes[l].headDim, kv, B, T, this.caches(call, opts, l, c.layerTypes[l])));
+    this.expertsRun += (yield this.kernels.sequence(calls)) as number;
     if (opts.pool && opts.slots) opts.pool.commitWrite(opts.slots, T);
     if (opts.noLogits) return undefined;
-    return this.logits(x, call, opts, this.w.finalNorm, this.embed);
+    return yield* this.logits(x, call, opts, this.w.finalNorm, this.embed);
   }
 
   /**

@@ -43,6 +43,59 @@ interface Addon {
     lse: Float64Array,
     scaledLse: Float64Array,
   ): void;
+  /** The same calls on a libuv worker thread (native/napi-glue.h, finish); absent from an addon built before them. */
+  layerAsync?(...args: Parameters<Addon['layer']>): Promise<void>;
+  logitsAsync?(...args: Parameters<Addon['logits']>): Promise<void>;
+  reduceAsync?(...args: Parameters<Addon['reduce']>): Promise<void>;
+  gemma4LayerAsync?(...args: Parameters<NonNullable<Addon['gemma4Layer']>>): Promise<number>;
+  writeKvAsync?(...args: Parameters<NonNullable<Addon['writeKv']>>): Promise<void>;
+  /** Calls one after another, every one checked before any runs; the sum of their numeric results. */
+  sequence?(calls: Array<[name: string, args: unknown[]]>): number;
+  sequenceAsync?(calls: Array<[name: string, args: unknown[]]>): Promise<number>;
+}
+
+/**
+ * One kernel call, its arguments bound: `now()` runs it on this thread,
+ * `later()` on a worker thread (the event loop keeps serving meanwhile; the
+ * caller must not touch the call's arrays, or allocate tensors that could
+ * move them, until it settles). A forward pass is written once as a generator
+ * of these (runNow, runLater).
+ */
+export interface KernelCall<R> {
+  now(): R;
+  later(): Promise<R>;
+  /** The addon's name and arguments of the call, for sequence. */
+  readonly spec: [name: string, args: unknown[]];
+}
+
+/** A forward pass as a sequence of kernel calls; each call's result is sent back into the generator. */
+export type KernelSteps<R> = Generator<KernelCall<unknown>, R, unknown>;
+
+/** Runs every call on this thread. */
+export function runNow<R>(steps: KernelSteps<R>): R {
+  let next = steps.next();
+  while (!next.done) next = steps.next(next.value.now());
+  return next.value;
+}
+
+/** Runs every call on a worker thread, one after another. */
+export async function runLater<R>(steps: KernelSteps<R>): Promise<R> {
+  let next = steps.next();
+  while (!next.done) next = steps.next(await next.value.later());
+  return next.value;
+}
+
+/** The addon's call `name`; `later` falls back to `now` where the addon has no async twin. */
+function bound<A extends unknown[], R>(addon: Addon, name: 'layer' | 'logits' | 'reduce' | 'gemma4Layer' | 'writeKv', args: A): KernelCall<R> {
+  const table = addon as unknown as Record<string, ((...a: A) => R) | undefined>;
+  const sync = table[name]!.bind(addon);
+  const onWorker = (table[`${name}Async`] as ((...a: A) => Promise<R>) | undefined)?.bind(addon);
+  return { now: () => sync(...args), later: () => (onWorker ? onWorker(...args) : Promise.resolve().then(() => sync(...args))), spec: [name, args] };
+}
+
+/** A call whose result is `out` once `call` ran (the kernels write into it). */
+function into<T>(call: KernelCall<unknown>, out: T): KernelCall<T> {
+  return { now: () => (call.now(), out), later: () => call.later().then(() => out), spec: call.spec };
 }
 
 /** A layer call's rows: x [B * T, hidden] (updated in place), B, T, and the rope tables [B * T, headDim]. */
@@ -102,6 +155,14 @@ export interface NativeGemma4Weights {
   layers: NativeGemma4Layer[];
   perLayer?: NativePerLayerTable;
   finalNorm: Float32Array;
+}
+
+/** reduce's output: per row, the top K values and ids, the log-sum-exp and the scaled log-sum-exp. */
+export interface ReducedRows {
+  values: Float32Array;
+  ids: Int32Array;
+  lse: Float64Array;
+  scaledLse: Float64Array;
 }
 
 /** A weight W [K, N] packed for the kernels. */
@@ -176,9 +237,9 @@ export class NativeKernels {
   }
 
   /** Runs one decoder layer on x ([B * T, hidden], in place), attending over and writing to `caches` (one per row). */
-  layer(s: LayerShape, w: NativeLayer, x: Float32Array, B: number, T: number, cos: Float32Array, sin: Float32Array, caches: Array<RowCache | null>): void {
+  layer(s: LayerShape, w: NativeLayer, x: Float32Array, B: number, T: number, cos: Float32Array, sin: Float32Array, caches: Array<RowCache | null>): KernelCall<void> {
     const shape = Float64Array.of(s.hidden, s.heads, s.kvHeads, s.headDim, s.intermediate, s.eps, s.attnSoftcap, s.window);
-    this.addon.layer(shape, [w.qkv.handle, w.o.handle, w.gateUp.handle, w.down.handle], w.norms, x, B, T, cos, sin, caches);
+    return bound(this.addon, 'layer', [shape, [w.qkv.handle, w.o.handle, w.gateUp.handle, w.down.handle], w.norms, x, B, T, cos, sin, caches]);
   }
 
   /** Whether this addon has the Gemma 4 layer (one built before it does not). */
@@ -190,37 +251,53 @@ export class NativeKernels {
    * Runs one Gemma 4 layer on x ([B * T, hidden], in place). `kv` [B * T, 2 * kvHeads * headDim]: the call's keys then
    * values per token, written by a layer that owns them, read by a KV-shared one. Returns the number of experts run.
    */
-  gemma4Layer(s: Gemma4LayerShape, w: NativeGemma4Layer, x: Float32Array, B: number, T: number, cos: Float32Array, sin: Float32Array, kv: Float32Array | null, pli: Float32Array | null, caches: Array<RowCache | null>): number {
+  gemma4Layer(s: Gemma4LayerShape, w: NativeGemma4Layer, x: Float32Array, B: number, T: number, cos: Float32Array, sin: Float32Array, kv: Float32Array | null, pli: Float32Array | null, caches: Array<RowCache | null>): KernelCall<number> {
     const shape = Float64Array.of(s.hidden, s.heads, s.kvHeads, s.headDim, s.intermediate, s.eps, s.window, s.experts, s.topK, s.expertIntermediate, s.perLayer, s.layerScalar, +s.ownKv, +s.kEqV, +s.writeCache);
     const m = w.moe;
     const pl = w.perLayer;
     const matrices = [w.q, w.kv, w.o, w.gateUp, w.down, pl?.gate, pl?.proj, m?.router].map((x) => x?.handle ?? null);
     const experts = m ? m.gateUp.flatMap((g, e) => [g.handle, m.down[e]!.handle]) : [];
     const norms = [w.inputNorm, w.postAttnNorm, w.preFfwNorm, w.postFfwNorm, w.qNorm, w.kNorm, pl?.postNorm, m?.preNorm2, m?.postNorm1, m?.postNorm2, m?.perExpertScale].map((x) => x ?? null);
-    return this.addon.gemma4Layer!(shape, matrices, experts, norms, x, B, T, cos, sin, kv, pli, caches);
+    return bound(this.addon, 'gemma4Layer', [shape, matrices, experts, norms, x, B, T, cos, sin, kv, pli, caches]);
   }
 
   /** Writes the call's K/V ([B * T, 2 * kvHeads * headDim], keys then values per token) into the rows' caches. */
-  writeKv(kvHeads: number, headDim: number, kv: Float32Array, B: number, T: number, caches: Array<RowCache | null>): void {
-    this.addon.writeKv!(kvHeads, headDim, kv, B, T, caches);
+  writeKv(kvHeads: number, headDim: number, kv: Float32Array, B: number, T: number, caches: Array<RowCache | null>): KernelCall<void> {
+    return bound(this.addon, 'writeKv', [kvHeads, headDim, kv, B, T, caches]);
   }
 
   /**
    * Per row of logits [B, V]: the top K (largest first, ties to the lower
    * id), the log-sum-exp, and the log-sum-exp of the logits times the row's scale.
    */
-  reduce(logits: Float32Array, B: number, V: number, K: number, scales: number[]): { values: Float32Array; ids: Int32Array; lse: Float64Array; scaledLse: Float64Array } {
-    const values = new Float32Array(B * K);
-    const ids = new Int32Array(B * K);
-    const lse = new Float64Array(B);
-    const scaledLse = new Float64Array(B);
-    this.addon.reduce(logits, B, V, K, Float32Array.from(scales), values, ids, lse, scaledLse);
-    return { values, ids, lse, scaledLse };
+  reduce(logits: Float32Array, B: number, V: number, K: number, scales: number[]): KernelCall<ReducedRows> {
+    const out = { values: new Float32Array(B * K), ids: new Int32Array(B * K), lse: new Float64Array(B), scaledLse: new Float64Array(B) };
+    return into(bound(this.addon, 'reduce', [logits, B, V, K, Float32Array.from(scales), out.values, out.ids, out.lse, out.scaledLse]), out);
   }
 
   /** Final norm, unembedding and soft-cap of x's M rows (normalized in place): logits [M, vocab]. */
-  logits(x: Float32Array, M: number, norm: Float32Array, eps: number, embed: NativeMatrix, softcap: number, out: Float32Array = new Float32Array(M * embed.N)): Float32Array {
-    this.addon.logits(x, M, norm, eps, embed.handle, softcap, out);
-    return out;
+  logits(x: Float32Array, M: number, norm: Float32Array, eps: number, embed: NativeMatrix, softcap: number, out: Float32Array = new Float32Array(M * embed.N)): KernelCall<Float32Array> {
+    return into(bound(this.addon, 'logits', [x, M, norm, eps, embed.handle, softcap, out]), out);
+  }
+
+  /**
+   * `calls` one after another as one call: on a worker thread, one hand-over
+   * for all of them (a forward pass's layers), and every call's arguments are
+   * checked before any runs. The result: the sum of the calls' numeric results.
+   */
+  sequence(calls: Array<KernelCall<unknown>>): KernelCall<number> {
+    const a = this.addon;
+    const specs = calls.map((c) => c.spec);
+    const sum = (results: unknown[]) => results.reduce<number>((s, r) => s + (typeof r === 'number' ? r : 0), 0);
+    return {
+      now: () => (a.sequence ? a.sequence(specs) : sum(calls.map((c) => c.now()))),
+      later: async () => {
+        if (a.sequenceAsync) return a.sequenceAsync(specs);
+        const results: unknown[] = [];
+        for (const c of calls) results.push(await c.later());
+        return sum(results);
+      },
+      spec: ['sequence', [specs]],
+    };
   }
 }

@@ -14,7 +14,7 @@ import { callPositions, ropeTables } from '../rope.js';
 import { memoryOf } from '../tensor-memory.js';
 import type { TopK } from '../types.js';
 import type { Weights } from '../weights.js';
-import type { NativeKernels, NativeMatrix, RowCache } from './kernels.js';
+import { runLater, runNow, type KernelSteps, type NativeKernels, type NativeMatrix, type RowCache } from './kernels.js';
 import { reduceNative } from './reduce.js';
 
 /** A call as the layers see it: its frame, and per layer type the cos/sin tables of its positions ([B*T, that type's head size]). */
@@ -37,6 +37,17 @@ export abstract class NativePathBase extends ForwardBase implements ForwardPath 
     private readonly reuseLogits: boolean,
   ) {
     super();
+  }
+
+  /** The pass as a sequence of kernel calls (forward.ts, gemma4.ts), run on this thread or on a worker thread. */
+  protected abstract steps(ids: number[][], opts: PrefillOptions): KernelSteps<tf.Tensor2D | undefined>;
+
+  protected run(ids: number[][], opts: PrefillOptions): tf.Tensor2D | undefined {
+    return runNow(this.steps(ids, opts));
+  }
+
+  protected override runAsync(ids: number[][], opts: PrefillOptions): Promise<tf.Tensor2D | undefined> {
+    return runLater(this.steps(ids, opts));
   }
 
   reduce(logits: tf.Tensor2D, rows: RowLogitsInput[]): Promise<TopK[]> {
@@ -73,7 +84,7 @@ export abstract class NativePathBase extends ForwardBase implements ForwardPath 
   }
 
   /** Final norm, the tied unembedding and soft-capping of each row's last position (every position with allPositions). */
-  protected logits(x: Float32Array, call: CallFrame, opts: PrefillOptions, finalNorm: Float32Array, embed: NativeMatrix): tf.Tensor2D {
+  protected *logits(x: Float32Array, call: CallFrame, opts: PrefillOptions, finalNorm: Float32Array, embed: NativeMatrix): KernelSteps<tf.Tensor2D> {
     const c = this.config;
     const { B, T } = call;
     const H = c.hiddenSize;
@@ -92,7 +103,7 @@ export abstract class NativePathBase extends ForwardBase implements ForwardPath 
       if (this.logitsBuffer.length < size) this.logitsBuffer = new Float32Array(size);
       out = this.logitsBuffer.subarray(0, size);
     }
-    const logits = this.kernels.logits(rows, M, finalNorm, c.rmsNormEps, embed, c.finalLogitSoftcap ?? 0, out);
+    const logits = (yield this.kernels.logits(rows, M, finalNorm, c.rmsNormEps, embed, c.finalLogitSoftcap ?? 0, out)) as Float32Array;
     return tf.tensor2d(logits, [M, c.vocabSize]);
   }
 }

@@ -19,7 +19,7 @@ export async function reduceNative(logits: tf.Tensor2D, rows: RowLogitsInput[], 
     const old = x[at]!;
     x[at] = (old > 0 ? old / rep : old * rep) - e.sub[i]! + e.add[i]!;
   });
-  const out = native.reduce(x, B, V, K, temperatureScales(rows));
+  const out = await native.reduce(x, B, V, K, temperatureScales(rows)).later();
   logits.dispose();
   return rows.map((r, b) => ({
     ids: out.ids.slice(b * K, b * K + r.k),
