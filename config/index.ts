@@ -142,6 +142,8 @@ export interface Config {
     topKCap: number;
     maxTokensLimit: number;
     defaultMaxTokens: number;
+    /** Compiled structured-output grammars kept, by schema. */
+    grammarCacheSize: number;
   };
 }
 
@@ -230,6 +232,7 @@ export function loadConfig(env: Env = process.env): Config {
   const shedQueueDepth = r.int('SHED_QUEUE_DEPTH', 0, 0, Math.max(0, maxQueue), ' (at most MAX_QUEUE; 0 = off)');
 
   const topKCap = r.int('TOPK_CAP', 64, 1, 4096);
+  const grammarCacheSize = r.int('GRAMMAR_CACHE_SIZE', 64, 1, 100_000);
   const maxTokensLimit = r.int('MAX_TOKENS_LIMIT', 4096, 1, 1 << 24);
   const defaultMaxTokens = r.int('DEFAULT_MAX_TOKENS', Math.min(256, maxTokensLimit), 1, maxTokensLimit,
     ' (at most MAX_TOKENS_LIMIT)');
@@ -271,7 +274,7 @@ export function loadConfig(env: Env = process.env): Config {
     cache: { slots, capacity, evictionMode, redisUrl, sessionTtlSeconds },
     scheduler: { maxBatchSize, maxQueue, prefillChunk, shedQueueDepth, tokenizerWorkers, tokenizerWorkerMinChars, tokenizerWorkerNice },
     limits,
-    sampling: { topKCap, maxTokensLimit, defaultMaxTokens },
+    sampling: { topKCap, maxTokensLimit, defaultMaxTokens, grammarCacheSize },
   };
 }
 

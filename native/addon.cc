@@ -214,7 +214,9 @@ bool parseLogits(napi_env env, const napi_value* argv, Job* job) {
 napi_value Logits(napi_env env, napi_callback_info info) { return call<7, parseLogits>(env, info, "logits"); }
 
 // reduce(logits: Float32Array [B, V], B, V, K, scales: Float32Array [B],
-//        values: Float32Array [B, K], ids: Int32Array [B, K], lse, scaledLse: Float64Array [B])
+//        values: Float32Array [B, K], ids: Int32Array [B, K], lse, scaledLse: Float64Array [B],
+//        masks: Int32Array [B, ceil(V / 32)] | null: bit i % 32 of word i / 32 set where token i is allowed; the
+//        others are set to -inf in place before anything is reduced, so every candidate is an allowed token)
 bool parseReduce(napi_env env, const napi_value* argv, Job* job) {
   float *logits, *scales, *values;
   int32_t* ids;
@@ -226,9 +228,17 @@ bool parseReduce(napi_env env, const napi_value* argv, Job* job) {
       !typedArray(env, argv[5], napi_float32_array, &values, &vl) || !typedArray(env, argv[6], napi_int32_array, &ids, &il) ||
       !typedArray(env, argv[7], napi_float64_array, &lse, &el) || !typedArray(env, argv[8], napi_float64_array, &scaled, &scl))
     return false;
+  const int64_t words = (V + 31) / 32;
+  int32_t* masks = nullptr;
+  size_t ml = 0;
+  if (!isNull(env, argv[9]) && !typedArray(env, argv[9], napi_int32_array, &masks, &ml)) return false;
   if (B <= 0 || V <= 0 || K <= 0 || K > V || ll < static_cast<size_t>(B * V) || sl < static_cast<size_t>(B) || vl < static_cast<size_t>(B * K) ||
       il < static_cast<size_t>(B * K) || el < static_cast<size_t>(B) || scl < static_cast<size_t>(B)) {
     napi_throw_range_error(env, nullptr, "reduce: an array is shorter than its shape, or K is not in 1..V");
+    return false;
+  }
+  if (masks && ml < static_cast<size_t>(B * words)) {
+    napi_throw_range_error(env, nullptr, "reduce: masks is shorter than B rows of ceil(V / 32) words");
     return false;
   }
   for (int64_t b = 0; b < B; b++) {
@@ -238,13 +248,13 @@ bool parseReduce(napi_env env, const napi_value* argv, Job* job) {
     }
   }
   *job = [=]() {
-    gemma::reduceRows(logits, B, V, K, scales, values, ids, lse, scaled);
+    gemma::reduceRows(logits, B, V, K, scales, masks, values, ids, lse, scaled);
     return NAN;
   };
   return true;
 }
 
-napi_value Reduce(napi_env env, napi_callback_info info) { return call<9, parseReduce>(env, info, "reduce"); }
+napi_value Reduce(napi_env env, napi_callback_info info) { return call<10, parseReduce>(env, info, "reduce"); }
 
 // sequence(calls: Array<[name, args]>): the calls (layer, logits, reduce, gemma4Layer, writeKv) one after another,
 // every call's arguments checked before any runs; the sum of their numeric results (gemma4Layer's experts run).
@@ -255,7 +265,7 @@ napi_value Sequence(napi_env env, napi_callback_info info) {
     size_t arity;
     Parse parse;
   };
-  static const Entry entries[] = {{"layer", 9, parseLayer},          {"logits", 7, parseLogits}, {"reduce", 9, parseReduce},
+  static const Entry entries[] = {{"layer", 9, parseLayer},          {"logits", 7, parseLogits}, {"reduce", 10, parseReduce},
                                   {"gemma4Layer", 12, parseGemma4Layer}, {"writeKv", 6, parseWriteKv}};
   napi_value argv[1];
   if (!args(env, info, argv, "sequence")) return nullptr;

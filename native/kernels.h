@@ -44,7 +44,7 @@ void rope(float* x, const float* cos, const float* sin, int64_t hd);
 
 // Per row of logits [B, V]: the top K values and ids (largest first, ties to
 // the lower id) and the log-sum-exp of x and of x * scales[b].
-void reduceRows(const float* logits, int64_t B, int64_t V, int64_t K, const float* scales, float* values, int32_t* ids, double* lse, double* scaledLse);
+void reduceRows(float* logits, int64_t B, int64_t V, int64_t K, const float* scales, const int32_t* masks, float* values, int32_t* ids, double* lse, double* scaledLse);
 
 // One decoder layer's shapes (Gemma 2 and 3).
 struct LayerShape {

@@ -85,10 +85,20 @@ void topK(const float* x, int64_t V, int64_t K, float* values, int32_t* ids) {
 
 }  // namespace
 
-void reduceRows(const float* logits, int64_t B, int64_t V, int64_t K, const float* scales, float* values, int32_t* ids, double* lse, double* scaledLse) {
+void reduceRows(float* logits, int64_t B, int64_t V, int64_t K, const float* scales, const int32_t* masks, float* values, int32_t* ids, double* lse, double* scaledLse) {
+  const int64_t words = (V + 31) / 32;
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < B; b++) {
-    const float* x = logits + b * V;
+    float* x = logits + b * V;
+    if (masks) {
+      const uint32_t* m = reinterpret_cast<const uint32_t*>(masks + b * words);
+      for (int64_t w = 0; w < words; w++) {
+        if (m[w] == 0xffffffffu) continue;
+        const int64_t end = std::min(V, (w + 1) * 32);
+        for (int64_t i = w * 32; i < end; i++)
+          if (!((m[w] >> (i & 31)) & 1u)) x[i] = -INFINITY;
+      }
+    }
     float max = -INFINITY;
     for (int64_t i = 0; i < V; i++) max = std::max(max, x[i]);
     lse[b] = logSumExp(x, V, max, 1.0f);

@@ -15,7 +15,7 @@ import { SESSION_NAME_PATTERN } from '../src/protocol/chat-schemas.js';
 import { readyScheduler } from '../src/http/service.js';
 import type { ChatCompletionRequest, ErrorBody } from '../src/protocol/chat-types.js';
 import { checkChatRequest } from '../src/protocol/check.js';
-import { toChatTurns, toSamplingParams } from '../src/protocol/convert.js';
+import { toChatTurns, toGrammarSpec, toSamplingParams } from '../src/protocol/convert.js';
 import type { GenerationEvent } from '../src/scheduler/types.js';
 import { type CompletionMeta, CompletionBuilder } from './chat-format.js';
 import { ChatObserver } from './chat-observer.js';
@@ -100,6 +100,7 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
     const n = body.n ?? 1;
     const messages = toChatTurns(body.messages);
     const params = toSamplingParams(body, { maxTokens: config.sampling.defaultMaxTokens, ...service.model?.samplingDefaults });
+    const grammar = toGrammarSpec(body);
     // 4. Tokens per window: prompt (estimated) + max_tokens per choice now, corrected to the usage at the end.
     const promptEstimate = estimatePromptTokens(messages);
     const reservation = await app.rateLimiter.reserveTokens(req, reply, promptEstimate + params.maxTokens * n);
@@ -118,6 +119,7 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
         messages,
         ...(body.chat_template_kwargs ? { templateKwargs: body.chat_template_kwargs } : {}),
         params,
+        ...(grammar ? { grammar } : {}),
         n,
         signal: abort.signal,
       });

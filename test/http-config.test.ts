@@ -37,14 +37,15 @@ t.test("engine options carry config's defaults; the engine has none of its own",
     maxBatchSize: 8,
     prefillChunk: 256,
     topKCap: 64,
+    grammarCacheSize: 64,
   });
   const env = {
     MODEL_DIR: '/m/gemma-3-270m-it', BACKEND: 'wasm', CPU_KERNELS: 'tfjs', CPU_THREADS: '3', GEMMA_SERVE_CACHE_DIR: '/c',
-    SLOTS: '6', CACHE_CAPACITY: '512', MAX_BATCH_SIZE: '5', PREFILL_CHUNK: '128', TOPK_CAP: '32',
+    SLOTS: '6', CACHE_CAPACITY: '512', MAX_BATCH_SIZE: '5', PREFILL_CHUNK: '128', TOPK_CAP: '32', GRAMMAR_CACHE_SIZE: '7',
   };
   t.same(engineOptions(loadConfig(env)), {
     dir: '/m/gemma-3-270m-it', id: 'gemma-3-270m-it', backend: 'wasm', cpuKernels: 'tfjs', cpuThreads: 3, cacheDir: '/c',
-    slots: 6, capacity: 512, maxBatchSize: 5, prefillChunk: 128, topKCap: 32,
+    slots: 6, capacity: 512, maxBatchSize: 5, prefillChunk: 128, topKCap: 32, grammarCacheSize: 7,
   }, 'each from its variable');
 
   const o = engineOptions(loadConfig({}), { dir: '/fixtures/gemma3-tiny', slots: 2, capacity: 96, cpuKernels: undefined });

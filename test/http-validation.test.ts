@@ -26,7 +26,7 @@ const cases: { name: string; body: unknown; status: number; param: string | null
     name: 'assistant tool_calls', body: { ...ok, messages: [userMsg(), { role: 'assistant', content: null, tool_calls: [{ id: 'x' }] }] },
     status: 400, param: 'messages[1].tool_calls', message: /tools are not supported/,
   },
-  { name: 'json mode', body: { ...ok, response_format: { type: 'json_object' } }, status: 400, param: 'response_format', message: /not supported/ },
+  { name: 'unknown response format', body: { ...ok, response_format: { type: 'yaml' } }, status: 400, param: 'response_format.type', message: /not supported/ },
   { name: 'unknown argument', body: { ...ok, frobnicate: true }, status: 400, param: 'frobnicate', message: /Unrecognized request argument supplied: frobnicate/ },
   { name: 'string for integer', body: { ...ok, max_tokens: '10' }, status: 400, param: 'max_tokens', message: /expected an integer/ },
   { name: 'decimal for integer', body: { ...ok, n: 1.5 }, status: 400, param: 'n', message: /expected an integer/ },

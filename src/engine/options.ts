@@ -18,12 +18,13 @@ import { defaultModelId, type Config } from '../../config/index.js';
  * - `cpuKernels`, `cpuThreads`: on wasm and cpu, what runs the linear layers
  *   and on how many threads (the native kernels' count is process-wide: the
  *   last engine loaded sets it);
- * - `topKCap`: the largest K of the device-side top-k.
+ * - `topKCap`: the largest K of the device-side top-k;
+ * - `grammarCacheSize`: structured-output grammars kept compiled.
  */
 export type EngineOptions = Pick<Config['model'], 'dir' | 'id' | 'backend' | 'cpuKernels' | 'cpuThreads' | 'cacheDir'> &
   Pick<Config['cache'], 'slots' | 'capacity'> &
   Pick<Config['scheduler'], 'maxBatchSize' | 'prefillChunk'> &
-  Pick<Config['sampling'], 'topKCap'> &
+  Pick<Config['sampling'], 'topKCap' | 'grammarCacheSize'> &
   EngineTuning;
 
 /** Knobs that only tests and benchmarks turn; the service leaves them unset. */
@@ -65,6 +66,7 @@ export function engineOptions(config: Config, overrides: Partial<EngineOptions> 
     maxBatchSize: Math.min(scheduler.maxBatchSize, slots),
     prefillChunk: scheduler.prefillChunk,
     topKCap: sampling.topKCap,
+    grammarCacheSize: sampling.grammarCacheSize,
     ...set,
   };
 }

@@ -14,6 +14,12 @@ export interface RowLogitsInput {
   counts: ReadonlyMap<number, number>;
   /** Candidates this row needs. */
   k: number;
+  /**
+   * The tokens a grammar allows next (structured outputs): bit i % 32 of
+   * word i / 32 set where token i is allowed. Applied after bias and
+   * penalties and before top-K, so every candidate is allowed.
+   */
+  mask?: Int32Array;
 }
 
 function hasPenalties(p: SamplingParams): boolean {
@@ -54,3 +60,19 @@ export function edits(rows: RowLogitsInput[]) {
   return { idx, rep, sub, add };
 }
 
+
+/**
+ * The rows' masks as one [B, ceil(V / 32)] array (a row without one allows
+ * everything; words past a mask's end allow nothing), or null when no row has
+ * one.
+ */
+export function rowMasks(rows: RowLogitsInput[], V: number): Int32Array | null {
+  if (!rows.some((r) => r.mask)) return null;
+  const W = Math.ceil(V / 32);
+  const out = new Int32Array(rows.length * W);
+  rows.forEach((r, b) => {
+    if (!r.mask) out.fill(-1, b * W, (b + 1) * W);
+    else out.set(r.mask.subarray(0, W), b * W);
+  });
+  return out;
+}

@@ -17,6 +17,7 @@ import { pickToken, requiredK, tokenLogprob, validateSamplingParams, type Sampli
 import { StopMatcher } from './stop.js';
 import type { RowLogitsInput } from './reduce.js';
 import type { FinishReason, SamplingParams, TokenLogprob, TopK } from './types.js';
+import type { CompiledGrammar, RowGrammar } from './grammar/grammars.js';
 
 export interface SequenceInit {
   /** KV slot the sequence writes to. */
@@ -26,6 +27,8 @@ export interface SequenceInit {
   /** Leading prompt tokens already in the slot's cache. */
   reuseTokens?: number;
   params: SamplingParams;
+  /** A structured output's grammar (Engine.grammars): every token is one it allows. */
+  grammar?: CompiledGrammar;
 }
 
 export interface StepOutput {
@@ -63,6 +66,8 @@ export class Sequence {
   readonly rng: Rng;
   readonly detok: IncrementalDetokenizer;
   readonly stop: StopMatcher;
+  /** The row's grammar matcher (structured outputs); released when the sequence is. */
+  grammar: RowGrammar | undefined;
 
   constructor(init: SequenceInit, engine: Engine) {
     this.promptIds = init.promptIds;
@@ -84,6 +89,11 @@ export class Sequence {
 
   get prefillDone(): boolean {
     return this.prefilled >= this.promptIds.length;
+  }
+
+  /** Frees what the sequence holds outside the JS heap (its grammar matcher); call once it is done with. */
+  release(): void {
+    this.grammar?.dispose();
   }
 }
 
@@ -112,6 +122,7 @@ export class Sampler {
     });
     const seq = new Sequence(init, this.engine);
     const engine = this.engine;
+    if (init.grammar) seq.grammar = await (await engine.grammars()).matcher(init.grammar);
     if (engine.slotLength(seq.slot) !== seq.cachedTokens) {
       if (engine.canTruncate(seq.slot, seq.cachedTokens)) await engine.truncateSlot(seq.slot, seq.cachedTokens);
       else throw new Error(`slot ${seq.slot} cannot reuse ${seq.cachedTokens} tokens without a rebuild`);
@@ -124,7 +135,7 @@ export class Sampler {
     const end = Math.min(seq.promptIds.length, seq.prefilled + Math.max(1, maxTokens));
     const chunk = seq.promptIds.slice(seq.prefilled, end);
     const last = end === seq.promptIds.length;
-    const top = await this.engine.prefill(seq.slot, chunk, last ? this.rowInput(seq) : undefined);
+    const top = await this.engine.prefill(seq.slot, chunk, last ? await this.rowInput(seq) : undefined);
     seq.prefilled = end;
     if (!top) return { done: false };
     return { done: true, output: this.accept(seq, top) };
@@ -139,24 +150,30 @@ export class Sampler {
     const tops = await this.engine.decode(
       seqs.map((s) => s.pending as number),
       seqs.map((s) => s.slot),
-      seqs.map((s) => this.rowInput(s)),
+      await Promise.all(seqs.map((s) => this.rowInput(s))),
     );
     return seqs.map((s, b) => this.accept(s, tops[b]!));
   }
 
-  private rowInput(seq: Sequence): RowLogitsInput {
-    return { params: seq.params, counts: seq.counts, k: requiredK(seq.params, this.engine.topKCap) };
+  private async rowInput(seq: Sequence): Promise<RowLogitsInput> {
+    const row: RowLogitsInput = { params: seq.params, counts: seq.counts, k: requiredK(seq.params, this.engine.topKCap) };
+    if (seq.grammar) row.mask = await seq.grammar.mask();
+    return row;
   }
 
   /** Picks a token from the row's candidates and applies the stop rules, in their order. */
-  private accept(seq: Sequence, top: TopK): StepOutput {
+  private accept(seq: Sequence, candidates: TopK): StepOutput {
     const p = seq.params;
+    // Fewer tokens than K may be allowed: the masked ones come back at -inf (or the lowest float) and are dropped.
+    const top = seq.grammar ? allowedOnly(candidates) : candidates;
     const index = pickToken(top, p, seq.rng);
     const token = top.ids[index];
     const logprob = p.logprobs ? tokenLogprob(top, index, p.topLogprobs, this.engine.tokenizer) : undefined;
     seq.generated.push(token);
     seq.counts.set(token, (seq.counts.get(token) ?? 0) + 1);
     seq.pending = undefined;
+    // The mask allowed the token, so the matcher takes it.
+    seq.grammar?.accept(token);
 
     // Stop 1: an end-of-sequence token; it is not emitted, held-back text is.
     if (seq.stopIds.has(token)) return this.finish(seq, 'stop', seq.stop.push(seq.detok.flush()).text, token, logprob);
@@ -171,7 +188,15 @@ export class Sampler {
 
   private finish(seq: Sequence, reason: FinishReason, text: string, token: number, logprob?: TokenLogprob, flush = true): StepOutput {
     seq.finished = reason;
+    seq.release();
     const rest = flush ? seq.stop.flush() : '';
     return { token, text: text + rest, logprob, finish: reason };
   }
+}
+
+/** The candidates a grammar's mask left in (finite and above the lowest float). */
+function allowedOnly(top: TopK): TopK {
+  let n = 0;
+  while (n < top.logits.length && top.logits[n]! > -1e30) n++;
+  return n === top.logits.length ? top : { ...top, ids: top.ids.slice(0, n), logits: top.logits.slice(0, n) };
 }

@@ -156,8 +156,19 @@ const chatCompletionRequestSchema = (limits: ProtocolLimits) => ({
     response_format: {
       type: 'object',
       required: ['type'],
-      properties: { type: { type: 'string', maxLength: 64 } },
-      description: 'Only {"type": "text"} is supported.',
+      properties: {
+        type: { type: 'string', maxLength: 64, description: '`text`, `json_object` (any JSON object) or `json_schema`.' },
+        json_schema: {
+          type: 'object',
+          properties: {
+            name: { type: 'string', maxLength: 64, description: 'a-z, A-Z, 0-9, underscores and dashes.' },
+            description: { type: 'string' },
+            schema: { type: 'object', description: 'The JSON Schema the output follows (constrained decoding).' },
+            strict: { type: ['boolean', 'null'] },
+          },
+        },
+      },
+      description: 'Structured outputs: the output is generated under a grammar of the format, so it parses (and validates against the schema) whenever finish_reason is stop.',
     },
     tools: unsupported('tools'),
     tool_choice: unsupported('tool_choice'),

@@ -61,7 +61,7 @@ export interface ChatCompletionRequest {
   prompt_cache_key?: string;
   safety_identifier?: string;
   /** Only `{type: "text"}` is supported. */
-  response_format?: { type: string; [other: string]: unknown };
+  response_format?: { type: string; json_schema?: { name?: string; description?: string; schema?: Record<string, unknown>; strict?: boolean | null }; [other: string]: unknown };
   // Not supported; listed so the 400 can say so instead of "unrecognized argument".
   tools?: unknown[];
   tool_choice?: unknown;

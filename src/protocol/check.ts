@@ -4,7 +4,8 @@
  * server limit) and what deserves a clearer message than a schema error
  * (unsupported content and features). Pure, so it is tested without a server.
  */
-import { quote } from '../errors.js';
+import { InvalidValueError, quote } from '../errors.js';
+import { checkJsonSchema } from '../engine/grammar/json-schema.js';
 import { CHAT_TEMPLATE_KWARGS_MAX_DEPTH } from './chat-schemas.js';
 import { CHAT_ROLES, type ChatCompletionRequest, type ContentPart } from './chat-types.js';
 import {
@@ -80,9 +81,7 @@ export function checkChatRequest(req: ChatCompletionRequest, limits: ChatLimits)
   if (present(req.function_call)) throw new UnsupportedFeatureError('function_call', 'function calling is not supported by this server');
 
   // Check 4: text in, text out.
-  if (present(req.response_format) && req.response_format!.type !== 'text') {
-    throw new UnsupportedFeatureError('response_format', `only {"type": "text"} is supported, not ${quote(req.response_format!.type)}`);
-  }
+  if (present(req.response_format)) checkResponseFormat(req.response_format!);
   if (present(req.modalities) && req.modalities!.some((m) => m !== 'text')) {
     throw new UnsupportedFeatureError('modalities', 'only text output is supported');
   }
@@ -172,4 +171,20 @@ function checkPart(p: ContentPart, at: string): void {
   const why = NON_TEXT_PARTS[p.type];
   if (why !== undefined) throw new UnsupportedContentError(`${at}.type`, why);
   throw new UnsupportedContentError(`${at}.type`, `unknown content part type ${quote(p.type)}`);
+}
+
+/** A response format: text, json_object, or json_schema with a name and a schema the grammar engine enforces. */
+function checkResponseFormat(format: NonNullable<ChatCompletionRequest['response_format']>): void {
+  if (format.type === 'text' || format.type === 'json_object') return;
+  if (format.type !== 'json_schema') {
+    throw new UnsupportedFeatureError('response_format.type', `the supported types are 'text', 'json_object' and 'json_schema', not ${quote(format.type)}`);
+  }
+  const js = format.json_schema;
+  if (!present(js)) throw new MissingParameterError('response_format.json_schema');
+  if (!present(js!.name)) throw new MissingParameterError('response_format.json_schema.name');
+  if (!/^[a-zA-Z0-9_-]{1,64}$/.test(js!.name!)) {
+    throw new InvalidValueError(`Invalid 'response_format.json_schema.name': ${quote(js!.name)}. Use 1 to 64 of a-z, A-Z, 0-9, underscores and dashes.`, 'response_format.json_schema.name');
+  }
+  if (!present(js!.schema)) throw new MissingParameterError('response_format.json_schema.schema');
+  checkJsonSchema(js!.schema, 'response_format.json_schema.schema');
 }

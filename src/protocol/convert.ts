@@ -5,6 +5,7 @@
  * `checkChatRequest`; the scheduler never sees OpenAI types.
  */
 import { DEFAULT_SAMPLING, type SamplingParams } from '../engine/types.js';
+import type { GrammarSpec } from '../engine/grammar/grammars.js';
 import type { ChatTurn } from '../scheduler/types.js';
 import type { ChatCompletionMessageParam, ChatCompletionRequest } from './chat-types.js';
 
@@ -80,4 +81,12 @@ export function toChatTurns(messages: ChatCompletionMessageParam[]): ChatTurn[] 
   if (first === 1 && turns.length === 1) turns[0]!.role = 'user';
   else if (turns[first]?.role === 'assistant') turns.splice(first, 0, { role: 'user', content: '' });
   return turns;
+}
+
+/** The grammar a chat request's response format asks for; undefined for text. */
+export function toGrammarSpec(req: ChatCompletionRequest): GrammarSpec | undefined {
+  const format = req.response_format;
+  if (!format || format.type === 'text') return undefined;
+  if (format.type === 'json_object') return { kind: 'json_object' };
+  return { kind: 'json_schema', schema: format.json_schema!.schema!, param: 'response_format.json_schema.schema' };
 }

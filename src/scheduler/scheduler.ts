@@ -12,6 +12,7 @@
  */
 import { OPEN_NAMESPACE, SessionBusyError, SlotsBusyError, nameOf, scopedId } from '../cache/index.js';
 import type { Engine } from '../engine/engine.js';
+import type { CompiledGrammar } from '../engine/grammar/grammars.js';
 import { Sampler, type RequestLimits, type Sequence, type StepOutput } from '../engine/sampler.js';
 import { GemmaServeError, InvalidValueError } from '../errors.js';
 import type { ChatEncoder } from '../model/tokenizer-pool.js';
@@ -76,6 +77,9 @@ interface Job {
   sessionId?: string;
   /** The prompt is being tokenized off the main thread: `promptIds` and `rows` are empty until it is, and admission skips the job. */
   tokenizing: boolean;
+  /** The structured output's grammar is being compiled (Engine.grammars); admission skips the job until it is. */
+  compiling: boolean;
+  grammar?: CompiledGrammar;
   promptIds: number[];
   rows: Row[];
   events: EventQueue<GenerationEvent>;
@@ -120,6 +124,7 @@ export class BatchScheduler implements Scheduler {
     const job: Job = {
       req,
       tokenizing: prompt === undefined,
+      compiling: req.grammar !== undefined,
       promptIds: prompt?.promptIds ?? [],
       rows: prompt?.rows ?? [],
       events: new EventQueue<GenerationEvent>(() => this.cancel(job)),
@@ -132,6 +137,14 @@ export class BatchScheduler implements Scheduler {
       encoder.encodeChat(req.messages, encodeOpts).then(
         (ids) => this.tokenized(job, () => this.prompt(ids, req.n)),
         (err: unknown) => this.tokenized(job, () => { throw err; }),
+      );
+    }
+    // The grammar compiles beside the tokenizing, outside the loop; a schema it refuses fails the request alone.
+    if (req.grammar) {
+      const spec = req.grammar;
+      this.engine.grammars().then((g) => g.compile(spec)).then(
+        (grammar) => this.prepared(job, () => Object.assign(job, { grammar, compiling: false })),
+        (err: unknown) => this.prepared(job, () => { throw err; }),
       );
     }
     this.wake();
@@ -163,10 +176,15 @@ export class BatchScheduler implements Scheduler {
   /** A prompt tokenized off the main thread is back: the job can be admitted, or fails alone. */
   private tokenized(job: Job, prompt: () => Pick<Job, 'promptIds' | 'rows'>): void {
     job.tokenizing = false;
+    this.prepared(job, () => Object.assign(job, prompt()));
+  }
+
+  /** Work done before admission (tokenizing, a grammar) is back: `apply` records it, or throws and the job fails alone. */
+  private prepared(job: Job, apply: () => void): void {
     // Cancelled, or failed by shutdown, meanwhile: nothing waits for it.
     if (job.cancelled || !this.queue.includes(job)) return;
     try {
-      Object.assign(job, prompt());
+      apply();
     } catch (err) {
       this.cancel(job, err);
       return;
@@ -270,7 +288,7 @@ export class BatchScheduler implements Scheduler {
   private async admit(): Promise<void> {
     for (let i = 0; i < this.queue.length; ) {
       const job = this.queue[i];
-      if (job.tokenizing) {
+      if (job.tokenizing || job.compiling) {
         i++;
         continue;
       }
@@ -305,10 +323,17 @@ export class BatchScheduler implements Scheduler {
         const b = await this.turns.bind(id, req.messages, job.promptIds, req.params.maxTokens, persistent, req.templateKwargs);
         bound.push(b);
         row.binding = b;
-        row.seq = await this.sampler.add({ slot: b.slot, promptIds: b.promptIds, reuseTokens: b.reuse, params: { ...req.params, seed: seedFor(req.params.seed, row.choice) } });
+        row.seq = await this.sampler.add({
+          slot: b.slot,
+          promptIds: b.promptIds,
+          reuseTokens: b.reuse,
+          params: { ...req.params, seed: seedFor(req.params.seed, row.choice) },
+          ...(job.grammar ? { grammar: job.grammar } : {}),
+        });
       }
     } catch (err) {
       for (const b of bound) await this.turns.finish(b, undefined, false);
+      for (const row of job.rows) row.seq?.release();
       for (const row of job.rows) Object.assign(row, { binding: undefined, seq: undefined });
       throw err;
     }
@@ -391,6 +416,7 @@ export class BatchScheduler implements Scheduler {
       for (const row of job.rows) {
         if (!row.binding) continue;
         const seq = row.seq;
+        seq?.release();
         // A row cut off mid-prompt leaves a partial cache that its metadata does not describe.
         await this.turns.finish(row.binding, seq, seq !== undefined && seq.prefillDone);
       }

@@ -6,6 +6,7 @@
  * the routes, which is how the HTTP tests run without an engine.
  */
 import type { FinishReason, SamplingParams, TokenLogprob } from '../engine/types.js';
+import type { GrammarSpec } from '../engine/grammar/grammars.js';
 
 /** One conversational turn after protocol normalisation (roles Gemma's chat template knows). */
 export interface ChatTurn {
@@ -28,6 +29,8 @@ export interface GenerationRequest {
   /** Extra chat-template variables (OpenAI-compatible `chat_template_kwargs`, e.g. `enable_thinking`). */
   templateKwargs?: Record<string, unknown>;
   params: SamplingParams;
+  /** Structured output: the grammar every choice follows (compiled before admission). */
+  grammar?: GrammarSpec;
   /** Number of independent choices to sample (OpenAI `n`). */
   n: number;
   /** Aborted when the client disconnects: the request leaves the batch at the next step. */

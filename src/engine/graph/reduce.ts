@@ -4,7 +4,7 @@
  * sparse scatter, then topk and the log-sum-exps over the full vocabulary.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { edits, stepK, type RowLogitsInput } from '../reduce.js';
+import { edits, rowMasks, stepK, type RowLogitsInput } from '../reduce.js';
 import type { TopK } from '../types.js';
 
 /** Applies bias and penalties to the [B, V] logits (a new tensor; the input is not kept). */
@@ -21,12 +21,24 @@ function applyEdits(logits: tf.Tensor2D, rows: RowLogitsInput[]): tf.Tensor2D {
   return tf.tensorScatterUpdate(logits, indices, updated) as tf.Tensor2D;
 }
 
+/** Sets the tokens the rows' masks leave out to -inf (a new tensor; the input is not kept). */
+function applyMasks(logits: tf.Tensor2D, rows: RowLogitsInput[]): tf.Tensor2D {
+  const [B, V] = logits.shape;
+  const masks = rowMasks(rows, V);
+  if (!masks) return logits;
+  const W = Math.ceil(V / 32);
+  const add = new Float32Array(B * V);
+  for (let b = 0; b < B; b++)
+    for (let i = 0; i < V; i++) if (!((masks[b * W + (i >> 5)]! >>> (i & 31)) & 1)) add[b * V + i] = -Infinity;
+  return tf.add(logits, tf.tensor2d(add, [B, V]));
+}
+
 /** Reduces logits [B, V] to each row's top-K; disposes `logits`. */
 export async function reduceOnGraph(logits: tf.Tensor2D, rows: RowLogitsInput[]): Promise<TopK[]> {
   const K = stepK(rows);
   const scaled = rows.some((r) => r.params.temperature !== 0 && r.params.temperature !== 1);
   const out = tf.tidy(() => {
-    const edited = applyEdits(logits, rows);
+    const edited = applyMasks(applyEdits(logits, rows), rows);
     const top = tf.topk(edited, K);
     const lse = tf.logSumExp(edited, -1);
     let lseScaled = lse;

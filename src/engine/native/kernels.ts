@@ -42,6 +42,7 @@ interface Addon {
     ids: Int32Array,
     lse: Float64Array,
     scaledLse: Float64Array,
+    masks: Int32Array | null,
   ): void;
   /** The same calls on a libuv worker thread (native/napi-glue.h, finish); absent from an addon built before them. */
   layerAsync?(...args: Parameters<Addon['layer']>): Promise<void>;
@@ -268,11 +269,13 @@ export class NativeKernels {
 
   /**
    * Per row of logits [B, V]: the top K (largest first, ties to the lower
-   * id), the log-sum-exp, and the log-sum-exp of the logits times the row's scale.
+   * id), the log-sum-exp, and the log-sum-exp of the logits times the row's
+   * scale. `masks` ([B, ceil(V / 32)] words, reduce.ts's rowMasks): the
+   * tokens a row's bits leave out are set to -inf first, in place.
    */
-  reduce(logits: Float32Array, B: number, V: number, K: number, scales: number[]): KernelCall<ReducedRows> {
+  reduce(logits: Float32Array, B: number, V: number, K: number, scales: number[], masks: Int32Array | null = null): KernelCall<ReducedRows> {
     const out = { values: new Float32Array(B * K), ids: new Int32Array(B * K), lse: new Float64Array(B), scaledLse: new Float64Array(B) };
-    return into(bound(this.addon, 'reduce', [logits, B, V, K, Float32Array.from(scales), out.values, out.ids, out.lse, out.scaledLse]), out);
+    return into(bound(this.addon, 'reduce', [logits, B, V, K, Float32Array.from(scales), out.values, out.ids, out.lse, out.scaledLse, masks]), out);
   }
 
   /** Final norm, unembedding and soft-cap of x's M rows (normalized in place): logits [M, vocab]. */

@@ -1,7 +1,7 @@
 /** The decode step's reduction on the native CPU kernels: the edits in JS (a handful of entries), the rest in one call. */
 import type * as tf from '@tensorflow/tfjs-core';
 import { reduceOnGraph } from '../graph/reduce.js';
-import { edits, stepK, temperatureScales, type RowLogitsInput } from '../reduce.js';
+import { edits, rowMasks, stepK, temperatureScales, type RowLogitsInput } from '../reduce.js';
 import { memoryOf } from '../tensor-memory.js';
 import type { TopK } from '../types.js';
 import type { NativeKernels } from './kernels.js';
@@ -19,7 +19,7 @@ export async function reduceNative(logits: tf.Tensor2D, rows: RowLogitsInput[], 
     const old = x[at]!;
     x[at] = (old > 0 ? old / rep : old * rep) - e.sub[i]! + e.add[i]!;
   });
-  const out = await native.reduce(x, B, V, K, temperatureScales(rows)).later();
+  const out = await native.reduce(x, B, V, K, temperatureScales(rows), rowMasks(rows, V)).later();
   logits.dispose();
   return rows.map((r, b) => ({
     ids: out.ids.slice(b * K, b * K + r.k),

@@ -7,7 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { reduceOnGraph } from '../graph/reduce.js';
-import { edits, stepK, temperatureScales, type RowLogitsInput } from '../reduce.js';
+import { edits, rowMasks, stepK, temperatureScales, type RowLogitsInput } from '../reduce.js';
 import type { TopK } from '../types.js';
 import { GpuRuntime, type GPUBufferLike } from './gpu.js';
 
@@ -98,6 +98,18 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let rep = edits[base + 2u];
   let repeated = select(old * rep, old / rep, old > 0.0);
   logits[at] = repeated - edits[base + 3u] + edits[base + 4u];
+}`;
+}
+
+/** Sets the logits a row's mask ([B, W] words, bit set: allowed) leaves out to the lowest float; one thread per logit. */
+function maskKernel(V: number, W: number): string {
+  return `@group(0) @binding(0) var<storage, read> mask: array<u32>;
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x;
+  if (i >= ${V}u) { return; }
+  if (((mask[gid.y * ${W}u + i / 32u] >> (i % 32u)) & 1u) == 0u) { logits[gid.y * ${V}u + i] = ${NEG}; }
 }`;
 }
 
@@ -194,7 +206,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
 
 export class FusedTopK {
   private readonly gpu = new GpuRuntime();
-  private buffers: { rows: number; k: number; scale: GPUBufferLike; cand: GPUBufferLike; part: GPUBufferLike; edits: GPUBufferLike; editCap: number } | undefined;
+  private buffers:
+    | { rows: number; k: number; scale: GPUBufferLike; cand: GPUBufferLike; part: GPUBufferLike; edits: GPUBufferLike; editCap: number; mask: GPUBufferLike; maskCap: number }
+    | undefined;
 
   /** The backend this reducer was built on (a new webgpu backend needs a new one). */
   readonly backend = tf.backend();
@@ -204,11 +218,13 @@ export class FusedTopK {
    * top-K with the log-sum-exp of the raw and of the temperature-scaled
    * logits. `scales` holds 1 / temperature per row.
    */
-  async reduce(logits: tf.Tensor2D, K: number, scales: number[], edits: LogitEdit[]): Promise<TopK[]> {
+  async reduce(logits: tf.Tensor2D, K: number, scales: number[], edits: LogitEdit[], masks: Int32Array | null = null): Promise<TopK[]> {
     const [B, V] = logits.shape;
     const C = Math.ceil(V / CHUNK);
+    const W = Math.ceil(V / 32);
     const g = this.gpu;
-    const bufs = this.ensure(B, K, C, edits.length);
+    const bufs = this.ensure(B, K, C, edits.length, masks ? B * W : 0);
+    if (masks) g.write(bufs.mask, masks);
     g.flushTfjs();
     g.write(bufs.scale, Float32Array.from(scales));
     if (edits.length > 0) {
@@ -224,6 +240,10 @@ export class FusedTopK {
       if (edits.length > 0) {
         const p = g.pipeline(`edit:${V}`, () => editKernel(V));
         g.dispatch(p, g.bindGroup('edit', p, [bufs.edits, lb]), Math.ceil(edits.length / 64));
+      }
+      if (masks) {
+        const p = g.pipeline(`mask:${V}`, () => maskKernel(V, W));
+        g.dispatch(p, g.bindGroup('mask', p, [bufs.mask, lb]), Math.ceil(V / 256), B);
       }
       const chunk = g.pipeline(`chunk:${V}:${K}`, () => chunkKernel(V, C, K));
       g.dispatch(chunk, g.bindGroup(`chunk:${K}`, chunk, [bufs.scale, lb, bufs.cand, bufs.part]), C, B);
@@ -244,15 +264,26 @@ export class FusedTopK {
     }));
   }
 
-  private ensure(B: number, K: number, C: number, edits: number) {
+  private ensure(B: number, K: number, C: number, edits: number, maskWords: number) {
     const b = this.buffers;
-    if (b && b.rows >= B && b.k >= K && b.editCap >= edits) return b;
-    if (b) for (const x of [b.scale, b.cand, b.part, b.edits]) x.destroy();
+    if (b && b.rows >= B && b.k >= K && b.editCap >= edits && b.maskCap >= maskWords) return b;
+    if (b) for (const x of [b.scale, b.cand, b.part, b.edits, b.mask]) x.destroy();
     const rows = Math.max(B, b?.rows ?? 0);
     const k = Math.max(K, b?.k ?? 0);
     const editCap = Math.max(edits, b?.editCap ?? 0, 64);
+    const maskCap = Math.max(maskWords, b?.maskCap ?? 0, 1);
     const g = this.gpu;
-    this.buffers = { rows, k, editCap, scale: g.createBuffer(4 * rows), cand: g.createBuffer(8 * rows * C * k), part: g.createBuffer(16 * rows * C), edits: g.createBuffer(4 * (1 + 5 * editCap)) };
+    this.buffers = {
+      rows,
+      k,
+      editCap,
+      maskCap,
+      scale: g.createBuffer(4 * rows),
+      cand: g.createBuffer(8 * rows * C * k),
+      part: g.createBuffer(16 * rows * C),
+      edits: g.createBuffer(4 * (1 + 5 * editCap)),
+      mask: g.createBuffer(4 * maskCap),
+    };
     return this.buffers;
   }
 }
@@ -271,6 +302,6 @@ export async function reduceFused(logits: tf.Tensor2D, rows: RowLogitsInput[]): 
   if (K > FUSED_TOP_K_MAX) return reduceOnGraph(logits, rows);
   const e = edits(rows);
   const list = e.rep.map((rep, i) => ({ row: e.idx[2 * i]!, id: e.idx[2 * i + 1]!, rep, sub: e.sub[i]!, add: e.add[i]! }));
-  const tops = await fusedTopK().reduce(logits, K, temperatureScales(rows), list);
+  const tops = await fusedTopK().reduce(logits, K, temperatureScales(rows), list, rowMasks(rows, logits.shape[1]));
   return tops.map((t, b) => ({ ...t, ids: t.ids.slice(0, rows[b]!.k), logits: t.logits.slice(0, rows[b]!.k) }));
 }
