@@ -144,6 +144,8 @@ export interface Config {
     defaultMaxTokens: number;
     /** Compiled structured-output grammars kept, by schema. */
     grammarCacheSize: number;
+    /** Largest minLength/maxLength a structured-output schema may set (each unit of a bound costs compile time). */
+    grammarMaxStringLength: number;
   };
 }
 
@@ -233,6 +235,7 @@ export function loadConfig(env: Env = process.env): Config {
 
   const topKCap = r.int('TOPK_CAP', 64, 1, 4096);
   const grammarCacheSize = r.int('GRAMMAR_CACHE_SIZE', 64, 1, 100_000);
+  const grammarMaxStringLength = r.int('GRAMMAR_MAX_STRING_LENGTH', 32, 0, 4096);
   const maxTokensLimit = r.int('MAX_TOKENS_LIMIT', 4096, 1, 1 << 24);
   const defaultMaxTokens = r.int('DEFAULT_MAX_TOKENS', Math.min(256, maxTokensLimit), 1, maxTokensLimit,
     ' (at most MAX_TOKENS_LIMIT)');
@@ -274,7 +277,7 @@ export function loadConfig(env: Env = process.env): Config {
     cache: { slots, capacity, evictionMode, redisUrl, sessionTtlSeconds },
     scheduler: { maxBatchSize, maxQueue, prefillChunk, shedQueueDepth, tokenizerWorkers, tokenizerWorkerMinChars, tokenizerWorkerNice },
     limits,
-    sampling: { topKCap, maxTokensLimit, defaultMaxTokens, grammarCacheSize },
+    sampling: { topKCap, maxTokensLimit, defaultMaxTokens, grammarCacheSize, grammarMaxStringLength },
   };
 }
 

@@ -86,6 +86,7 @@ export const chatCompletionsRoute: FastifyPluginAsync = async (app) => {
       topKCap: config.sampling.topKCap,
       vocabSize: service.model?.vocabSize,
       messageChars: config.limits.messageChars,
+      grammarMaxStringLength: config.sampling.grammarMaxStringLength,
       chatTemplateKwargsBytes: config.limits.chatTemplateKwargsBytes,
     });
     // 2. The one model this server serves.

@@ -99,6 +99,8 @@ t.test('bad schemas are refused with a 400 naming the field', async (t) => {
     ['an invalid schema', { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'bogus' } } }, 'response_format.json_schema.schema'],
     ['an unsupported keyword', { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'object', properties: { a: { type: 'array', uniqueItems: true } } } } }, 'response_format.json_schema.schema.properties.a.uniqueItems'],
     ['an unsupported format', { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'string', format: 'credit-card' } } }, 'response_format.json_schema.schema.format'],
+    ['a string bound past GRAMMAR_MAX_STRING_LENGTH', { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'string', maxLength: 33 } } }, 'response_format.json_schema.schema.maxLength'],
+    ['a pattern count past GRAMMAR_MAX_STRING_LENGTH', { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'string', pattern: '^a{2,5000}$' } } }, 'response_format.json_schema.schema.pattern'],
     ['no name', { type: 'json_schema', json_schema: { schema: { type: 'object' } } }, 'response_format.json_schema.name'],
     ['a bad name', { type: 'json_schema', json_schema: { name: 'a b', schema: { type: 'object' } } }, 'response_format.json_schema.name'],
     ['no schema', { type: 'json_schema', json_schema: { name: 'x' } }, 'response_format.json_schema.schema'],

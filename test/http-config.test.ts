@@ -38,6 +38,7 @@ t.test("engine options carry config's defaults; the engine has none of its own",
     prefillChunk: 256,
     topKCap: 64,
     grammarCacheSize: 64,
+    grammarMaxStringLength: 32,
   });
   const env = {
     MODEL_DIR: '/m/gemma-3-270m-it', BACKEND: 'wasm', CPU_KERNELS: 'tfjs', CPU_THREADS: '3', GEMMA_SERVE_CACHE_DIR: '/c',
@@ -45,7 +46,7 @@ t.test("engine options carry config's defaults; the engine has none of its own",
   };
   t.same(engineOptions(loadConfig(env)), {
     dir: '/m/gemma-3-270m-it', id: 'gemma-3-270m-it', backend: 'wasm', cpuKernels: 'tfjs', cpuThreads: 3, cacheDir: '/c',
-    slots: 6, capacity: 512, maxBatchSize: 5, prefillChunk: 128, topKCap: 32, grammarCacheSize: 7,
+    slots: 6, capacity: 512, maxBatchSize: 5, prefillChunk: 128, topKCap: 32, grammarCacheSize: 7, grammarMaxStringLength: 32,
   }, 'each from its variable');
 
   const o = engineOptions(loadConfig({}), { dir: '/fixtures/gemma3-tiny', slots: 2, capacity: 96, cpuKernels: undefined });

@@ -18,7 +18,7 @@ import { GemmaTokenizer } from '../model/tokenizer.js';
 import { backendTensorLimit, initBackend, releaseBackend, type BackendName } from './backend.js';
 import { choosePath, createPath } from './choose-path.js';
 import type { ForwardPath, PathName } from './forward.js';
-import { Grammars } from './grammar/grammars.js';
+import { Grammars, type GrammarLimits } from './grammar/grammars.js';
 import type { KVPool } from './kv-pool.js';
 import { checkMemory } from './memory-check.js';
 import type { EngineOptions } from './options.js';
@@ -91,7 +91,7 @@ export class Engine {
   private readonly pool: KVPool;
   /** Structured outputs' grammars over this vocabulary, built at first use (grammars). */
   private grammarSet: Promise<Grammars> | undefined;
-  private grammarCacheSize = 1;
+  private grammarLimits: GrammarLimits = { cacheSize: 1, maxStringLength: 0 };
   /** The tail of the calls in flight (exclusive). */
   private queue: Promise<unknown> = Promise.resolve();
 
@@ -152,7 +152,7 @@ export class Engine {
       linearKernels: choice.description,
     };
     const engine = new Engine(createPath(choice, config, weights), tokenizer, info, opts.topKCap, slots, capacity);
-    engine.grammarCacheSize = opts.grammarCacheSize;
+    engine.grammarLimits = { cacheSize: opts.grammarCacheSize, maxStringLength: opts.grammarMaxStringLength };
     engine.warmUp();
     engine.loadMs = performance.now() - t0;
     return engine;
@@ -282,7 +282,7 @@ export class Engine {
       const V = Math.min(tok.vocabSize, this.config.vocabSize);
       const tokens = Array.from({ length: V }, (_, id) => tok.tokenText(id));
       const stopIds = [...new Set([...this.config.eosIds, tok.eosId, tok.endOfTurnId])].filter((id) => id < V);
-      const building = Grammars.create({ tokens, stopIds }, this.grammarCacheSize);
+      const building = Grammars.create({ tokens, stopIds }, this.grammarLimits);
       // A failed build is tried again by the next request rather than kept.
       building.catch(() => (this.grammarSet = undefined));
       this.grammarSet = building;

@@ -19,12 +19,12 @@ import { defaultModelId, type Config } from '../../config/index.js';
  *   and on how many threads (the native kernels' count is process-wide: the
  *   last engine loaded sets it);
  * - `topKCap`: the largest K of the device-side top-k;
- * - `grammarCacheSize`: structured-output grammars kept compiled.
+ * - `grammarCacheSize`, `grammarMaxStringLength`: structured outputs' grammar cache and string-bound limit.
  */
 export type EngineOptions = Pick<Config['model'], 'dir' | 'id' | 'backend' | 'cpuKernels' | 'cpuThreads' | 'cacheDir'> &
   Pick<Config['cache'], 'slots' | 'capacity'> &
   Pick<Config['scheduler'], 'maxBatchSize' | 'prefillChunk'> &
-  Pick<Config['sampling'], 'topKCap' | 'grammarCacheSize'> &
+  Pick<Config['sampling'], 'topKCap' | 'grammarCacheSize' | 'grammarMaxStringLength'> &
   EngineTuning;
 
 /** Knobs that only tests and benchmarks turn; the service leaves them unset. */
@@ -67,6 +67,7 @@ export function engineOptions(config: Config, overrides: Partial<EngineOptions> 
     prefillChunk: scheduler.prefillChunk,
     topKCap: sampling.topKCap,
     grammarCacheSize: sampling.grammarCacheSize,
+    grammarMaxStringLength: sampling.grammarMaxStringLength,
     ...set,
   };
 }

@@ -31,6 +31,8 @@ export interface ChatLimits {
   messageChars?: number;
   /** Bytes of chat_template_kwargs as JSON (MAX_CHAT_TEMPLATE_KWARGS_BYTES); undefined: no size check. */
   chatTemplateKwargsBytes?: number;
+  /** Largest string length bound in a response schema (GRAMMAR_MAX_STRING_LENGTH); undefined: no bound allowed. */
+  grammarMaxStringLength?: number;
 }
 
 const NON_TEXT_PARTS: Record<string, string> = {
@@ -81,7 +83,7 @@ export function checkChatRequest(req: ChatCompletionRequest, limits: ChatLimits)
   if (present(req.function_call)) throw new UnsupportedFeatureError('function_call', 'function calling is not supported by this server');
 
   // Check 4: text in, text out.
-  if (present(req.response_format)) checkResponseFormat(req.response_format!);
+  if (present(req.response_format)) checkResponseFormat(req.response_format!, limits.grammarMaxStringLength ?? 0);
   if (present(req.modalities) && req.modalities!.some((m) => m !== 'text')) {
     throw new UnsupportedFeatureError('modalities', 'only text output is supported');
   }
@@ -174,7 +176,7 @@ function checkPart(p: ContentPart, at: string): void {
 }
 
 /** A response format: text, json_object, or json_schema with a name and a schema the grammar engine enforces. */
-function checkResponseFormat(format: NonNullable<ChatCompletionRequest['response_format']>): void {
+function checkResponseFormat(format: NonNullable<ChatCompletionRequest['response_format']>, maxStringLength: number): void {
   if (format.type === 'text' || format.type === 'json_object') return;
   if (format.type !== 'json_schema') {
     throw new UnsupportedFeatureError('response_format.type', `the supported types are 'text', 'json_object' and 'json_schema', not ${quote(format.type)}`);
@@ -186,5 +188,5 @@ function checkResponseFormat(format: NonNullable<ChatCompletionRequest['response
     throw new InvalidValueError(`Invalid 'response_format.json_schema.name': ${quote(js!.name)}. Use 1 to 64 of a-z, A-Z, 0-9, underscores and dashes.`, 'response_format.json_schema.name');
   }
   if (!present(js!.schema)) throw new MissingParameterError('response_format.json_schema.schema');
-  checkJsonSchema(js!.schema, 'response_format.json_schema.schema');
+  checkJsonSchema(js!.schema, 'response_format.json_schema.schema', { maxStringLength });
 }

@@ -31,6 +31,12 @@ export interface GrammarVocabulary {
   stopIds: number[];
 }
 
+/** What the service allows: compiled grammars kept, and the largest string length bound (json-schema.ts). */
+export interface GrammarLimits {
+  cacheSize: number;
+  maxStringLength: number;
+}
+
 export class Grammars {
   private readonly cache = new Map<string, CompiledGrammar>();
   private sandbox: XGrammar = loadXGrammar();
@@ -38,21 +44,21 @@ export class Grammars {
   private constructor(
     private readonly xg: XGrammar,
     private readonly compiler: XGrammarCompiler,
-    private readonly cacheSize: number,
+    private readonly limits: GrammarLimits,
   ) {}
 
-  static async create(vocab: GrammarVocabulary, cacheSize: number): Promise<Grammars> {
+  static async create(vocab: GrammarVocabulary, limits: GrammarLimits): Promise<Grammars> {
     const xg = loadXGrammar();
     const info = await xg.TokenizerInfo.createTokenizerInfo(vocab.tokens, 'byte_fallback', false, vocab.tokens.length, vocab.stopIds);
     const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, true);
-    return new Grammars(xg, compiler, cacheSize);
+    return new Grammars(xg, compiler, limits);
   }
 
   /** The grammar of `spec`, compiled or from the cache. Throws GrammarSchemaError on a schema it cannot take. */
   async compile(spec: GrammarSpec): Promise<CompiledGrammar> {
     const schema = spec.kind === 'json_object' ? { type: 'object' } : spec.schema;
     const param = spec.kind === 'json_object' ? 'response_format' : spec.param;
-    if (spec.kind === 'json_schema') checkJsonSchema(schema, param);
+    if (spec.kind === 'json_schema') checkJsonSchema(schema, param, this.limits);
     const key = JSON.stringify(schema);
     const hit = this.cache.get(key);
     if (hit) {
@@ -63,7 +69,7 @@ export class Grammars {
     const ebnf = await this.toEbnf(key, param);
     const compiled: CompiledGrammar = { key, compiled: await this.compiler.compileGrammar(ebnf, 'root') };
     this.cache.set(key, compiled);
-    while (this.cache.size > this.cacheSize) {
+    while (this.cache.size > this.limits.cacheSize) {
       const [oldest, dropped] = this.cache.entries().next().value as [string, CompiledGrammar];
       this.cache.delete(oldest);
       // A matcher keeps what it needs of its grammar; disposing the handle here does not end it.

@@ -31,10 +31,10 @@ const SCHEMA_VALUES = new Set(['items', 'additionalProperties', 'propertyNames',
 
 const ajv = new Ajv({ strict: false, validateFormats: false, allErrors: false });
 
-/** Throws GrammarSchemaError unless `schema` is a valid JSON Schema of enforced keywords only. */
-export function checkJsonSchema(schema: unknown, param: string): void {
+/** Throws GrammarSchemaError unless `schema` is a valid JSON Schema of enforced keywords only, its string bounds within `limits`. */
+export function checkJsonSchema(schema: unknown, param: string, limits: { maxStringLength: number }): void {
   if (typeof schema !== 'object' || schema === null || Array.isArray(schema)) throw new GrammarSchemaError(param, 'a JSON Schema must be an object');
-  walk(schema as Record<string, unknown>, param);
+  walk(schema as Record<string, unknown>, param, limits.maxStringLength);
   try {
     ajv.compile(schema as object);
   } catch (err) {
@@ -42,17 +42,27 @@ export function checkJsonSchema(schema: unknown, param: string): void {
   }
 }
 
-function walk(node: Record<string, unknown>, path: string): void {
+function walk(node: Record<string, unknown>, path: string, maxString: number): void {
   for (const [key, value] of Object.entries(node)) {
     const at = `${path}.${key}`;
     if (ANNOTATIONS.has(key)) continue;
+    // A string bound compiles into one grammar rule per unit: ~60 ms each for Gemma's vocabulary, on the main thread.
+    if ((key === 'minLength' || key === 'maxLength') && typeof value === 'number' && value > maxString) {
+      throw new GrammarSchemaError(at, `${value} is larger than this server allows for a string length bound (${maxString}, set by GRAMMAR_MAX_STRING_LENGTH); drop the bound or lower it`);
+    }
+    // A counted repetition in a pattern ({n}, {m,n}) costs the same per unit.
+    if (key === 'pattern' && typeof value === 'string') {
+      const counts = [...value.matchAll(/\{(\d+)(?:,(\d*))?\}/g)].flatMap((m) => [Number(m[1]), Number(m[2] || 0)]);
+      const largest = Math.max(0, ...counts);
+      if (largest > maxString) throw new GrammarSchemaError(at, `a repetition count of ${largest} is larger than this server allows (${maxString}, set by GRAMMAR_MAX_STRING_LENGTH)`);
+    }
     if (!ENFORCED.has(key)) throw new GrammarSchemaError(at, `the keyword '${key}' is not supported in structured outputs (supported: ${[...ENFORCED].join(', ')})`);
     if (key === 'format' && !FORMATS.has(String(value))) throw new GrammarSchemaError(at, `the format ${JSON.stringify(value)} is not supported (supported: ${[...FORMATS].join(', ')})`);
     if (SCHEMA_MAPS.has(key) && isObject(value)) {
-      for (const [name, sub] of Object.entries(value)) if (isObject(sub)) walk(sub, `${at}.${name}`);
+      for (const [name, sub] of Object.entries(value)) if (isObject(sub)) walk(sub, `${at}.${name}`, maxString);
     } else if (SCHEMA_VALUES.has(key)) {
-      if (Array.isArray(value)) value.forEach((sub, i) => isObject(sub) && walk(sub, `${at}[${i}]`));
-      else if (isObject(value)) walk(value, at);
+      if (Array.isArray(value)) value.forEach((sub, i) => isObject(sub) && walk(sub, `${at}[${i}]`, maxString));
+      else if (isObject(value)) walk(value, at, maxString);
     }
   }
 }
