@@ -12,6 +12,8 @@ import { healthRoute } from '../routes/health.js';
 import { metricsRoute } from '../routes/metrics.js';
 import { modelsRoute } from '../routes/models.js';
 import { sessionsRoute } from '../routes/sessions.js';
+import { tokenizeRoute } from '../routes/tokenize.js';
+import { tokenizeSchemas } from './protocol/tokenize-schemas.js';
 import { QUOTE_MAX_CHARS } from './errors.js';
 import { authPlugin } from './http/auth.js';
 import { jsonBodyPlugin } from './http/body-parser.js';
@@ -36,7 +38,7 @@ export interface BuildAppOptions {
 }
 
 /** Every schema shared by `$ref`, in dependency order (also the components of openapi.yaml). */
-export const sharedSchemas = (limits: ProtocolLimits) => [...COMMON_SCHEMAS, ...chatSchemas(limits)];
+export const sharedSchemas = (limits: ProtocolLimits) => [...COMMON_SCHEMAS, ...chatSchemas(limits), ...tokenizeSchemas(limits)];
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,64}$/;
 
@@ -113,6 +115,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   await app.register(modelsRoute, { prefix: '/v1' });
   await app.register(chatCompletionsRoute, { prefix: '/v1' });
   await app.register(sessionsRoute, { prefix: '/v1' });
+  await app.register(tokenizeRoute);
   return app;
 }
 

@@ -117,6 +117,16 @@ export async function startService(env: Record<string, string | undefined> = pro
   });
   state.model = { created: Math.floor(Date.now() / 1000), vocabSize: engine.config.vocabSize, samplingDefaults: await generationDefaults(engine.modelDir) };
   state.scheduler = scheduler;
+  const tok = engine.tokenizer;
+  state.tokens = {
+    maxModelLen: engine.capacity,
+    vocabSize: engine.config.vocabSize,
+    bosId: engine.config.bosId,
+    encodeChat: (messages, opts) => tokenizerPool.accepts(messages) ? tokenizerPool.encodeChat(messages, opts) : Promise.resolve(tok.encodeChat(messages, opts)),
+    encodeText: (text) => tokenizerPool.encodeText(text),
+    decode: (ids) => tok.decode(ids, { skipSpecialTokens: false }),
+    tokenText: (id) => tok.tokenText(id),
+  };
   state.phase = 'ready';
   log.info({ url }, 'ready');
 

@@ -35,7 +35,7 @@ t.test('every route and shared schema is documented', async (t) => {
   t.teardown(() => app.close());
   for (const [method, url] of [
     ['post', '/v1/chat/completions'], ['get', '/v1/models'], ['get', '/v1/models/{model}'], ['get', '/v1/sessions/{id}'],
-    ['delete', '/v1/sessions/{id}'], ['get', '/health'], ['get', '/ready'], ['get', '/metrics'],
+    ['delete', '/v1/sessions/{id}'], ['get', '/health'], ['get', '/ready'], ['get', '/metrics'], ['post', '/tokenize'], ['post', '/detokenize'],
   ] as const) {
     t.ok(paths[url]?.[method], `${method.toUpperCase()} ${url} documented`);
     t.ok(app.hasRoute({ method: method.toUpperCase() as 'GET', url: url.replace(/\{(\w+)\}/g, ':$1') }), `${method.toUpperCase()} ${url} registered`);

@@ -8,7 +8,7 @@ import fp from 'fastify-plugin';
 import type { Config } from '../../config/index.js';
 import type { Metrics } from '../metrics.js';
 import type { SamplingDefaults } from '../protocol/convert.js';
-import type { Scheduler } from '../scheduler/types.js';
+import type { ChatTurn, Scheduler } from '../scheduler/types.js';
 import { ModelLoadingError, ModelUnavailableError } from './errors.js';
 import { ShuttingDownError } from '../scheduler/errors.js';
 
@@ -23,11 +23,27 @@ export interface ModelInfo {
   samplingDefaults?: Omit<SamplingDefaults, 'maxTokens'>;
 }
 
+/** The loaded model's tokenizer as /tokenize and /detokenize use it (large inputs are encoded on worker threads). */
+export interface TokenService {
+  /** Tokens a session keeps (CACHE_CAPACITY). */
+  maxModelLen: number;
+  vocabSize: number;
+  bosId: number;
+  /** A conversation as /v1/chat/completions renders and encodes it. */
+  encodeChat(messages: ChatTurn[], opts: { addGenerationPrompt: boolean; templateKwargs?: Record<string, unknown> }): Promise<number[]>;
+  /** Plain text, control strings as text. */
+  encodeText(text: string): Promise<number[]>;
+  /** Ids to text, special tokens kept. */
+  decode(ids: number[]): string;
+  tokenText(id: number): string;
+}
+
 export interface ServiceState {
   phase: ServicePhase;
   /** Set once the engine is loaded; required in phase 'ready'. */
   scheduler?: Scheduler;
   model?: ModelInfo;
+  tokens?: TokenService;
 }
 
 export interface AppContext {
@@ -52,6 +68,13 @@ export function readyScheduler(service: ServiceState): Scheduler {
   if (service.phase === 'failed') throw new ModelUnavailableError();
   if (service.phase !== 'ready' || service.scheduler === undefined) throw new ModelLoadingError();
   return service.scheduler;
+}
+
+/** The tokenizer when the service takes requests, else the 503 explaining why not. */
+export function readyTokens(service: ServiceState): TokenService {
+  readyScheduler(service);
+  if (!service.tokens) throw new ModelLoadingError();
+  return service.tokens;
 }
 
 /** Decorates the root instance (fastify-plugin: visible to every route plugin). */

@@ -26,11 +26,8 @@ export interface WorkerData {
 }
 
 /** Main thread -> worker. */
-export interface WorkerRequest {
-  id: number;
-  messages: ChatMessage[];
-  opts: ChatRenderOptions;
-}
+/** A conversation to render and encode, or plain text to encode with control strings as text (`encodeText`). */
+export type WorkerRequest = { id: number; messages: ChatMessage[]; opts: ChatRenderOptions } | { id: number; text: string };
 
 interface ErrorShape {
   name: string;
@@ -127,16 +124,31 @@ export class TokenizerPool implements ChatEncoder {
   }
 
   async encodeChat(messages: ChatMessage[], opts: ChatRenderOptions = {}): Promise<number[]> {
+    return this.ask((id) => ({ id, messages, opts }), () => this.local.encodeChat(messages, opts));
+  }
+
+  /**
+   * The ids `GemmaTokenizer.encodeText(text)` returns (control strings as the
+   * characters they are), on a worker when the text has at least `minChars`
+   * characters.
+   */
+  async encodeText(text: string): Promise<number[]> {
+    if (this.workers.length === 0 || text.length < this.opts.minChars) return this.local.encodeText(text);
+    return this.ask((id) => ({ id, text }), () => this.local.encodeText(text));
+  }
+
+  /** Sends a request to a worker; `here` encodes it on this thread when no worker can. */
+  private async ask(request: (id: number) => WorkerRequest, here: () => number[]): Promise<number[]> {
     if (this.closed) throw new TokenizerWorkerError('the tokenizer pool is closed');
     const w = this.pick();
-    if (!w || !(await w.ready) || this.broken) return this.local.encodeChat(messages, opts);
+    if (!w || !(await w.ready) || this.broken) return here();
     if (this.closed) throw new TokenizerWorkerError('the tokenizer pool is closed');
     const id = this.nextId++;
     try {
       return await new Promise<number[]>((resolve, reject) => {
         w.pending.set(id, { resolve, reject });
         try {
-          w.worker.postMessage({ id, messages, opts } satisfies WorkerRequest);
+          w.worker.postMessage(request(id));
         } catch (err) {
           w.pending.delete(id);
           reject(new TokenizerWorkerError((err as Error)?.message ?? String(err)));
@@ -144,7 +156,7 @@ export class TokenizerPool implements ChatEncoder {
       });
     } catch (err) {
       // A worker that died takes nothing with it: its requests are encoded here instead.
-      if (err instanceof TokenizerWorkerError && !this.closed) return this.local.encodeChat(messages, opts);
+      if (err instanceof TokenizerWorkerError && !this.closed) return here();
       throw err;
     }
   }

@@ -1,6 +1,7 @@
 /**
  * The worker thread of ./tokenizer-pool.ts: loads the tokenizer its
- * `workerData` names and answers chat-encoding requests one at a time. The
+ * `workerData` names and answers encoding requests (a conversation, or plain
+ * text) one at a time. The
  * protocol is the pool's (`WorkerRequest` in, `WorkerReply` out); ids travel
  * back as a transferred Int32Array.
  *
@@ -39,7 +40,7 @@ try {
   const tok = await GemmaTokenizer.fromSource(data.source);
   port.on('message', (req: WorkerRequest) => {
     try {
-      const ids = Int32Array.from(tok.encodeChat(req.messages, req.opts));
+      const ids = Int32Array.from('text' in req ? tok.encodeText(req.text) : tok.encodeChat(req.messages, req.opts));
       send({ id: req.id, ids }, [ids.buffer]);
     } catch (err) {
       const e = err as Error;
