@@ -40,7 +40,7 @@ function sessionIdOf(req: FastifyRequest, body: ChatCompletionRequest): string |
 }
 
 /** An AbortController aborted when the client closes the connection before the response finished. */
-function abortOnDisconnect(reply: FastifyReply): AbortController {
+export function abortOnDisconnect(reply: FastifyReply): AbortController {
   const ac = new AbortController();
   reply.raw.once('close', () => {
     if (!reply.raw.writableFinished) ac.abort();

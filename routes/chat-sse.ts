@@ -11,7 +11,8 @@
  */
 import type { FastifyBaseLogger } from 'fastify';
 import type { ErrorBody } from '../src/protocol/chat-types.js';
-import type { GenerationEvent } from '../src/scheduler/types.js';
+import type { FinishReason } from '../src/engine/types.js';
+import type { GenerationEvent, GenerationUsage } from '../src/scheduler/types.js';
 import { type CompletionMeta, finishChunk, reasoningChunk, roleChunk, tokenChunk, usageChunk } from './chat-format.js';
 import type { ChatObserver } from './chat-observer.js';
 
@@ -41,8 +42,36 @@ async function* pingUntil<T>(p: Promise<T>, ms: number): AsyncGenerator<string, 
   }
 }
 
+type TokenEvent = Extract<GenerationEvent, { type: 'token' }>;
+
+/** How events become `data:` payloads; the default makes chat.completion.chunks (other APIs bring their own). */
+export interface ChunkFormat {
+  /** Payloads for one choice before its first token (chat: the role). */
+  start(choice: number): unknown[];
+  /** A token's payload; undefined sends nothing. */
+  token(ev: TokenEvent): unknown;
+  finish(choice: number, reason: FinishReason): unknown;
+  usage(usage: GenerationUsage): unknown;
+}
+
+/** chat.completion.chunk payloads. */
+export function chatChunkFormat(meta: CompletionMeta): ChunkFormat {
+  return {
+    start: (c) => [roleChunk(meta, c)],
+    // An empty delta without a logprob tells the client nothing (stop-string lookahead).
+    // Thinking goes out as delta.reasoning_content, the answer as delta.content.
+    token: (ev) => ev.text === '' && ev.logprob === undefined
+      ? undefined
+      : ev.reasoning ? reasoningChunk(meta, ev.choice, ev.text, ev.logprob) : tokenChunk(meta, ev.choice, ev.text, ev.logprob),
+    finish: (c, reason) => finishChunk(meta, c, reason),
+    usage: (u) => usageChunk(meta, u),
+  };
+}
+
 export interface SseSource {
   meta: CompletionMeta;
+  /** The payloads' shape; default chatChunkFormat(meta). */
+  format?: ChunkFormat;
   n: number;
   /**
    * The first event: awaited already when it came within one ping interval (so
@@ -61,24 +90,22 @@ export interface SseSource {
 
 export async function* sseFrames(src: SseSource): AsyncGenerator<string> {
   const { meta, events, observer } = src;
+  const format = src.format ?? chatChunkFormat(meta);
   let ended = false;
   try {
     try {
       let r = src.first instanceof Promise ? yield* pingUntil(src.first, src.pingMs) : src.first;
-      for (let c = 0; c < src.n; c++) yield frame(roleChunk(meta, c));
+      for (let c = 0; c < src.n; c++) for (const p of format.start(c)) yield frame(p);
       while (r.done !== true) {
         const ev = r.value;
         observer.event(ev);
         if (ev.type === 'token') {
-          // An empty delta without a logprob tells the client nothing (stop-string lookahead).
-          // Thinking goes out as delta.reasoning_content, the answer as delta.content.
-          if (ev.text !== '' || ev.logprob !== undefined) {
-            yield frame(ev.reasoning ? reasoningChunk(meta, ev.choice, ev.text, ev.logprob) : tokenChunk(meta, ev.choice, ev.text, ev.logprob));
-          }
+          const p = format.token(ev);
+          if (p !== undefined) yield frame(p);
         } else if (ev.type === 'finish') {
-          yield frame(finishChunk(meta, ev.choice, ev.reason));
+          yield frame(format.finish(ev.choice, ev.reason));
         } else if (meta.includeUsage) {
-          yield frame(usageChunk(meta, ev.usage));
+          yield frame(format.usage(ev.usage));
         }
         r = await events.next();
       }

@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type RouteOptions } from 'fastify';
 import type { Config } from '../config/index.js';
 import { chatCompletionsRoute } from '../routes/chat-completions.js';
+import { completionsRoute } from '../routes/completions.js';
 import { healthRoute } from '../routes/health.js';
 import { metricsRoute } from '../routes/metrics.js';
 import { modelsRoute } from '../routes/models.js';
@@ -25,6 +26,7 @@ import { contextPlugin, type ServiceState } from './http/service.js';
 import type { Metrics } from './metrics.js';
 import { chatSchemas, type ProtocolLimits } from './protocol/chat-schemas.js';
 import { COMMON_SCHEMAS } from './protocol/common-schemas.js';
+import { completionSchemas } from './protocol/completion-schemas.js';
 
 export interface BuildAppOptions {
   config: Config;
@@ -38,7 +40,7 @@ export interface BuildAppOptions {
 }
 
 /** Every schema shared by `$ref`, in dependency order (also the components of openapi.yaml). */
-export const sharedSchemas = (limits: ProtocolLimits) => [...COMMON_SCHEMAS, ...chatSchemas(limits), ...tokenizeSchemas(limits)];
+export const sharedSchemas = (limits: ProtocolLimits) => [...COMMON_SCHEMAS, ...chatSchemas(limits), ...completionSchemas(limits), ...tokenizeSchemas(limits)];
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,64}$/;
 
@@ -114,6 +116,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   await app.register(metricsRoute);
   await app.register(modelsRoute, { prefix: '/v1' });
   await app.register(chatCompletionsRoute, { prefix: '/v1' });
+  await app.register(completionsRoute, { prefix: '/v1' });
   await app.register(sessionsRoute, { prefix: '/v1' });
   await app.register(tokenizeRoute);
   return app;

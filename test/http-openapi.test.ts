@@ -34,7 +34,7 @@ t.test('every route and shared schema is documented', async (t) => {
   const { app } = await makeApp();
   t.teardown(() => app.close());
   for (const [method, url] of [
-    ['post', '/v1/chat/completions'], ['get', '/v1/models'], ['get', '/v1/models/{model}'], ['get', '/v1/sessions/{id}'],
+    ['post', '/v1/chat/completions'], ['post', '/v1/completions'], ['get', '/v1/models'], ['get', '/v1/models/{model}'], ['get', '/v1/sessions/{id}'],
     ['delete', '/v1/sessions/{id}'], ['get', '/health'], ['get', '/ready'], ['get', '/metrics'], ['post', '/tokenize'], ['post', '/detokenize'],
   ] as const) {
     t.ok(paths[url]?.[method], `${method.toUpperCase()} ${url} documented`);

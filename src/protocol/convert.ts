@@ -24,7 +24,14 @@ export interface SamplingDefaults {
 
 const given = <T>(v: T | null | undefined): v is T => v !== undefined && v !== null;
 
-export function toSamplingParams(req: ChatCompletionRequest, defaults: SamplingDefaults): SamplingParams {
+/** The request fields sampling reads (a text completion request supplies them as well). */
+export type SamplingFields = Pick<
+  ChatCompletionRequest,
+  | 'temperature' | 'top_k' | 'top_p' | 'min_p' | 'seed' | 'presence_penalty' | 'frequency_penalty' | 'repetition_penalty'
+  | 'logit_bias' | 'logprobs' | 'top_logprobs' | 'max_completion_tokens' | 'max_tokens' | 'stop' | 'stop_token_ids'
+>;
+
+export function toSamplingParams(req: SamplingFields, defaults: SamplingDefaults): SamplingParams {
   const logprobs = req.logprobs === true;
   const logitBias: Record<number, number> = {};
   for (const [k, v] of Object.entries(req.logit_bias ?? {})) logitBias[Number(k)] = v;

@@ -29,12 +29,35 @@ export class ShuttingDownError extends GemmaServeError {
 
 /** The prompt encodes to a token the model has no embedding for (its tokenizer is larger than its vocabulary). */
 export class TokenOutsideVocabularyError extends InvalidValueError {
-  constructor(id: number, vocabSize: number) {
+  constructor(id: number, vocabSize: number, param: 'messages' | 'prompt' = 'messages') {
     super(
-      `The conversation encodes to token id ${id}, outside this model's vocabulary of ${vocabSize} tokens ` +
+      `The ${param === 'prompt' ? 'prompt' : 'conversation'} encodes to token id ${id}, outside this model's vocabulary of ${vocabSize} tokens ` +
         "(the model's tokenizer is larger than its embedding); use text this model can represent.",
-      'messages',
+      param,
       'token_outside_vocabulary',
     );
+  }
+}
+
+/**
+ * A raw prompt (text completions) that does not fit the context with room for
+ * its reply. Conversations are fitted by the rolling cache instead; a raw
+ * prompt is never cut silently.
+ */
+export class PromptTooLongError extends InvalidValueError {
+  constructor(tokens: number, room: number, capacity: number, atLeast = false) {
+    super(
+      `The prompt has ${atLeast ? 'at least ' : ''}${tokens} tokens; with room for ${room} completion tokens (max_tokens, at most a quarter of the context) ` +
+        `it may have at most ${capacity - room} of this model's ${capacity}-token context (CACHE_CAPACITY). Shorten the prompt or lower max_tokens.`,
+      'prompt',
+      'context_length_exceeded',
+    );
+  }
+}
+
+/** A raw prompt with no tokens at all. */
+export class EmptyPromptError extends InvalidValueError {
+  constructor() {
+    super("Invalid 'prompt': it is empty. Send at least one character or token id.", 'prompt', 'empty_prompt');
   }
 }

@@ -10,6 +10,7 @@
  * one of them at most; a large prompt is tokenized off the main thread (by the
  * `encoder`) while its request waits in the queue.
  */
+import { randomUUID } from 'node:crypto';
 import { OPEN_NAMESPACE, SessionBusyError, SlotsBusyError, nameOf, scopedId } from '../cache/index.js';
 import type { Engine } from '../engine/engine.js';
 import type { CompiledGrammar } from '../engine/grammar/grammars.js';
@@ -18,13 +19,14 @@ import { GemmaServeError, InvalidValueError } from '../errors.js';
 import type { ChatEncoder } from '../model/tokenizer-pool.js';
 import { endsInsideBlock, ReasoningSplitter, type ReasoningPart } from './reasoning.js';
 import { EventQueue } from './event-queue.js';
-import { QueueFullError, ShuttingDownError, TokenOutsideVocabularyError } from './errors.js';
+import { EmptyPromptError, PromptTooLongError, QueueFullError, ShuttingDownError, TokenOutsideVocabularyError } from './errors.js';
 import type { Binding, SessionTurns } from './session-turns.js';
 import type {
   GenerationEvent,
   GenerationRequest,
   GenerationStream,
   GenerationUsage,
+  RawPrompt,
   Scheduler,
   SchedulerStats,
   SessionInfo,
@@ -118,9 +120,14 @@ export class BatchScheduler implements Scheduler {
     if (req.n > this.opts.maxBatch) throw new InvalidValueError(`n must be at most ${this.opts.maxBatch} (MAX_BATCH_SIZE), got ${req.n}`, 'n');
     if (this.queue.length >= this.opts.maxQueue) throw new QueueFullError(this.opts.maxQueue);
     const encodeOpts = { addGenerationPrompt: true, templateKwargs: req.templateKwargs };
-    const encoder = this.opts.encoder?.accepts(req.messages) ? this.opts.encoder : undefined;
-    // Small prompts are tokenized here, so their errors are thrown to the caller as before.
-    const prompt = encoder ? undefined : this.prompt(this.engine.tokenizer.encodeChat(req.messages, encodeOpts), req.n);
+    const raw = req.prompt;
+    const encoder = raw === undefined && this.opts.encoder?.accepts(req.messages) ? this.opts.encoder : undefined;
+    // Small prompts (and raw ones, bounded per prompt by the route) are tokenized here, so their errors are thrown to the caller.
+    const prompt = encoder
+      ? undefined
+      : raw !== undefined
+        ? this.prompt(this.rawPromptIds(raw, req.params.maxTokens), req.n, true)
+        : this.prompt(this.engine.tokenizer.encodeChat(req.messages, encodeOpts), req.n);
     const job: Job = {
       req,
       tokenizing: prompt === undefined,
@@ -149,21 +156,58 @@ export class BatchScheduler implements Scheduler {
     }
     this.wake();
     const events = job.events;
+    const tok = this.engine.tokenizer;
     return {
       get sessionId() {
-        return job.sessionId === undefined ? undefined : nameOf(job.sessionId);
+        return job.sessionId === undefined || raw !== undefined ? undefined : nameOf(job.sessionId);
+      },
+      get promptText() {
+        return raw === undefined ? undefined : 'text' in raw ? raw.text : tok.decode(raw.ids);
       },
       [Symbol.asyncIterator]: () => events[Symbol.asyncIterator](),
     };
   }
 
-  /** Checks a prompt's ids against the vocabulary and makes the request's rows. */
-  private prompt(promptIds: number[], n: number): Pick<Job, 'promptIds' | 'rows'> {
+  /**
+   * A raw prompt's ids: text as the model expects it (BOS, then the text with
+   * control strings as characters), ids as given. It must fit the context with
+   * room for the reply as SessionTurns plans it, so that nothing of it is evicted.
+   */
+  private rawPromptIds(raw: RawPrompt, maxTokens: number): number[] {
+    const tok = this.engine.tokenizer;
+    const capacity = this.engine.capacity;
+    const room = Math.max(1, Math.min(maxTokens, Math.floor(capacity / 4)));
+    // Text too long to fit whatever its tokens is refused before it is tokenized here, on the main thread.
+    if ('text' in raw) {
+      const fewest = 1 + Math.ceil(raw.text.length / this.longestToken());
+      if (fewest + room > capacity) throw new PromptTooLongError(fewest, room, capacity, true);
+    }
+    const ids = 'text' in raw ? [tok.bosId, ...tok.encodeText(raw.text)] : [...raw.ids];
+    if (ids.length === 0 || ('text' in raw && raw.text === '')) throw new EmptyPromptError();
+    if (ids.length + room > capacity) throw new PromptTooLongError(ids.length, room, capacity);
+    return ids;
+  }
+
+  private longestTokenChars: number | undefined;
+
+  /** Characters of the vocabulary's longest token: text of N characters has at least N / this tokens. */
+  private longestToken(): number {
+    if (this.longestTokenChars === undefined) {
+      const tok = this.engine.tokenizer;
+      let longest = 1;
+      for (let id = 0; id < tok.vocabSize; id++) longest = Math.max(longest, tok.tokenText(id).length);
+      this.longestTokenChars = longest;
+    }
+    return this.longestTokenChars;
+  }
+
+  /** Checks a prompt's ids against the vocabulary and makes the request's rows (a raw prompt's text is never split into thinking). */
+  private prompt(promptIds: number[], n: number, raw = false): Pick<Job, 'promptIds' | 'rows'> {
     const tok = this.engine.tokenizer;
     const vocab = this.engine.config.vocabSize;
-    for (const id of promptIds) if (id >= vocab) throw new TokenOutsideVocabularyError(id, vocab);
+    for (const id of promptIds) if (id >= vocab) throw new TokenOutsideVocabularyError(id, vocab, raw ? 'prompt' : 'messages');
     // Thinking markers, when the vocabulary has them: a prompt may already leave the model inside a block.
-    const markers = tok.reasoningMarkers;
+    const markers = raw ? undefined : tok.reasoningMarkers;
     const open = markers !== undefined && endsInsideBlock(promptIds, markers, tok.startOfTurnId);
     const rows = Array.from({ length: n }, (_, choice): Row => ({
       choice,
@@ -311,14 +355,17 @@ export class BatchScheduler implements Scheduler {
 
   private async bindJob(job: Job): Promise<void> {
     const { req } = job;
-    const sessionId = await this.turns.resolve(req.sessionId, job.promptIds, req.namespace ?? OPEN_NAMESPACE);
+    const namespace = req.namespace ?? OPEN_NAMESPACE;
+    // A raw prompt is stateless: a fresh id, never matched to a conversation, and no row kept after it.
+    const stateless = req.prompt !== undefined;
+    const sessionId = stateless ? scopedId(namespace, `cmpl-${randomUUID()}`) : await this.turns.resolve(req.sessionId, job.promptIds, namespace);
     // Every choice needs a slot: wait until all are free rather than bind some and undo them.
     const free = this.turns.slots.size - this.turns.slots.busySlots();
     if (job.rows.length > 1 && free < job.rows.length) throw new SlotsBusyError(this.turns.slots.size);
     const bound: Binding[] = [];
     try {
       for (const row of job.rows) {
-        const persistent = row.choice === 0;
+        const persistent = !stateless && row.choice === 0;
         const id = persistent ? sessionId : `${sessionId}#${req.requestId}#${row.choice}`;
         const b = await this.turns.bind(id, req.messages, job.promptIds, req.params.maxTokens, persistent, req.templateKwargs);
         bound.push(b);

@@ -14,6 +14,9 @@ export interface ChatTurn {
   content: string;
 }
 
+/** A text completion's prompt: text, or token ids ready to prefill. */
+export type RawPrompt = { text: string } | { ids: number[] };
+
 export interface GenerationRequest {
   /** The HTTP request id, for logs: a client's x-request-id when sane, so not guaranteed unique (do not key maps on it). */
   requestId: string;
@@ -26,6 +29,13 @@ export interface GenerationRequest {
   namespace?: string;
   /** Whole conversation as the client sent it, normalised; the scheduler reuses what a session caches. */
   messages: ChatTurn[];
+  /**
+   * A raw prompt (text completions) in place of `messages`, which is then ignored:
+   * no chat template and no session (nothing is matched, kept or named). Text is
+   * encoded with BOS first and control strings as their characters; ids are
+   * taken as they are. Either must leave room in the context for the reply.
+   */
+  prompt?: RawPrompt;
   /** Extra chat-template variables (OpenAI-compatible `chat_template_kwargs`, e.g. `enable_thinking`). */
   templateKwargs?: Record<string, unknown>;
   params: SamplingParams;
@@ -81,6 +91,8 @@ export type GenerationEvent =
 export interface GenerationStream extends AsyncIterable<GenerationEvent> {
   /** Session the request was bound to, known once the first event arrived. */
   readonly sessionId?: string;
+  /** A raw prompt's text (ids decoded, control tokens left out), for echoing it; undefined for conversations. */
+  readonly promptText?: string;
 }
 
 export interface SchedulerStats {
