@@ -69,6 +69,10 @@ export interface Config {
     maxConnections: number;
     /** Open sockets from one client address beyond this are closed at accept; 0 = unlimited. */
     maxConnectionsPerAddress: number;
+    /** Browser origins allowed cross-origin requests (exact `scheme://host[:port]`), or ['*'] for any; empty = CORS off. */
+    corsOrigins: string[];
+    /** How long a browser may cache a preflight's answer, in seconds. */
+    corsMaxAgeSeconds: number;
     /** A streamed request waiting for its first token sends `: ping` this often; 0 = never. */
     ssePingMs: number;
   };
@@ -241,6 +245,12 @@ export function loadConfig(env: Env = process.env): Config {
     ' (at most MAX_TOKENS_LIMIT)');
 
   const apiKeys = (r.raw('API_KEYS') ?? '').split(',').map((k) => k.trim()).filter((k) => k !== '');
+  const corsOrigins = (r.raw('CORS_ORIGINS') ?? '').split(',').map((o) => o.trim().replace(/\/$/, '')).filter((o) => o !== '');
+  for (const o of corsOrigins) {
+    if (o !== '*' && !/^https?:\/\/[^/\s?#]+$/.test(o)) throw new ConfigError('CORS_ORIGINS', o, 'a comma-separated list of origins such as https://app.example.com, or *');
+  }
+  if (corsOrigins.includes('*') && corsOrigins.length > 1) throw new ConfigError('CORS_ORIGINS', corsOrigins.join(','), '* alone, or a list of origins');
+  const corsMaxAgeSeconds = r.int('CORS_MAX_AGE', 600, 0, 86_400);
   const metricsAuth = r.bool('METRICS_AUTH', false);
   const bodyLimitBytes = r.int('BODY_LIMIT_BYTES', 1 << 20, 1024, 1 << 30);
 
@@ -271,7 +281,7 @@ export function loadConfig(env: Env = process.env): Config {
   };
 
   return {
-    server: { host, port, apiKeys, metricsAuth, bodyLimitBytes, shutdownGraceMs, logLevel, headersTimeoutMs, ...connections },
+    server: { host, port, apiKeys, metricsAuth, bodyLimitBytes, shutdownGraceMs, logLevel, headersTimeoutMs, corsOrigins, corsMaxAgeSeconds, ...connections },
     rateLimit,
     model: { dir, id, backend, cpuKernels, cpuThreads, cacheDir },
     cache: { slots, capacity, evictionMode, redisUrl, sessionTtlSeconds },

@@ -17,6 +17,7 @@ import { tokenizeRoute } from '../routes/tokenize.js';
 import { tokenizeSchemas } from './protocol/tokenize-schemas.js';
 import { QUOTE_MAX_CHARS } from './errors.js';
 import { authPlugin } from './http/auth.js';
+import { corsPlugin } from './http/cors.js';
 import { jsonBodyPlugin } from './http/body-parser.js';
 import { limitConnections, serverTimeouts } from './http/connections.js';
 import { answerProtocolRequests, clientErrorHandler, errorHandlerPlugin, frameworkErrors } from './http/error-handler.js';
@@ -96,6 +97,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   for (const s of sharedSchemas(config.limits)) app.addSchema(s);
   await app.register(errorHandlerPlugin, { bodyLimit: config.server.bodyLimitBytes });
   await app.register(jsonBodyPlugin, { maxDepth: config.limits.jsonDepth });
+  await app.register(corsPlugin, { origins: config.server.corsOrigins, maxAgeSeconds: config.server.corsMaxAgeSeconds });
   await app.register(authPlugin, { apiKeys: config.server.apiKeys, metricsAuth: config.server.metricsAuth });
   // Admission, in this order at onRequest: the key (above), then the queue bound, then the credential's rate.
   await app.register(loadShedPlugin, { queueDepth: config.scheduler.shedQueueDepth, service, metrics });
