@@ -16,14 +16,20 @@ export const modelsRoute: FastifyPluginAsync = async (app) => {
     },
   }, async () => ({ object: 'list', data: [model()] }));
 
+  const describe = (id: string) => {
+    if (id !== config.model.id) throw new ModelNotFoundError(id, config.model.id);
+    return model();
+  };
+  const response = { 200: { description: 'The model.', $ref: 'Model#' }, ...errorResponses(401, 404) };
+
   app.get<{ Params: { model: string } }>('/models/:model', {
     schema: {
       summary: 'Describe a model.',
       params: { type: 'object', required: ['model'], properties: { model: { type: 'string' } } },
-      response: { 200: { description: 'The model.', $ref: 'Model#' }, ...errorResponses(401, 404) },
+      response,
     },
-  }, async (req) => {
-    if (req.params.model !== config.model.id) throw new ModelNotFoundError(req.params.model, config.model.id);
-    return model();
-  });
+  }, async (req) => describe(req.params.model));
+
+  // An id with slashes (MODEL_ID=google/gemma-3-1b-it) sent unescaped, as curl and some SDKs send it.
+  app.get<{ Params: { '*': string } }>('/models/*', { schema: { hide: true, response } }, async (req) => describe(req.params['*']));
 };

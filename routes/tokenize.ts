@@ -74,6 +74,6 @@ export const tokenizeRoute: FastifyPluginAsync = async (app) => {
     if (bad >= 0) {
       throw new InvalidValueError(`Invalid 'tokens[${bad}]': ${quote(req.body.tokens[bad])} is not a token id of this model (0 to ${tokens.vocabSize - 1}).`, 'tokens');
     }
-    return { prompt: tokens.decode(req.body.tokens) };
+    return { prompt: await tokens.decode(req.body.tokens) };
   });
 };

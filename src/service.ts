@@ -124,7 +124,7 @@ export async function startService(env: Record<string, string | undefined> = pro
     bosId: engine.config.bosId,
     encodeChat: (messages, opts) => tokenizerPool.accepts(messages) ? tokenizerPool.encodeChat(messages, opts) : Promise.resolve(tok.encodeChat(messages, opts)),
     encodeText: (text) => tokenizerPool.encodeText(text),
-    decode: (ids) => tok.decode(ids, { skipSpecialTokens: false }),
+    decode: (ids) => tokenizerPool.decode(ids, { skipSpecialTokens: false }),
     tokenText: (id) => tok.tokenText(id),
   };
   state.phase = 'ready';

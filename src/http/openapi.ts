@@ -75,6 +75,7 @@ export async function buildOpenApi(): Promise<Obj> {
   await app.close();
   const paths: Record<string, Obj> = {};
   for (const r of routes) {
+    if (r.schema?.hide === true) continue;
     for (const method of [r.method].flat()) {
       if (method === 'HEAD') continue; // Fastify's automatic twin of each GET
       const path = r.url.replace(/:([A-Za-z0-9_]+)/g, '{$1}');

@@ -23,7 +23,7 @@ export interface ModelInfo {
   samplingDefaults?: Omit<SamplingDefaults, 'maxTokens'>;
 }
 
-/** The loaded model's tokenizer as /tokenize and /detokenize use it (large inputs are encoded on worker threads). */
+/** The loaded model's tokenizer as /tokenize and /detokenize use it (large inputs are encoded and decoded on worker threads). */
 export interface TokenService {
   /** Tokens a session keeps (CACHE_CAPACITY). */
   maxModelLen: number;
@@ -34,7 +34,7 @@ export interface TokenService {
   /** Plain text, control strings as text. */
   encodeText(text: string): Promise<number[]>;
   /** Ids to text, special tokens kept. */
-  decode(ids: number[]): string;
+  decode(ids: number[]): Promise<string>;
   tokenText(id: number): string;
 }
 
@@ -59,6 +59,8 @@ declare module 'fastify' {
   /** Documentation keys the OpenAPI generator copies into openapi.yaml. */
   interface FastifySchema {
     summary?: string;
+    /** Left out of openapi.yaml (an alternate spelling of a documented route; @fastify/swagger's key). */
+    hide?: boolean;
   }
 }
 

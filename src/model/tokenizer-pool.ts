@@ -5,6 +5,8 @@
  * worker threads (./tokenizer-worker.ts), each with its own copy of the same
  * tokenizer, and sends them the conversations of at least `minChars`
  * characters; smaller ones are cheaper to encode in place than to send.
+ * Plain text (`encodeText`) and id lists to decode (`decode`, /detokenize)
+ * of that size go to them too.
  *
  * A worker returns exactly what `GemmaTokenizer.encodeChat` returns on the
  * main thread (the same files, the same code). Failures stay local: a worker
@@ -25,9 +27,14 @@ export interface WorkerData {
   nice: number;
 }
 
-/** Main thread -> worker. */
-/** A conversation to render and encode, or plain text to encode with control strings as text (`encodeText`). */
-export type WorkerRequest = { id: number; messages: ChatMessage[]; opts: ChatRenderOptions } | { id: number; text: string };
+/**
+ * Main thread -> worker: a conversation to render and encode, plain text to
+ * encode with control strings as text (`encodeText`), or ids to decode.
+ */
+export type WorkerRequest =
+  | { id: number; messages: ChatMessage[]; opts: ChatRenderOptions }
+  | { id: number; text: string }
+  | { id: number; decode: Int32Array<ArrayBuffer>; skipSpecialTokens: boolean };
 
 interface ErrorShape {
   name: string;
@@ -39,6 +46,7 @@ export type WorkerReply =
   | { ready: true }
   | { ready: false; error: ErrorShape }
   | { id: number; ids: Int32Array }
+  | { id: number; text: string }
   | { id: number; error: ErrorShape };
 
 /** The pool was closed (the service is stopping) while a request waited on it: retryable elsewhere. */
@@ -59,7 +67,7 @@ export interface ChatEncoder {
 export interface TokenizerPoolOptions {
   /** Worker threads; 0 leaves every conversation to the main thread. */
   workers: number;
-  /** Conversations with at least this many characters of content go to a worker. */
+  /** Conversations with at least this many characters of content go to a worker (so do texts of that many characters and id lists of that many ids). */
   minChars: number;
   /**
    * The workers' nice value on Linux (0 = the process's priority): above 0
@@ -72,7 +80,7 @@ export interface TokenizerPoolOptions {
 }
 
 interface Pending {
-  resolve: (ids: number[]) => void;
+  resolve: (value: number[] | string) => void;
   reject: (err: unknown) => void;
 }
 
@@ -137,18 +145,29 @@ export class TokenizerPool implements ChatEncoder {
     return this.ask((id) => ({ id, text }), () => this.local.encodeText(text));
   }
 
-  /** Sends a request to a worker; `here` encodes it on this thread when no worker can. */
-  private async ask(request: (id: number) => WorkerRequest, here: () => number[]): Promise<number[]> {
+  /**
+   * The text `GemmaTokenizer.decode(ids, opts)` returns, on a worker when
+   * there are at least `minChars` ids (half a million ids take a third of a
+   * second to decode).
+   */
+  async decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): Promise<string> {
+    if (this.workers.length === 0 || ids.length < this.opts.minChars) return this.local.decode(ids, opts);
+    return this.ask((id) => ({ id, decode: Int32Array.from(ids), skipSpecialTokens: opts.skipSpecialTokens ?? true }), () => this.local.decode(ids, opts));
+  }
+
+  /** Sends a request to a worker; `here` answers it on this thread when no worker can. */
+  private async ask<T extends number[] | string>(request: (id: number) => WorkerRequest, here: () => T): Promise<T> {
     if (this.closed) throw new TokenizerWorkerError('the tokenizer pool is closed');
     const w = this.pick();
     if (!w || !(await w.ready) || this.broken) return here();
     if (this.closed) throw new TokenizerWorkerError('the tokenizer pool is closed');
     const id = this.nextId++;
     try {
-      return await new Promise<number[]>((resolve, reject) => {
-        w.pending.set(id, { resolve, reject });
+      return await new Promise<T>((resolve, reject) => {
+        w.pending.set(id, { resolve: resolve as Pending['resolve'], reject });
         try {
-          w.worker.postMessage(request(id));
+          const r = request(id);
+          w.worker.postMessage(r, 'decode' in r ? [r.decode.buffer] : []);
         } catch (err) {
           w.pending.delete(id);
           reject(new TokenizerWorkerError((err as Error)?.message ?? String(err)));
@@ -198,6 +217,7 @@ export class TokenizerPool implements ChatEncoder {
       if (!p) return;
       pending.delete(m.id);
       if ('ids' in m) p.resolve(Array.from(m.ids));
+      else if ('text' in m) p.resolve(m.text);
       else p.reject(fromShape(m.error));
     });
     worker.on('error', (err) => {

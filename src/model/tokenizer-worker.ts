@@ -1,9 +1,9 @@
 /**
  * The worker thread of ./tokenizer-pool.ts: loads the tokenizer its
- * `workerData` names and answers encoding requests (a conversation, or plain
- * text) one at a time. The
- * protocol is the pool's (`WorkerRequest` in, `WorkerReply` out); ids travel
- * back as a transferred Int32Array.
+ * `workerData` names and answers requests one at a time: encode a
+ * conversation or plain text, or decode ids. The protocol is the pool's
+ * (`WorkerRequest` in, `WorkerReply` out); ids travel as transferred
+ * Int32Arrays.
  *
  * On Linux the thread lowers its own scheduling priority (`workerData.nice`):
  * tokenizing is background work, and on a machine whose cores the native
@@ -40,6 +40,10 @@ try {
   const tok = await GemmaTokenizer.fromSource(data.source);
   port.on('message', (req: WorkerRequest) => {
     try {
+      if ('decode' in req) {
+        send({ id: req.id, text: tok.decode(Array.from(req.decode), { skipSpecialTokens: req.skipSpecialTokens }) });
+        return;
+      }
       const ids = Int32Array.from('text' in req ? tok.encodeText(req.text) : tok.encodeChat(req.messages, req.opts));
       send({ id: req.id, ids }, [ids.buffer]);
     } catch (err) {
