@@ -31,7 +31,7 @@ export const CHAT_TEMPLATE_KWARGS_MAX_DEPTH = 8;
  */
 export const SESSION_NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._:@+=~-]{0,255}$';
 
-const nullable = (type: string) => ({ type: [type, 'null'] });
+export const nullable = (type: string) => ({ type: [type, 'null'] });
 const ref = (id: string) => ({ $ref: `${id}#` });
 
 const contentPartSchema = (limits: ProtocolLimits) => ({
@@ -73,7 +73,7 @@ const chatMessageSchema = (limits: ProtocolLimits) => ({
   },
 } as const);
 
-const numberIn = (minimum: number, maximum: number, description?: string) => ({
+export const numberIn = (minimum: number, maximum: number, description?: string) => ({
   type: ['number', 'null'],
   minimum,
   maximum,
@@ -86,20 +86,11 @@ const intAtLeast = (minimum: number, description?: string) => ({
 });
 const unsupported = (what: string) => ({ description: `Not supported: ${what} is rejected with 400.` });
 
-const chatCompletionRequestSchema = (limits: ProtocolLimits) => ({
-  $id: 'ChatCompletionRequest',
-  type: 'object',
-  required: ['model', 'messages'],
-  additionalProperties: false,
-  properties: {
-    messages: {
-      type: 'array',
-      minItems: 1,
-      maxItems: limits.messages,
-      items: ref('ChatMessage'),
-      description: `At most ${limits.messages} messages (MAX_MESSAGES).`,
-    },
-    model: { type: 'string', minLength: 1, maxLength: 256 },
+/**
+ * The sampling fields /v1/chat/completions and /v1/completions share, with the
+ * same names, ranges and limits (the vLLM extensions included).
+ */
+export const samplingProperties = (limits: ProtocolLimits) => ({
     frequency_penalty: numberIn(-2, 2),
     logit_bias: {
       type: ['object', 'null'],
@@ -108,10 +99,6 @@ const chatCompletionRequestSchema = (limits: ProtocolLimits) => ({
       propertyNames: { pattern: '^[0-9]{1,9}$' },
       additionalProperties: { type: 'number', minimum: -100, maximum: 100 },
     },
-    logprobs: nullable('boolean'),
-    max_tokens: intAtLeast(1, 'Deprecated alias of max_completion_tokens; at most the server limit (MAX_TOKENS_LIMIT).'),
-    max_completion_tokens: intAtLeast(1, 'At most the server limit (MAX_TOKENS_LIMIT).'),
-    n: { type: ['integer', 'null'], minimum: 1, maximum: 128, description: 'At most the server batch size (MAX_BATCH_SIZE).' },
     presence_penalty: numberIn(-2, 2),
     seed: { type: ['integer', 'null'], minimum: Number.MIN_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER },
     stop: {
@@ -129,8 +116,38 @@ const chatCompletionRequestSchema = (limits: ProtocolLimits) => ({
       properties: { include_usage: { type: 'boolean' } },
     },
     temperature: numberIn(0, 2, '0 means greedy.'),
-    top_logprobs: { type: ['integer', 'null'], minimum: 0, maximum: 20, description: 'Requires logprobs: true.' },
     top_p: { type: ['number', 'null'], minimum: 0, exclusiveMinimum: 0, maximum: 1, description: 'Greater than 0 (1 means off).' },
+    top_k: { type: ['integer', 'null'], minimum: -1, description: 'vLLM extension: 0 or -1 means off; at most the server cap (TOPK_CAP).' },
+    min_p: numberIn(0, 1, 'vLLM extension: 0 means off.'),
+    repetition_penalty: { type: ['number', 'null'], exclusiveMinimum: 0, maximum: 2, description: 'vLLM extension: 1 means off.' },
+    stop_token_ids: {
+      type: ['array', 'null'],
+      maxItems: 64,
+      items: { type: 'integer', minimum: 0 },
+      description: 'vLLM extension: extra token ids that end generation.',
+    },
+});
+
+const chatCompletionRequestSchema = (limits: ProtocolLimits) => ({
+  $id: 'ChatCompletionRequest',
+  type: 'object',
+  required: ['model', 'messages'],
+  additionalProperties: false,
+  properties: {
+    messages: {
+      type: 'array',
+      minItems: 1,
+      maxItems: limits.messages,
+      items: ref('ChatMessage'),
+      description: `At most ${limits.messages} messages (MAX_MESSAGES).`,
+    },
+    model: { type: 'string', minLength: 1, maxLength: 256 },
+    ...samplingProperties(limits),
+    logprobs: nullable('boolean'),
+    max_tokens: intAtLeast(1, 'Deprecated alias of max_completion_tokens; at most the server limit (MAX_TOKENS_LIMIT).'),
+    max_completion_tokens: intAtLeast(1, 'At most the server limit (MAX_TOKENS_LIMIT).'),
+    n: { type: ['integer', 'null'], minimum: 1, maximum: 128, description: 'At most the server batch size (MAX_BATCH_SIZE).' },
+    top_logprobs: { type: ['integer', 'null'], minimum: 0, maximum: 20, description: 'Requires logprobs: true.' },
     user: {
       type: 'string',
       minLength: 1,
@@ -178,15 +195,6 @@ const chatCompletionRequestSchema = (limits: ProtocolLimits) => ({
     audio: unsupported('audio output'),
     prediction: unsupported('prediction'),
     web_search_options: unsupported('web search'),
-    top_k: { type: ['integer', 'null'], minimum: -1, description: 'vLLM extension: 0 or -1 means off; at most the server cap (TOPK_CAP).' },
-    min_p: numberIn(0, 1, 'vLLM extension: 0 means off.'),
-    repetition_penalty: { type: ['number', 'null'], exclusiveMinimum: 0, maximum: 2, description: 'vLLM extension: 1 means off.' },
-    stop_token_ids: {
-      type: ['array', 'null'],
-      maxItems: 64,
-      items: { type: 'integer', minimum: 0 },
-      description: 'vLLM extension: extra token ids that end generation.',
-    },
     chat_template_kwargs: {
       type: ['object', 'null'],
       maxProperties: 64,

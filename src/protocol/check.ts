@@ -124,15 +124,17 @@ export function checkChatRequest(req: ChatCompletionRequest, limits: ChatLimits)
   if (present(req.chat_template_kwargs)) checkTemplateKwargs(req.chat_template_kwargs, limits.chatTemplateKwargsBytes);
 
   // Check 11: token ids exist in the vocabulary.
-  if (limits.vocabSize !== undefined) {
-    const vocab = limits.vocabSize;
-    for (const key of Object.keys(req.logit_bias ?? {})) {
-      if (Number(key) >= vocab) throw new LimitExceededError(`logit_bias.${key}`, Number(key), vocab - 1, 'the model vocabulary');
-    }
-    (req.stop_token_ids ?? []).forEach((id, i) => {
-      if (id >= vocab) throw new LimitExceededError(`stop_token_ids[${i}]`, id, vocab - 1, 'the model vocabulary');
-    });
+  if (limits.vocabSize !== undefined) checkSamplingTokenIds(req, limits.vocabSize);
+}
+
+/** The token ids of `logit_bias` and `stop_token_ids` (chat and text completions alike) exist in the vocabulary. */
+export function checkSamplingTokenIds(req: { logit_bias?: Record<string, number> | null; stop_token_ids?: number[] | null }, vocab: number): void {
+  for (const key of Object.keys(req.logit_bias ?? {})) {
+    if (Number(key) >= vocab) throw new LimitExceededError(`logit_bias.${key}`, Number(key), vocab - 1, 'the model vocabulary');
   }
+  (req.stop_token_ids ?? []).forEach((id, i) => {
+    if (id >= vocab) throw new LimitExceededError(`stop_token_ids[${i}]`, id, vocab - 1, 'the model vocabulary');
+  });
 }
 
 /**

@@ -6,7 +6,7 @@
  */
 import type { SamplingParams } from '../engine/types.js';
 import type { RawPrompt } from '../scheduler/types.js';
-import type { ChatLimits } from './check.js';
+import { checkSamplingTokenIds, type ChatLimits } from './check.js';
 import type { CompletionRequest } from './completion-types.js';
 import { toSamplingParams, type SamplingDefaults } from './convert.js';
 import { InvalidValueError } from '../errors.js';
@@ -99,15 +99,7 @@ export function checkCompletionRequest(req: CompletionRequest, limits: ChatLimit
   if (present(req.top_k) && req.top_k! > limits.topKCap) throw new LimitExceededError('top_k', req.top_k!, limits.topKCap, 'TOPK_CAP');
 
   // Check 8: token ids of other fields exist in the vocabulary.
-  if (limits.vocabSize !== undefined) {
-    const vocab = limits.vocabSize;
-    for (const key of Object.keys(req.logit_bias ?? {})) {
-      if (Number(key) >= vocab) throw new LimitExceededError(`logit_bias.${key}`, Number(key), vocab - 1, 'the model vocabulary');
-    }
-    (req.stop_token_ids ?? []).forEach((id, i) => {
-      if (id >= vocab) throw new LimitExceededError(`stop_token_ids[${i}]`, id, vocab - 1, 'the model vocabulary');
-    });
-  }
+  if (limits.vocabSize !== undefined) checkSamplingTokenIds(req, limits.vocabSize);
   return prompts;
 }
 

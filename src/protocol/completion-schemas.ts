@@ -5,18 +5,11 @@
  * is the chat API's `CompletionUsage`. Cross-field checks (prompt shapes,
  * best_of, echo with logprobs, server limits) live in ./completion-check.ts.
  */
-import type { ProtocolLimits } from './chat-schemas.js';
+import { nullable, samplingProperties, type ProtocolLimits } from './chat-schemas.js';
 
 /** Most alternatives `logprobs` may ask for, as OpenAI allows. */
 export const MAX_COMPLETION_LOGPROBS = 5;
 
-const nullable = (type: string) => ({ type: [type, 'null'] });
-const numberIn = (minimum: number, maximum: number, description?: string) => ({
-  type: ['number', 'null'],
-  minimum,
-  maximum,
-  ...(description === undefined ? {} : { description }),
-});
 
 const completionRequestSchema = (limits: ProtocolLimits) => ({
   $id: 'CompletionRequest',
@@ -47,15 +40,8 @@ const completionRequestSchema = (limits: ProtocolLimits) => ({
         'A prompt must fit the context with room for max_tokens (at most a quarter of it).',
     },
     best_of: { type: ['integer', 'null'], minimum: 1, maximum: 128, description: 'Accepted only when equal to `n` (or absent).' },
+    ...samplingProperties(limits),
     echo: { ...nullable('boolean'), description: 'Prepend the prompt to each choice\'s text (not together with logprobs).' },
-    frequency_penalty: numberIn(-2, 2),
-    logit_bias: {
-      type: ['object', 'null'],
-      description: `Token id -> bias added to its logit before sampling; at most ${limits.logitBias} entries (MAX_LOGIT_BIAS).`,
-      maxProperties: limits.logitBias,
-      propertyNames: { pattern: '^[0-9]{1,9}$' },
-      additionalProperties: { type: 'number', minimum: -100, maximum: 100 },
-    },
     logprobs: {
       type: ['integer', 'null'],
       minimum: 0,
@@ -64,35 +50,8 @@ const completionRequestSchema = (limits: ProtocolLimits) => ({
     },
     max_tokens: { type: ['integer', 'null'], minimum: 1, description: 'Default 16; at most the server limit (MAX_TOKENS_LIMIT).' },
     n: { type: ['integer', 'null'], minimum: 1, maximum: 128, description: 'Choices per prompt; prompts times n at most MAX_BATCH_SIZE.' },
-    presence_penalty: numberIn(-2, 2),
-    seed: { type: ['integer', 'null'], minimum: Number.MIN_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER },
-    stop: {
-      type: ['string', 'array', 'null'],
-      minLength: 1,
-      maxLength: 1024,
-      maxItems: limits.stopStrings,
-      items: { type: 'string', minLength: 1, maxLength: 1024 },
-      description: `Up to ${limits.stopStrings} stop strings (MAX_STOP_STRINGS); the matched text is not returned.`,
-    },
-    stream: nullable('boolean'),
-    stream_options: {
-      type: ['object', 'null'],
-      additionalProperties: false,
-      properties: { include_usage: { type: 'boolean' } },
-    },
     suffix: { ...nullable('string'), description: 'Not supported: a suffix is rejected with 400.' },
-    temperature: numberIn(0, 2, '0 means greedy.'),
-    top_p: { type: ['number', 'null'], minimum: 0, exclusiveMinimum: 0, maximum: 1, description: 'Greater than 0 (1 means off).' },
     user: { type: 'string', minLength: 1, maxLength: 256, description: 'An end-user label for logs.' },
-    top_k: { type: ['integer', 'null'], minimum: -1, description: 'vLLM extension: 0 or -1 means off; at most the server cap (TOPK_CAP).' },
-    min_p: numberIn(0, 1, 'vLLM extension: 0 means off.'),
-    repetition_penalty: { type: ['number', 'null'], exclusiveMinimum: 0, maximum: 2, description: 'vLLM extension: 1 means off.' },
-    stop_token_ids: {
-      type: ['array', 'null'],
-      maxItems: 64,
-      items: { type: 'integer', minimum: 0 },
-      description: 'vLLM extension: extra token ids that end generation.',
-    },
   },
 } as const);
 
